@@ -1,0 +1,117 @@
+"""Configuration of a training run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bds_core.models import LoraSettings
+from bds_core.schedulers import SchedulerSettings
+
+METHODS: tuple[str, ...] = ("bds", "sft", "mix")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; validated on construction with messages that name the field."""
+
+    model: str = field(metadata={"help": "base model: catalog name, local HF directory, .gguf file or hub id"})
+    train_file: Path = field(metadata={"help": "customer dataset D_ft (JSONL)"})
+    out_dir: Path = field(metadata={"help": "where checkpoints, the adapter, weights and metrics go"})
+    safety_file: Path | None = field(default=None, metadata={"help": "alignment dataset D_safe (JSONL); required by bds and mix"})
+    method: str = field(default="bds", metadata={"help": "'bds' (weighted by the scheduler), 'sft' (customer data only) or 'mix' (customer + alignment data, weights 1)"})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA rank, alpha, dropout and target modules"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the LoRA parameters"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the LoRA parameters"})
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip of the model step"})
+    batch_size: int = field(default=8, metadata={"help": "customer examples per step"})
+    safety_batch_size: int | None = field(default=None, metadata={"help": "alignment examples per step (default: batch_size)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step; the loss is normalised over the whole step"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over max(|D_ft|, |D_safe|); ignored when max_steps is set"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps"})
+    max_length: int = field(default=256, metadata={"help": "token limit per example (prompt truncated first, then the answer)"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, LoRA init and SGLD noise"})
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings, metadata={"help": "how BDS infers weights"})
+    checkpoint_every: int = field(default=50, metadata={"help": "write a resumable checkpoint every this many steps (0: only on cancel)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "number of newest checkpoints kept on disk"})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ... (default: cuda when available)"})
+
+    def __post_init__(self) -> None:
+        self.train_file = Path(self.train_file)
+        self.out_dir = Path(self.out_dir)
+        if self.safety_file is not None:
+            self.safety_file = Path(self.safety_file)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.method in ("bds", "mix") and self.safety_file is None:
+            raise ValueError(f"method {self.method!r} needs a safety_file (the alignment dataset)")
+        _positive("learning_rate", self.learning_rate)
+        _positive("grad_clip", self.grad_clip)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.safety_batch_size is not None and self.safety_batch_size < 1:
+            raise ValueError(f"safety_batch_size must be positive, got {self.safety_batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(
+                f"gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}"
+            )
+        if self.gradient_accumulation_steps > min(self.batch_size, self.effective_safety_batch_size):
+            raise ValueError(
+                "gradient_accumulation_steps cannot exceed the batch size "
+                f"({self.gradient_accumulation_steps} > {min(self.batch_size, self.effective_safety_batch_size)})"
+            )
+        if self.max_steps is None:
+            _positive("epochs", self.epochs)
+        elif self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+
+    @property
+    def effective_safety_batch_size(self) -> int:
+        return self.safety_batch_size or self.batch_size
+
+    @property
+    def uses_safety_data(self) -> bool:
+        return self.method in ("bds", "mix")
+
+    def total_steps(self, num_train: int, num_safety: int) -> int:
+        """Steps of the run: max_steps, or epochs over the longer of the two datasets."""
+        if self.max_steps is not None:
+            return self.max_steps
+        longest = max(num_train, num_safety if self.uses_safety_data else 0)
+        return max(1, math.ceil(self.epochs * longest / self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["train_file"] = str(self.train_file)
+        data["out_dir"] = str(self.out_dir)
+        data["safety_file"] = str(self.safety_file) if self.safety_file else None
+        data["adam_betas"] = list(self.adam_betas)
+        return data
+
+    def resume_fingerprint(self, data_digest: str) -> str:
+        """Hash of everything that must match for a checkpoint to be resumable by this run."""
+        data = self.to_dict()
+        for volatile in ("out_dir", "checkpoint_every", "keep_checkpoints", "device", "max_steps", "epochs"):
+            data.pop(volatile)
+        data["data_digest"] = data_digest
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number, got {value}")
