@@ -1,0 +1,116 @@
+"""Engines, sessions and the unit of work, identical on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from bds_service.tasks import TaskSender, take_pending
+
+logger = logging.getLogger(__name__)
+
+SessionFactory = sessionmaker[Session]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg 3 (``postgresql://`` would pick psycopg2)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys, WAL and serialised write transactions."""
+    url = normalize_database_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # The API and the worker processes write to the same file. A deferred transaction that
+    # reads and then writes can fail at once with "database is locked" when another process
+    # wrote in between; BEGIN IMMEDIATE takes the write lock up front and waits (busy_timeout).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> SessionFactory:
+    """Sessions whose objects stay readable after commit (responses are built after it)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def dispatch_pending(session: Session, sender: TaskSender) -> None:
+    """Send the task messages buffered on a committed session."""
+    for message in take_pending(session):
+        try:
+            sender.send(message)
+        except Exception:
+            # The change is committed; a job left queued without a message is picked up again
+            # by the lease reaper, so a broker hiccup must not turn a success into an error.
+            logger.exception("could not publish task %s%s", message.name, message.args)
+
+
+@contextmanager
+def unit_of_work(session_factory: SessionFactory, sender: TaskSender) -> Iterator[Session]:
+    """A session that commits on success, rolls back on error, then publishes buffered tasks."""
+    session = session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        take_pending(session)
+        raise
+    finally:
+        session.close()
+    dispatch_pending(session, sender)
+
+
+def alembic_config(database_url: str) -> Any:
+    """An Alembic config for this repository's migrations, pointed at ``database_url``."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would choke on the % of URL-encoded passwords.
+    config.set_main_option(
+        "sqlalchemy.url", normalize_database_url(database_url).replace("%", "%%")
+    )
+    return config
+
+
+def upgrade_database(database_url: str) -> None:
+    """Bring the schema at ``database_url`` to the newest migration (``alembic upgrade head``)."""
+    from alembic import command
+
+    url = normalize_database_url(database_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "head")

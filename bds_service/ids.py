@@ -1,0 +1,20 @@
+"""Public identifiers: an OpenAI-style prefix and 24 random characters."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+TENANT_PREFIX = "org-"
+API_KEY_ID_PREFIX = "key-"
+FILE_PREFIX = "file-"
+JOB_PREFIX = "ftjob-"
+EVENT_PREFIX = "ftevent-"
+CHECKPOINT_PREFIX = "ftckpt-"
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    """A fresh identifier such as ``file-3kTq...``; 24 random base62 characters (~142 bits)."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))

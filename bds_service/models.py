@@ -1,0 +1,243 @@
+"""SQLAlchemy 2 models: the whole schema of the service.
+
+Alembic migrations (``migrations/versions``) are the only way this schema reaches a database;
+``alembic check`` in the tests fails when a model changes without a migration. The same models
+run on PostgreSQL and SQLite, so column types stay portable (``JSON``, timezone-aware UTC
+datetimes through :class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID_LENGTH = 40
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware in UTC (the only kind of datetime the service stores)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def unix_seconds(value: dt.datetime | None) -> int | None:
+    """A datetime as integer unix seconds, the way the OpenAI API shows times."""
+    return None if value is None else int(value.timestamp())
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as naive
+    UTC and given back their UTC zone on the way out. Naive inputs are refused: they are bugs.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given; use bds_service.models.utcnow()")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with constraint naming conventions (stable names for migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        str: String(),
+    }
+
+
+class Tenant(Base):
+    """A customer organisation; every customer-owned row carries its id."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class ApiKey(Base):
+    """An API key; only its HMAC-SHA256 under the server secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(64))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class File(Base):
+    """An uploaded dataset: its bytes live in storage, its validation and safety report here."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    # uploaded -> processed | error (the OpenAI file statuses)
+    status: Mapped[str] = mapped_column(String(16))
+    status_details: Mapped[str | None] = mapped_column(Text)
+    data_format: Mapped[str | None] = mapped_column(String(32))
+    n_examples: Mapped[int | None] = mapped_column(Integer)
+    validation_report: Mapped[dict[str, Any] | None]
+    # pending -> running -> succeeded | failed; None for files that are never scored
+    safety_status: Mapped[str | None] = mapped_column(String(16))
+    safety_report: Mapped[dict[str, Any] | None]
+    safety_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[dt.datetime | None]
+    deleted_at: Mapped[dt.datetime | None]
+
+
+class FineTuningJob(Base):
+    """A fine-tuning job; the row is the source of truth for its state and lease."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_fine_tuning_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_fine_tuning_jobs_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model: Mapped[str] = mapped_column(String(200))
+    training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    safety_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    status: Mapped[str] = mapped_column(String(32))
+    hyperparameters: Mapped[dict[str, Any]]
+    method: Mapped[dict[str, Any]]
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
+    error: Mapped[dict[str, Any] | None]
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_finish: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    cancel_requested_at: Mapped[dt.datetime | None]
+    # Lease: which worker holds the job and until when (renewed by heartbeat).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[dt.datetime | None]
+    # Results.
+    adapter_key: Mapped[str | None] = mapped_column(String(512))
+    safety_report: Mapped[dict[str, Any] | None]
+
+
+class JobEvent(Base):
+    """One line of a job's history: a message or a metrics snapshot."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    # seq orders events exactly even when two share a timestamp.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(8))
+    event_type: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+
+
+class JobCheckpoint(Base):
+    """A verified training checkpoint recorded after the trainer renamed it into place."""
+
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    step_number: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key and the resource its first request created."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AuditLog(Base):
+    """Append-only record of every state change; database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str | None] = mapped_column(String(200))
+    tenant_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None]

@@ -1,0 +1,141 @@
+"""Service settings: one pydantic-settings class, read from ``BDS_*`` environment variables.
+
+The defaults describe the embedded deployment (SQLite file, a broker on SQLite, local artifact
+folder under ``data_dir``). Production sets ``BDS_ENVIRONMENT=production`` and must then supply
+its own ``BDS_API_KEY_SECRET``: the service refuses to start with the development secret.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SECRET = "bds-development-secret-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables are the field names prefixed ``BDS_``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BDS_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = Field(
+        default="development", description="production refuses default secrets"
+    )
+    data_dir: Path = Field(
+        default=Path(".bds"), description="root of the embedded database, broker and files"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file <data_dir>/bds.sqlite3"
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL; default: kombu's SQLAlchemy transport on "
+        "<data_dir>/broker.sqlite3 (needs no server)",
+    )
+    storage_dir: Path | None = Field(
+        default=None, description="artifact folder (uploads, adapters); default <data_dir>/storage"
+    )
+    api_key_secret: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_SECRET), description="server secret for the HMAC of API keys"
+    )
+
+    # Queues: names are settings so that several deployments (or test runs) can share a broker.
+    cpu_queue: str = Field(default="cpu", description="queue for validation and scoring tasks")
+    gpu_queue: str = Field(default="gpu", description="queue for training tasks")
+    broker_visibility_timeout_s: int = Field(
+        default=6 * 3600,
+        gt=0,
+        description="Redis redelivery timeout; the DB lease, not this, guards against double runs",
+    )
+
+    # Uploads and datasets.
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="cap on one upload")
+    max_line_bytes: int = Field(default=1024 * 1024, gt=0, description="cap on one JSONL line")
+    max_examples: int = Field(default=100_000, gt=0, description="cap on examples in one file")
+    min_examples: int = Field(default=1, gt=0, description="fewest examples in a training file")
+    max_validation_issues: int = Field(default=100, gt=0, description="issues kept in a report")
+    max_message_chars: int = Field(default=100_000, gt=0, description="cap on one message's text")
+
+    # Models and training defaults.
+    base_models: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct", "tiny-random-llama"],
+        description="base models this deployment fine-tunes (bds_core.models specs)",
+    )
+    base_learning_rate: float = Field(
+        default=2e-4, gt=0, description="LoRA learning rate multiplied by learning_rate_multiplier"
+    )
+    default_n_epochs: int = Field(default=3, gt=0, description="epochs for auto")
+    default_batch_size: int = Field(default=8, gt=0, description="batch size for auto")
+    max_length: int = Field(default=512, gt=0, description="token cap per training example")
+    checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints")
+    safety_alignment_file: Path | None = Field(
+        default=None,
+        description="provider's alignment data (JSONL of harmful prompts with refusals) used by "
+        "method bds when the job names no safety-alignment file",
+    )
+    scorer_path: Path | None = Field(
+        default=None, description="amortized scheduler for safety reports; None: the packaged one"
+    )
+
+    # Post-training evaluation.
+    eval_harmful_prompts: str | None = Field(
+        default=None,
+        description="held-out harmful prompts for the harmful score: a .txt (one per line), "
+        ".jsonl (field prompt) or .csv (column forbidden_prompt) path, or the asset name "
+        "'strongreject'; None skips the harmful score",
+    )
+    eval_max_prompts: int = Field(default=50, gt=0, description="harmful prompts evaluated per job")
+    eval_max_new_tokens: int = Field(default=48, gt=0, description="answer length in evaluation")
+    eval_max_examples: int = Field(default=200, gt=0, description="validation examples used for FA")
+
+    # Job leases (reliability.md: Postgres owns a job's state).
+    lease_seconds: int = Field(default=300, gt=0, description="claim life without heartbeat")
+    heartbeat_seconds: float = Field(default=15.0, gt=0, description="gap between heartbeats")
+    max_attempts: int = Field(default=3, gt=0, description="claims of one job before it fails")
+    progress_event_seconds: float = Field(
+        default=5.0, ge=0, description="minimum gap between progress events (first and last always)"
+    )
+
+    # API.
+    max_page_size: int = Field(default=100, gt=0, description="largest `limit` a list accepts")
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.api_key_secret.get_secret_value() == DEVELOPMENT_SECRET
+        ):
+            raise ValueError(
+                "BDS_API_KEY_SECRET must be set to a private random value when "
+                "BDS_ENVIRONMENT=production (the development default is public)"
+            )
+        if len(self.api_key_secret.get_secret_value()) < 16:
+            raise ValueError("BDS_API_KEY_SECRET must be at least 16 characters long")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'bds.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL, defaulting to kombu's SQLAlchemy transport on a SQLite file."""
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite3').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        """The artifact folder, defaulting to ``<data_dir>/storage``."""
+        return (self.storage_dir or self.data_dir / "storage").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()
