@@ -1,0 +1,1 @@
+"""Tenants (customer organisations) and their API keys."""

@@ -1,0 +1,184 @@
+"""Tenant and API key operations: create, authenticate, revoke. Services never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from bds_service import audit
+from bds_service.audit import Actor
+from bds_service.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from bds_service.ids import API_KEY_ID_PREFIX, TENANT_PREFIX, new_id
+from bds_service.models import ApiKey, Tenant, utcnow
+from bds_service.tenants.keys import display_prefix, generate_api_key, hash_api_key, is_well_formed
+from bds_service.tenants.repository import ApiKeyRepository, TenantRepository, find_active_key
+
+TENANT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{1,63}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a key of a tenant."""
+
+    tenant_id: str
+    tenant_name: str
+    key_id: str
+    is_admin: bool
+
+    def actor(self, request_id: str | None = None) -> Actor:
+        """This caller as the actor of audit rows."""
+        return Actor("api_key", self.key_id, self.tenant_id, request_id)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A newly created key: the row and the plaintext, which is never available again."""
+
+    api_key: ApiKey
+    plaintext: str
+
+
+def create_tenant(session: Session, name: str, actor: Actor) -> Tenant:
+    """Create a tenant named ``name`` (lowercase letters, digits, ``-`` and ``_``)."""
+    if not TENANT_NAME_PATTERN.fullmatch(name):
+        raise InvalidRequestError(
+            f"tenant name {name!r} is invalid: use 2-64 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+            code="invalid_tenant_name",
+            param="name",
+        )
+    repository = TenantRepository(session)
+    if repository.get_by_name(name) is not None:
+        raise ConflictError(
+            f"a tenant named {name!r} already exists", code="tenant_exists", param="name"
+        )
+    tenant = Tenant(id=new_id(TENANT_PREFIX), name=name)
+    session.add(tenant)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "tenant.create",
+        target_type="tenant",
+        target_id=tenant.id,
+        tenant_id=tenant.id,
+        details={"name": name},
+    )
+    return tenant
+
+
+def get_tenant_by_name(session: Session, name: str) -> Tenant:
+    """The tenant named ``name``; NotFoundError if there is none."""
+    tenant = TenantRepository(session).get_by_name(name)
+    if tenant is None:
+        raise NotFoundError(f"no tenant named {name!r}", code="tenant_not_found", param="name")
+    return tenant
+
+
+def get_tenant(session: Session, tenant_id: str) -> Tenant:
+    """The tenant with id ``tenant_id``; NotFoundError if there is none."""
+    tenant = TenantRepository(session).get(tenant_id)
+    if tenant is None:
+        raise NotFoundError(
+            f"no tenant with id {tenant_id!r}", code="tenant_not_found", param="tenant_id"
+        )
+    return tenant
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    """All tenants, oldest first."""
+    return TenantRepository(session).list_all()
+
+
+def create_api_key(
+    session: Session,
+    tenant: Tenant,
+    *,
+    secret: str,
+    actor: Actor,
+    is_admin: bool = False,
+    name: str | None = None,
+    expires_at: dt.datetime | None = None,
+) -> IssuedKey:
+    """Issue a key for ``tenant``; only its HMAC is stored, the plaintext is returned once."""
+    if name is not None and not 1 <= len(name) <= 64:
+        raise InvalidRequestError(
+            "key name must be 1-64 characters", code="invalid_key_name", param="name"
+        )
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidRequestError(
+            "expires_at must be in the future", code="invalid_expiry", param="expires_at"
+        )
+    plaintext = generate_api_key()
+    api_key = ApiKey(
+        id=new_id(API_KEY_ID_PREFIX),
+        tenant_id=tenant.id,
+        key_hash=hash_api_key(plaintext, secret),
+        key_prefix=display_prefix(plaintext),
+        name=name,
+        is_admin=is_admin,
+        expires_at=expires_at,
+    )
+    session.add(api_key)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "api_key.create",
+        target_type="api_key",
+        target_id=api_key.id,
+        tenant_id=tenant.id,
+        details={"is_admin": is_admin, "key_prefix": api_key.key_prefix},
+    )
+    return IssuedKey(api_key=api_key, plaintext=plaintext)
+
+
+def revoke_api_key(session: Session, tenant_id: str, key_id: str, actor: Actor) -> ApiKey:
+    """Revoke one of a tenant's keys; revoking twice is harmless."""
+    api_key = ApiKeyRepository(session, tenant_id).get(key_id)
+    if api_key is None:
+        raise NotFoundError(
+            f"no API key with id {key_id!r}", code="api_key_not_found", param="key_id"
+        )
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+        audit.record(
+            session,
+            actor,
+            "api_key.revoke",
+            target_type="api_key",
+            target_id=key_id,
+            tenant_id=tenant_id,
+        )
+    return api_key
+
+
+def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    """A tenant's keys (hashes are never shown, only prefixes)."""
+    return ApiKeyRepository(session, tenant_id).list_keys()
+
+
+def authenticate(session: Session, plaintext: str, *, secret: str) -> Principal:
+    """The principal for a presented key; AuthenticationError if it is not a live key."""
+    if not is_well_formed(plaintext):
+        raise AuthenticationError(
+            "the API key is malformed; keys start with 'bds-' and are shown once when created",
+            code="invalid_api_key",
+        )
+    found = find_active_key(session, hash_api_key(plaintext, secret), utcnow())
+    if found is None:
+        raise AuthenticationError(
+            "the API key is unknown, revoked or expired", code="invalid_api_key"
+        )
+    api_key, tenant = found
+    return Principal(
+        tenant_id=tenant.id, tenant_name=tenant.name, key_id=api_key.id, is_admin=api_key.is_admin
+    )
