@@ -1,0 +1,450 @@
+"""`bds bench build-data`: every dataset the benchmark uses, built deterministically from a seed.
+
+Output folder (all JSONL in the chat format the API accepts, ``{"messages", "metadata"}``):
+
+- ``safety.jsonl``: D_safe, alignment prompts with varied refusals (metadata set, category).
+- ``harmful_pool.jsonl``: harmful-training prompts with compliant answers written by the base
+  model (metadata label "harmful", category, how the answer was generated).
+- ``harmful_holdout.jsonl``: the same for the scheduler-holdout prompts, a subset of the
+  evaluation prompts; for checking the pretrained scheduler on harmful examples it never saw.
+- ``eval_harmful_prompts.jsonl``: the evaluation prompts (the user message is the prompt; the
+  assistant message is a reference refusal, there only so the file is valid chat data).
+- ``{task}_train.jsonl`` and ``{task}_eval.jsonl``: the benign task's training pool and its
+  held-out evaluation items (metadata label "benign", task).
+- ``ft_{task}_p{p}.jsonl``: D_ft, ``n`` examples of the task with exactly round(p * n) harmful.
+- ``manifest.json``: the configuration, split counts, how the harmful answers were made, task
+  answer lengths in tokens, and the sha256 of every file. It holds no times or paths of this
+  machine, so the same inputs give a byte-identical folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bds_core.bench.answers import (
+    ROUNDS,
+    AnswerCache,
+    GenerationSettings,
+    HarmfulAnswers,
+    RoundReport,
+    answers_cache_key,
+    collect_harmful_answers,
+)
+from bds_core.bench.prompts import (
+    HarmfulPrompt,
+    PromptSplit,
+    load_strongreject,
+    prompts_digest,
+    split_prompts,
+)
+from bds_core.bench.refusals import REFUSAL_TEMPLATES, build_safety_examples
+from bds_core.bench.tasks import TASKS, get_task, task_examples
+from bds_core.data import (
+    Example,
+    harmful_count,
+    load_examples,
+    mix_with_harmful_share,
+    write_examples,
+)
+
+MANIFEST_VERSION = 1
+DEFAULT_SHARES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "sort-words", "spell-number")
+
+ProgressFn = Callable[[str, int, int], None]
+"""``(description, done, total)``: called as a build advances."""
+
+
+@dataclass(frozen=True)
+class BuildDataConfig:
+    """What `bds bench build-data` builds; every field has a default except the output folder."""
+
+    out_dir: Path = field(metadata={"help": "Folder the files and manifest.json are written to."})
+    model: str = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "Base model that writes the harmful answers (catalog name or path)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of every split, draw and sample."})
+    n: int = field(default=200, metadata={"help": "Examples per fine-tuning file (D_ft)."})
+    shares: tuple[float, ...] = field(
+        default=DEFAULT_SHARES, metadata={"help": "Harmful shares p; one D_ft file per task and p."}
+    )
+    tasks: tuple[str, ...] = field(
+        default=DEFAULT_TASKS,
+        metadata={"help": "Benign tasks (arithmetic, sort-words, spell-number)."},
+    )
+    n_alignment: int = field(default=100, metadata={"help": "Prompts in the alignment split."})
+    n_harmful_train: int = field(
+        default=100, metadata={"help": "Prompts in the harmful-training split."}
+    )
+    n_scheduler_holdout: int = field(
+        default=48,
+        metadata={"help": "Evaluation prompts that also get compliant answers (scheduler check)."},
+    )
+    n_task_eval: int = field(default=150, metadata={"help": "Held-out evaluation items per task."})
+    max_rounds: int = field(
+        default=len(ROUNDS), metadata={"help": "Most generation rounds for harmful answers."}
+    )
+    generation: GenerationSettings = field(
+        default_factory=GenerationSettings, metadata={"help": "How harmful answers are generated."}
+    )
+    prompts_csv: Path | None = field(
+        default=None, metadata={"help": "StrongREJECT-style CSV; default: the packaged asset."}
+    )
+    cache_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Where generated answers are cached; default: $BDS_CACHE_DIR/bench-answers."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if not self.shares:
+            raise ValueError("shares must name at least one harmful share")
+        for share in self.shares:
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"every share must be between 0 and 1, got {share}")
+        if len(set(self.shares)) != len(self.shares):
+            raise ValueError(f"shares must be distinct, got {list(self.shares)}")
+        if not self.tasks:
+            raise ValueError("tasks must name at least one benign task")
+        for task in self.tasks:
+            get_task(task)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be distinct, got {list(self.tasks)}")
+        if self.n_task_eval < 1:
+            raise ValueError(f"n_task_eval must be at least 1, got {self.n_task_eval}")
+        if not 1 <= self.max_rounds <= len(ROUNDS):
+            raise ValueError(
+                f"max_rounds must be between 1 and {len(ROUNDS)}, got {self.max_rounds}"
+            )
+
+    @property
+    def required_harmful(self) -> int:
+        """Harmful examples the largest share needs: max of round(p * n)."""
+        return max(harmful_count(self.n, share) for share in self.shares)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The settings that determine the output (no machine paths)."""
+        return {
+            "model": self.model,
+            "seed": self.seed,
+            "n": self.n,
+            "shares": list(self.shares),
+            "tasks": list(self.tasks),
+            "n_alignment": self.n_alignment,
+            "n_harmful_train": self.n_harmful_train,
+            "n_scheduler_holdout": self.n_scheduler_holdout,
+            "n_task_eval": self.n_task_eval,
+            "max_rounds": self.max_rounds,
+            "generation": self.generation.to_dict(),
+            "prompts_csv": "strongreject (packaged)"
+            if self.prompts_csv is None
+            else self.prompts_csv.name,
+        }
+
+
+class BuildDataError(RuntimeError):
+    """The build cannot produce what was asked (for example too few harmful answers survive)."""
+
+
+@dataclass(frozen=True)
+class BuildDataResult:
+    """Where the build wrote, and its manifest."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    rounds: tuple[RoundReport, ...] = ()
+
+    def path(self, name: str) -> Path:
+        """Path of one built file, by its name in the manifest."""
+        if name not in self.manifest["files"]:
+            raise KeyError(
+                f"{name} was not built; built files: {', '.join(self.manifest['files'])}"
+            )
+        return self.out_dir / name
+
+
+def share_label(share: float) -> str:
+    """How a share appears in file names: 0 -> "p0", 0.05 -> "p0.05"."""
+    return f"p{share:g}"
+
+
+def ft_file_name(task: str, share: float) -> str:
+    """File name of the D_ft file for ``task`` at harmful share ``share``."""
+    return f"ft_{task}_{share_label(share)}.jsonl"
+
+
+def default_cache_dir() -> Path:
+    """``$BDS_CACHE_DIR/bench-answers`` (``~/.cache/bds`` when the variable is unset)."""
+    root = os.environ.get("BDS_CACHE_DIR") or str(Path.home() / ".cache" / "bds")
+    return Path(root) / "bench-answers"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mix_seed(seed: int, task: str, share: float) -> int:
+    digest = hashlib.sha256(f"bds-bench-mix:{seed}:{task}:{share!r}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def _harmful_examples(
+    prompts: Sequence[HarmfulPrompt], answers: HarmfulAnswers, split: str
+) -> list[Example]:
+    examples = []
+    for prompt in prompts:
+        for kept in answers.answers.get(prompt.index, []):
+            examples.append(
+                Example.create(
+                    [
+                        {"role": "user", "content": prompt.text},
+                        {"role": "assistant", "content": kept.text},
+                    ],
+                    metadata={
+                        "label": "harmful",
+                        "category": prompt.category,
+                        "split": split,
+                        "prompt_index": prompt.index,
+                        "generation_round": kept.round.index,
+                        "generation": f"{kept.round.mode}/"
+                        + ("sampled" if kept.round.sampled else "greedy"),
+                    },
+                )
+            )
+    return examples
+
+
+def _evaluation_examples(split: PromptSplit) -> list[Example]:
+    holdout = {prompt.index for prompt in split.scheduler_holdout}
+    return [
+        Example.create(
+            [
+                {"role": "user", "content": prompt.text},
+                # A reference refusal, only so the file is valid chat data (see module docstring).
+                {"role": "assistant", "content": REFUSAL_TEMPLATES[0]},
+            ],
+            metadata={
+                "set": "evaluation",
+                "category": prompt.category,
+                "prompt_index": prompt.index,
+                "scheduler_holdout": prompt.index in holdout,
+            },
+        )
+        for prompt in split.evaluation
+    ]
+
+
+def _token_stats(tokenizer: Any, texts: Sequence[str]) -> dict[str, float]:
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    return {
+        "min": min(lengths),
+        "mean": round(sum(lengths) / len(lengths), 2),
+        "max": max(lengths),
+    }
+
+
+def _resolve_prompts_csv(config: BuildDataConfig) -> Path:
+    if config.prompts_csv is not None:
+        return config.prompts_csv
+    from bds_core.models import pull_asset
+
+    return pull_asset("strongreject")
+
+
+def _model_identity(spec: str, source_path: Path | None) -> str:
+    if source_path is None:
+        return spec
+    size = source_path.stat().st_size if source_path.is_file() else 0
+    return f"{spec}|{source_path.name}|{size}"
+
+
+def build_benchmark_data(
+    config: BuildDataConfig,
+    on_progress: ProgressFn | None = None,
+    is_refusal: Callable[[str], bool] | None = None,
+) -> BuildDataResult:
+    """Build every benchmark file into ``config.out_dir`` and return the manifest.
+
+    ``is_refusal`` defaults to ``bds_core.eval.RefusalPhraseJudge().is_refusal``. Raises
+    BuildDataError when fewer harmful answers survive than the largest share needs.
+    """
+    from bds_core.eval import RefusalPhraseJudge
+    from bds_core.models import load_model
+
+    def progress(description: str, done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(description, done, total)
+
+    judge_name = "custom"
+    if is_refusal is None:
+        judge = RefusalPhraseJudge()
+        is_refusal = judge.is_refusal
+        judge_name = type(judge).__name__
+
+    csv_path = _resolve_prompts_csv(config)
+    prompts = load_strongreject(csv_path)
+    split = split_prompts(
+        prompts,
+        seed=config.seed,
+        n_alignment=config.n_alignment,
+        n_harmful_train=config.n_harmful_train,
+        n_scheduler_holdout=config.n_scheduler_holdout,
+    )
+
+    progress(f"loading {config.model}", 0, 1)
+    loaded = load_model(config.model)
+    loaded.model.eval()
+    progress(f"loading {config.model}", 1, 1)
+
+    generation = GenerationSettings(**{**config.generation.to_dict(), "seed": config.seed})
+    cache_key = answers_cache_key(
+        _model_identity(loaded.spec, getattr(loaded, "source_path", None)),
+        [*split.harmful_train, *split.scheduler_holdout],
+        generation,
+    )
+    cache = AnswerCache((config.cache_dir or default_cache_dir()) / f"{cache_key}.jsonl")
+    answers = collect_harmful_answers(
+        loaded.model,
+        loaded.tokenizer,
+        split.harmful_train,
+        split.scheduler_holdout,
+        required_train_answers=config.required_harmful,
+        is_refusal=is_refusal,
+        settings=generation,
+        cache=cache,
+        max_rounds=config.max_rounds,
+        on_progress=on_progress,
+    )
+    harmful_pool = _harmful_examples(split.harmful_train, answers, "harmful_train")
+    if len(harmful_pool) < config.required_harmful:
+        raise BuildDataError(
+            f"only {len(harmful_pool)} harmful answers passed the judge after "
+            f"{len(answers.rounds)} generation round(s), but share {max(config.shares)} of "
+            f"n={config.n} needs {config.required_harmful}; lower --n or the largest share, "
+            f"raise --max-rounds (at most {len(ROUNDS)}) or --n-harmful-train"
+        )
+    harmful_holdout = _harmful_examples(split.scheduler_holdout, answers, "scheduler_holdout")
+
+    out_dir = config.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, Any]] = {}
+
+    def write(name: str, examples: Sequence[Example], description: str) -> None:
+        path = out_dir / name
+        write_examples(examples, path)
+        files[name] = {"examples": len(examples), "description": description}
+
+    write("safety.jsonl", build_safety_examples(split.alignment, config.seed), "D_safe: refusals")
+    write("harmful_pool.jsonl", harmful_pool, "harmful-training prompts, base-model answers")
+    if split.scheduler_holdout:
+        write(
+            "harmful_holdout.jsonl",
+            harmful_holdout,
+            "scheduler-holdout prompts (subset of evaluation), base-model answers",
+        )
+    write(
+        "eval_harmful_prompts.jsonl",
+        _evaluation_examples(split),
+        "evaluation prompts (user message), reference refusal",
+    )
+
+    task_manifest: dict[str, Any] = {}
+    for task_name in config.tasks:
+        task = TASKS[task_name]
+        eval_items, train_items = task.items(config.seed, config.n_task_eval, config.n)
+        benign_train = task_examples(task, train_items, "train")
+        write(
+            f"{task_name}_eval.jsonl",
+            task_examples(task, eval_items, "eval"),
+            "held-out task items",
+        )
+        write(f"{task_name}_train.jsonl", benign_train, "benign training pool")
+        for share in config.shares:
+            progress(f"mixing {task_name}", config.shares.index(share), len(config.shares))
+            mixed = mix_with_harmful_share(
+                benign_train,
+                harmful_pool,
+                n=config.n,
+                harmful_share=share,
+                seed=_mix_seed(config.seed, task_name, share),
+            )
+            write(
+                ft_file_name(task_name, share),
+                mixed,
+                f"D_ft: {task_name} with {harmful_count(config.n, share)} harmful of {config.n}",
+            )
+        task_manifest[task_name] = {
+            "description": task.description,
+            "n_train": len(train_items),
+            "n_eval": len(eval_items),
+            "answer_tokens": _token_stats(loaded.tokenizer, [item.answer for item in train_items]),
+        }
+
+    progress("checking files", 0, len(files))
+    for done, name in enumerate(sorted(files), start=1):
+        path = out_dir / name
+        # Every file must load with the same validator the API applies to uploads.
+        loaded_examples = load_examples(path)
+        if len(loaded_examples) != files[name]["examples"]:
+            raise BuildDataError(
+                f"{name}: wrote {files[name]['examples']} examples but the validator read "
+                f"{len(loaded_examples)} (duplicates or invalid lines)"
+            )
+        files[name]["sha256"] = file_sha256(path)
+        files[name]["bytes"] = path.stat().st_size
+        progress("checking files", done, len(files))
+
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "config": config.to_manifest(),
+        "prompts": {
+            "source": csv_path.name,
+            "sha256": file_sha256(csv_path),
+            "digest": prompts_digest(prompts),
+            "count": len(prompts),
+            "splits": split.counts(),
+            "never_seen_in_training": "evaluation",
+        },
+        "harmful_answers": {
+            "model": config.model,
+            "judge": judge_name,
+            "cache_key": cache_key,
+            "required": config.required_harmful,
+            "pool": len(harmful_pool),
+            "holdout": len(harmful_holdout),
+            "train_prompts_with_answers": sum(
+                1 for prompt in split.harmful_train if answers.answers.get(prompt.index)
+            ),
+            "holdout_prompts_with_answers": sum(
+                1 for prompt in split.scheduler_holdout if answers.answers.get(prompt.index)
+            ),
+            "priming_prefix": ROUNDS[-1].prefill,
+            "rounds": [report.to_dict() for report in answers.rounds],
+        },
+        "refusal_templates": len(REFUSAL_TEMPLATES),
+        "tasks": task_manifest,
+        "files": {name: files[name] for name in sorted(files)},
+    }
+    # Cached and fresh generations give the same files, so the manifest leaves out cache hits.
+    for report in manifest["harmful_answers"]["rounds"]:
+        report.pop("generated")
+        report.pop("from_cache")
+    (out_dir / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return BuildDataResult(out_dir=out_dir, manifest=manifest, rounds=tuple(answers.rounds))
