@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from bds_service.tasks import TaskSender, take_pending
 logger = logging.getLogger(__name__)
 
 SessionFactory = sessionmaker[Session]
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
+"""Opens one short transaction: commit on success, rollback on error, then publish tasks."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -36,7 +38,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+        )
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -65,8 +69,26 @@ def make_session_factory(engine: Engine) -> SessionFactory:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def dispatch_pending(session: Session, sender: TaskSender) -> None:
-    """Send the task messages buffered on a committed session."""
+_AFTER_COMMIT_KEY = "bds_after_commit"
+
+
+def call_after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's transaction has committed (never on rollback).
+
+    For side effects that must not happen unless the change is durable, such as removing a
+    deleted file's bytes from storage.
+    """
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+def discard_after_commit(session: Session) -> None:
+    """Forget the tasks and callbacks of a rolled-back transaction."""
+    take_pending(session)
+    session.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+def finish_commit(session: Session, sender: TaskSender) -> None:
+    """After a successful commit: publish buffered tasks, then run after-commit callbacks."""
     for message in take_pending(session):
         try:
             sender.send(message)
@@ -74,6 +96,12 @@ def dispatch_pending(session: Session, sender: TaskSender) -> None:
             # The change is committed; a job left queued without a message is picked up again
             # by the lease reaper, so a broker hiccup must not turn a success into an error.
             logger.exception("could not publish task %s%s", message.name, message.args)
+    callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT_KEY, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("after-commit callback %r failed", callback)
 
 
 @contextmanager
@@ -85,11 +113,11 @@ def unit_of_work(session_factory: SessionFactory, sender: TaskSender) -> Iterato
         session.commit()
     except BaseException:
         session.rollback()
-        take_pending(session)
+        discard_after_commit(session)
         raise
     finally:
         session.close()
-    dispatch_pending(session, sender)
+    finish_commit(session, sender)
 
 
 def alembic_config(database_url: str) -> Any:

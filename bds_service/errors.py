@@ -7,6 +7,8 @@ fix the problem: they say what was wrong and, where it helps, what is allowed.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """Base class: a request the service refuses, with everything an error body needs."""
@@ -14,11 +16,20 @@ class ServiceError(Exception):
     status_code = 400
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
+        # Extra members of the error body, e.g. the line and field of a bad upload.
+        self.details: dict[str, Any] = dict(details or {})
 
 
 class InvalidRequestError(ServiceError):

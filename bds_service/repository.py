@@ -45,7 +45,7 @@ class TenantScopedRepository(Generic[ModelT]):
         self.session = session
         self.tenant_id = tenant_id
 
-    def scoped(self) -> Select[tuple[ModelT]]:
+    def scoped(self) -> Select[ModelT]:
         """The tenant's rows of this model: the start of every read."""
         return select(self.model).where(self.model.tenant_id == self.tenant_id)
 
@@ -58,7 +58,7 @@ class TenantScopedRepository(Generic[ModelT]):
 
     def paginate_by_creation(
         self,
-        statement: Select[tuple[ModelT]],
+        statement: Select[ModelT],
         *,
         after: str | None,
         limit: int,

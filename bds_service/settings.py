@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     max_validation_issues: int = Field(default=100, gt=0, description="issues kept in a report")
     max_message_chars: int = Field(default=100_000, gt=0, description="cap on one message's text")
 
+    validate_uploads_synchronously: bool = Field(
+        default=True,
+        description="validate uploads while the client waits and refuse bad files with a 400 "
+        "(nothing stored); False: accept, then validate in the validate_file task",
+    )
+
     # Models and training defaults.
     base_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m-instruct", "tiny-random-llama"],

@@ -9,9 +9,12 @@ drop it on rollback. A task message therefore never names a row that does not ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from bds_service.settings import Settings
 
 # Task names are the contract between the API (which sends by name) and the worker (which
 # registers them); neither imports the other.
@@ -64,3 +67,33 @@ def take_pending(session: Session) -> list[TaskMessage]:
     """Remove and return the messages buffered on ``session``."""
     pending: list[TaskMessage] = session.info.pop(_PENDING_KEY, [])
     return pending
+
+
+def queue_name(kind: QueueKind, settings: Settings) -> str:
+    """The broker queue of a queue kind in this deployment."""
+    return settings.cpu_queue if kind == "cpu" else settings.gpu_queue
+
+
+def broker_settings(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the API (which only publishes) and the worker.
+
+    A plain dict, so this package needs no Celery import. JSON only (no pickle); the
+    visibility timeout is set in both places Celery reads it (celery#9339).
+    """
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
+    }

@@ -1,0 +1,69 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds an app around one engine, storage folder and task publisher;
+``app`` is the instance uvicorn serves (``uvicorn api.app:app``), configured from ``BDS_*``
+environment variables. Nothing here touches the database until the first request, and the
+schema is never created here: ``bds migrate`` (Alembic) does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import AppServices
+from api.errors import install_error_handlers
+from api.middleware import RequestIdMiddleware
+from api.publisher import CeleryPublisher
+from api.routers import admin, files, fine_tuning, health, models
+from bds_service.db import make_engine, make_session_factory
+from bds_service.settings import Settings, get_settings
+from bds_service.storage import LocalStorage
+from bds_service.tasks import TaskSender
+
+
+def create_app(settings: Settings | None = None, publisher: TaskSender | None = None) -> FastAPI:
+    """An API app; ``publisher`` defaults to a Celery client on the settings' broker."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    celery_publisher = CeleryPublisher(settings) if publisher is None else None
+    services = AppServices(
+        settings=settings,
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        storage=LocalStorage(settings.resolved_storage_dir),
+        publisher=publisher or celery_publisher,  # type: ignore[arg-type]
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if celery_publisher is not None:
+            celery_publisher.close()
+        engine.dispose()
+
+    app = FastAPI(
+        title="BDS fine-tuning service",
+        version="1.0.0",
+        description="OpenAI-shaped fine-tuning API with the Bayesian Data Scheduler defence: "
+        "per-dataset safety reports and safety-weighted LoRA fine-tuning.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):
+        app.include_router(router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app` is built on first access, so importing this module (tests, tools) needs no
+    # environment; `uvicorn api.app:app` accesses it and gets an app from BDS_* settings.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

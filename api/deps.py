@@ -1,0 +1,123 @@
+"""Request dependencies, as ``Annotated`` aliases: the session, the caller, the app's services.
+
+``DbSession`` is one session per request: it commits when the endpoint returns, rolls back if
+it raises, and only after a successful commit publishes the tasks the services buffered. It is
+a ``scope="function"`` dependency, so the commit happens before the response is sent and a
+client never sees a success that was not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from bds_service.db import SessionFactory, discard_after_commit, finish_commit
+from bds_service.errors import AuthenticationError, PermissionDeniedError
+from bds_service.settings import Settings
+from bds_service.storage import LocalStorage
+from bds_service.tasks import TaskSender
+from bds_service.tenants.service import Principal, authenticate
+
+
+@dataclass
+class AppServices:
+    """Everything the endpoints share, built once by the app factory."""
+
+    settings: Settings
+    engine: Engine
+    session_factory: SessionFactory
+    storage: LocalStorage
+    publisher: TaskSender
+
+
+def get_services(request: Request) -> AppServices:
+    """The app's shared services."""
+    services: AppServices = request.app.state.services
+    return services
+
+
+Services = Annotated[AppServices, Depends(get_services)]
+
+
+def get_settings(services: Services) -> Settings:
+    """The app's settings."""
+    return services.settings
+
+
+def get_storage(services: Services) -> LocalStorage:
+    """The artifact storage."""
+    return services.storage
+
+
+AppSettings = Annotated[Settings, Depends(get_settings)]
+Storage = Annotated[LocalStorage, Depends(get_storage)]
+
+
+def get_session(services: Services) -> Iterator[Session]:
+    """One transaction per request: commit on success, roll back on error, then publish."""
+    session = services.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        discard_after_commit(session)
+        raise
+    finally:
+        session.close()
+    finish_commit(session, services.publisher)
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_request_id(request: Request) -> str:
+    """The request id set by the middleware (echoed in X-Request-ID, stored in audit rows)."""
+    return str(request.state.request_id)
+
+
+RequestId = Annotated[str, Depends(get_request_id)]
+
+
+def authenticate_request(request: Request, services: Services) -> Principal:
+    """The caller behind ``Authorization: Bearer <key>``; 401 without a live key.
+
+    The key is looked up in its own short transaction, not the request's, so that a long
+    upload does not hold a transaction (on SQLite: the write lock) while the body streams in.
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationError(
+            "no API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+        )
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise AuthenticationError(
+            "the Authorization header must be 'Bearer <key>'", code="invalid_authorization_header"
+        )
+    with services.session_factory() as session:
+        principal = authenticate(
+            session,
+            credentials.strip(),
+            secret=services.settings.api_key_secret.get_secret_value(),
+        )
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate_request)]
+
+
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    """The caller, who must hold an admin key; 403 otherwise."""
+    if not principal.is_admin:
+        raise PermissionDeniedError("this route needs an admin API key", code="admin_key_required")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,105 @@
+"""Admin objects: tenants (organizations), API keys and audit rows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bds_service.models import ApiKey, AuditLog, Tenant, unix_seconds
+
+
+class TenantCreate(BaseModel):
+    """``POST /v1/admin/tenants``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class TenantObject(BaseModel):
+    """A tenant; its id appears as ``organization_id`` on jobs."""
+
+    id: str
+    object: Literal["organization"] = "organization"
+    name: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, tenant: Tenant) -> TenantObject:
+        """The API view of a tenant row."""
+        return cls(id=tenant.id, name=tenant.name, created_at=unix_seconds(tenant.created_at) or 0)
+
+
+class ApiKeyCreate(BaseModel):
+    """``POST /v1/admin/tenants/{tenant_id}/api_keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    admin: bool = False
+    expires_at: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="unix seconds after which the key stops working"
+    )
+
+
+class ApiKeyObject(BaseModel):
+    """An API key; ``key`` holds the secret only in the answer that created it."""
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant_id: str
+    name: str | None
+    key_prefix: str
+    admin: bool
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+    key: str | None = None
+
+    @classmethod
+    def from_row(cls, api_key: ApiKey, plaintext: str | None = None) -> ApiKeyObject:
+        """The API view of a key row (the plaintext only when just issued)."""
+        return cls(
+            id=api_key.id,
+            tenant_id=api_key.tenant_id,
+            name=api_key.name,
+            key_prefix=api_key.key_prefix,
+            admin=api_key.is_admin,
+            created_at=unix_seconds(api_key.created_at) or 0,
+            expires_at=unix_seconds(api_key.expires_at),
+            revoked_at=unix_seconds(api_key.revoked_at),
+            key=plaintext,
+        )
+
+
+class AuditLogObject(BaseModel):
+    """One audit row."""
+
+    id: int
+    object: Literal["audit_log.entry"] = "audit_log.entry"
+    created_at: int
+    actor_type: str
+    actor_id: str | None
+    tenant_id: str | None
+    action: str
+    target_type: str
+    target_id: str | None
+    request_id: str | None
+    details: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: AuditLog) -> AuditLogObject:
+        """The API view of an audit row."""
+        return cls(
+            id=row.id,
+            created_at=unix_seconds(row.created_at) or 0,
+            actor_type=row.actor_type,
+            actor_id=row.actor_id,
+            tenant_id=row.tenant_id,
+            action=row.action,
+            target_type=row.target_type,
+            target_id=row.target_id,
+            request_id=row.request_id,
+            details=row.details,
+        )

@@ -1,0 +1,1 @@
+"""Uploaded files: registration, validation reports, safety reports, deletion."""

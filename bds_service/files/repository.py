@@ -1,0 +1,35 @@
+"""Queries over files; tenant reads start from the scoped statement."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bds_service.models import File
+from bds_service.repository import Page, SortOrder, TenantScopedRepository
+
+
+class FileRepository(TenantScopedRepository[File]):
+    """One tenant's files (deleted files are invisible)."""
+
+    model = File
+
+    def live(self, file_id: str) -> File | None:
+        """The tenant's file with this id unless deleted."""
+        return self.session.scalars(
+            self.scoped().where(File.id == file_id, File.deleted_at.is_(None))
+        ).one_or_none()
+
+    def page(
+        self, *, after: str | None, limit: int, order: SortOrder, purpose: str | None
+    ) -> Page[File] | None:
+        """A page of live files, optionally of one purpose; None if ``after`` is unknown."""
+        statement = self.scoped().where(File.deleted_at.is_(None))
+        if purpose is not None:
+            statement = statement.where(File.purpose == purpose)
+        return self.paginate_by_creation(statement, after=after, limit=limit, order=order)
+
+
+def load_file_for_task(session: Session, file_id: str) -> File | None:
+    """A file by id for a background task, which acts for the system, not a tenant."""
+    return session.scalars(select(File).where(File.id == file_id)).one_or_none()

@@ -1,0 +1,366 @@
+"""Files: register uploads, validate them line by line, score them, list, delete.
+
+Validation uses ``bds_core.data`` (format, roles, lengths, duplicates; every issue names its line
+and field). With ``validate_uploads_synchronously`` (the default) the API validates while the
+client waits and refuses a bad file with a 400 that names the first problem, storing nothing;
+otherwise the ``validate_file`` task does it and the file ends ``processed`` or ``error`` with the
+same report. Either way a processed ``fine-tune`` file is then scored by the amortized scheduler
+(``score_dataset`` task), which fills the safety report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_
+from sqlalchemy.orm import Session
+
+from bds_core.data import DatasetLimits, ValidationReport, load_examples, validate_file
+from bds_service import audit
+from bds_service.audit import Actor
+from bds_service.db import UnitOfWork, call_after_commit
+from bds_service.errors import ConflictError, InvalidRequestError, NotFoundError
+from bds_service.files.repository import FileRepository, load_file_for_task
+from bds_service.ids import FILE_PREFIX, new_id
+from bds_service.jobs.repository import JobRepository
+from bds_service.models import File, FineTuningJob, utcnow
+from bds_service.repository import Page, SortOrder
+from bds_service.settings import Settings
+from bds_service.storage import LocalStorage, StoredObject
+from bds_service.tasks import SCORE_DATASET, VALIDATE_FILE, TaskMessage, enqueue_after_commit
+
+logger = logging.getLogger(__name__)
+
+FINE_TUNE = "fine-tune"
+SAFETY_ALIGNMENT = "safety-alignment"
+UPLOAD_PURPOSES = (FINE_TUNE, SAFETY_ALIGNMENT)
+
+# File statuses (OpenAI's).
+UPLOADED, PROCESSED, ERROR = "uploaded", "processed", "error"
+# Safety report statuses.
+SAFETY_PENDING, SAFETY_RUNNING, SAFETY_SUCCEEDED, SAFETY_FAILED = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+)
+SCORING_UNAVAILABLE = "scoring_unavailable"
+
+_ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "cancelling")
+_FORBIDDEN_FILENAME_CHARACTERS = set('/\\:*?"<>|')
+
+
+def new_file_id() -> str:
+    """A fresh file id (``file-...``)."""
+    return new_id(FILE_PREFIX)
+
+
+def check_upload_fields(filename: str | None, purpose: str | None) -> str:
+    """Validate an upload's purpose and client filename; returns the filename to keep.
+
+    The filename is only a label: content is stored under the file id. Names with path parts
+    or control characters are refused rather than cleaned, so the client learns about it.
+    """
+    if purpose is None:
+        raise InvalidRequestError(
+            "the form field 'purpose' is required",
+            code="missing_required_parameter",
+            param="purpose",
+        )
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequestError(
+            f"purpose {purpose!r} is not supported; use one of {', '.join(UPLOAD_PURPOSES)}",
+            code="invalid_purpose",
+            param="purpose",
+        )
+    if not filename:
+        raise InvalidRequestError(
+            "the multipart part 'file' must carry a filename", code="invalid_filename", param="file"
+        )
+    if (
+        len(filename) > 255
+        or filename in {".", ".."}
+        or any(ch in _FORBIDDEN_FILENAME_CHARACTERS or ord(ch) < 32 for ch in filename)
+    ):
+        raise InvalidRequestError(
+            f"filename {filename[:80]!r} is not allowed: send a plain name of at most 255 "
+            "characters without path separators or control characters",
+            code="invalid_filename",
+            param="file",
+        )
+    return filename
+
+
+def dataset_limits(settings: Settings) -> DatasetLimits:
+    """The dataset limits configured for this deployment."""
+    return DatasetLimits(
+        max_line_bytes=settings.max_line_bytes,
+        max_examples=settings.max_examples,
+        min_examples=settings.min_examples,
+        max_issues=settings.max_validation_issues,
+        max_message_chars=settings.max_message_chars,
+    )
+
+
+def validate_content(path: Path, settings: Settings) -> ValidationReport:
+    """Validate a stored JSONL file line by line (never raises for bad content)."""
+    _examples, report = validate_file(path, dataset_limits(settings))
+    return report
+
+
+def _first_error(report: ValidationReport) -> dict[str, Any] | None:
+    for issue in report.to_dict()["issues"]:
+        if issue.get("severity", "error") == "error":
+            return dict(issue)
+    return None
+
+
+def describe_report(report: ValidationReport) -> str:
+    """One sentence a person can act on: how many problems, and where the first one is."""
+    if report.ok:
+        return f"{report.n_examples} valid examples ({report.format} format)"
+    first = _first_error(report)
+    where = ""
+    if first is not None:
+        parts = [f"line {first['line']}" if first.get("line") is not None else None]
+        parts.append(f"field {first['field']}" if first.get("field") else None)
+        location = ", ".join(part for part in parts if part)
+        where = f"; first: {location + ': ' if location else ''}{first['message']}"
+    return f"the file is not a valid training file ({report.n_errors} error(s){where})"
+
+
+def invalid_file_error(report: ValidationReport) -> InvalidRequestError:
+    """The 400 error for an upload that failed validation, naming its first problem."""
+    first = _first_error(report) or {}
+    return InvalidRequestError(
+        describe_report(report),
+        code=str(first.get("code") or "invalid_file"),
+        param="file",
+        details={
+            "line": first.get("line"),
+            "field": first.get("field"),
+            "validation_report": report.to_dict(),
+        },
+    )
+
+
+def _apply_report(file: File, report: ValidationReport) -> None:
+    file.validation_report = report.to_dict()
+    file.data_format = report.format
+    file.n_examples = report.n_examples
+    file.status = PROCESSED if report.ok else ERROR
+    file.status_details = None if report.ok else describe_report(report)
+    file.processed_at = utcnow()
+
+
+def _after_processed(session: Session, file: File) -> None:
+    """Follow-ups of a file reaching processed or error: scoring, and jobs waiting on it."""
+    from bds_service.jobs.service import enqueue_jobs_waiting_on_file
+
+    if file.status == PROCESSED and file.purpose == FINE_TUNE:
+        file.safety_status = SAFETY_PENDING
+        enqueue_after_commit(session, TaskMessage(SCORE_DATASET, (file.id,)))
+    enqueue_jobs_waiting_on_file(session, file.id)
+
+
+def register_upload(
+    session: Session,
+    *,
+    actor: Actor,
+    tenant_id: str,
+    file_id: str,
+    filename: str,
+    purpose: str,
+    stored: StoredObject,
+    report: ValidationReport | None,
+) -> File:
+    """Create the row of a stored upload; with a report it is already validated (and valid)."""
+    file = File(
+        id=file_id,
+        tenant_id=tenant_id,
+        filename=filename,
+        purpose=purpose,
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        storage_key=stored.key,
+        status=UPLOADED,
+    )
+    session.add(file)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "file.create",
+        target_type="file",
+        target_id=file.id,
+        tenant_id=tenant_id,
+        details={"purpose": purpose, "bytes": stored.bytes, "sha256": stored.sha256},
+    )
+    if report is None:
+        enqueue_after_commit(session, TaskMessage(VALIDATE_FILE, (file.id,)))
+    else:
+        _apply_report(file, report)
+        _after_processed(session, file)
+    return file
+
+
+def list_files(
+    session: Session,
+    tenant_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    order: SortOrder = "desc",
+    purpose: str | None = None,
+) -> Page[File]:
+    """A page of the tenant's files."""
+    page = FileRepository(session, tenant_id).page(
+        after=after, limit=limit, order=order, purpose=purpose
+    )
+    if page is None:
+        raise InvalidRequestError(
+            f"cursor {after!r} is not one of your files", code="invalid_cursor", param="after"
+        )
+    return page
+
+
+def get_file(session: Session, tenant_id: str, file_id: str) -> File:
+    """The tenant's live file; 404 for unknown, deleted and other tenants' ids alike."""
+    file = FileRepository(session, tenant_id).live(file_id)
+    if file is None:
+        raise NotFoundError(f"no file with id {file_id!r}", code="file_not_found", param="file_id")
+    return file
+
+
+def delete_file(
+    session: Session, tenant_id: str, file_id: str, *, actor: Actor, storage: LocalStorage
+) -> File:
+    """Delete a file: the row is kept (jobs refer to it), the bytes go after commit."""
+    file = get_file(session, tenant_id, file_id)
+    in_use = session.scalars(
+        JobRepository(session, tenant_id)
+        .scoped()
+        .with_only_columns(FineTuningJob.id)
+        .where(
+            or_(
+                FineTuningJob.training_file_id == file_id,
+                FineTuningJob.validation_file_id == file_id,
+                FineTuningJob.safety_file_id == file_id,
+            ),
+            FineTuningJob.status.in_(_ACTIVE_JOB_STATUSES),
+        )
+        .limit(1)
+    ).first()
+    if in_use is not None:
+        raise ConflictError(
+            f"file {file_id} is used by fine-tuning job {in_use}, which has not finished; "
+            "cancel the job or wait for it to end",
+            code="file_in_use",
+            param="file_id",
+        )
+    file.deleted_at = utcnow()
+    audit.record(session, actor, "file.delete", target_type="file", target_id=file_id)
+    key = file.storage_key
+    call_after_commit(session, lambda: storage.delete(key))
+    return file
+
+
+def content_path(
+    session: Session, tenant_id: str, file_id: str, storage: LocalStorage
+) -> tuple[File, Path]:
+    """The tenant's file and the path of its bytes."""
+    file = get_file(session, tenant_id, file_id)
+    path = storage.path(file.storage_key)
+    if not path.is_file():
+        raise NotFoundError(
+            f"the content of file {file_id} is no longer stored", code="file_not_found"
+        )
+    return file, path
+
+
+# ---- background task bodies -------------------------------------------------------------
+
+
+def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: Settings) -> str:
+    """Task body: validate an uploaded file and record the report; returns the file status.
+
+    Safe to run twice (a redelivered message finds the file processed and stops). The file is
+    read outside any transaction, so a large file never holds database locks.
+    """
+    with uow() as session:
+        file = load_file_for_task(session, file_id)
+        if file is None or file.deleted_at is not None:
+            return "missing"
+        if file.status != UPLOADED:
+            return file.status
+        path = storage.path(file.storage_key)
+    report = validate_content(path, settings)
+    with uow() as session:
+        file = load_file_for_task(session, file_id)
+        if file is None or file.status != UPLOADED:
+            return "missing" if file is None else file.status
+        _apply_report(file, report)
+        audit.record(
+            session,
+            Actor("worker", "validate_file", file.tenant_id),
+            "file.validate",
+            target_type="file",
+            target_id=file.id,
+            details={"status": file.status, "n_examples": report.n_examples},
+        )
+        _after_processed(session, file)
+        return file.status
+
+
+def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: Settings) -> str:
+    """Task body: score a processed fine-tune file with the amortized scheduler.
+
+    The report comes from ``bds_core.scoring.score_examples(examples, scheduler_path=...)``.
+    If that module is not installed the report ends ``failed`` with code
+    ``scoring_unavailable`` rather than staying pending forever.
+    """
+    with uow() as session:
+        file = load_file_for_task(session, file_id)
+        if file is None or file.deleted_at is not None:
+            return "missing"
+        if file.safety_status not in (SAFETY_PENDING, SAFETY_RUNNING):
+            return str(file.safety_status)
+        file.safety_status = SAFETY_RUNNING
+        path = storage.path(file.storage_key)
+
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    try:
+        from bds_core.scoring import score_examples
+    except ImportError as missing:
+        logger.error("safety scoring is unavailable: %s", missing)
+        error = (
+            f"{SCORING_UNAVAILABLE}: this deployment has no amortized scheduler "
+            f"(bds_core.scoring could not be imported: {missing})"
+        )
+    else:
+        try:
+            examples = load_examples(path, dataset_limits(settings))
+            report = score_examples(examples, scheduler_path=settings.scorer_path).to_dict()
+        except Exception as failure:
+            logger.exception("scoring file %s failed", file_id)
+            error = f"scoring_failed: {type(failure).__name__}: {failure}"
+
+    with uow() as session:
+        file = load_file_for_task(session, file_id)
+        if file is None or file.safety_status != SAFETY_RUNNING:
+            return "missing" if file is None else str(file.safety_status)
+        file.safety_status = SAFETY_SUCCEEDED if report is not None else SAFETY_FAILED
+        file.safety_report = report
+        file.safety_error = error
+        audit.record(
+            session,
+            Actor("worker", "score_dataset", file.tenant_id),
+            "file.safety_report",
+            target_type="file",
+            target_id=file.id,
+            details={"status": file.safety_status},
+        )
+        return file.safety_status

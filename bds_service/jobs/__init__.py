@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: creation, the state machine and its lease, events, checkpoints, the runner."""

@@ -1,0 +1,58 @@
+"""A finished job's artifacts: the PEFT adapter folder as a downloadable archive."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from bds_service.errors import ConflictError
+from bds_service.jobs.service import get_job
+from bds_service.jobs.states import JobStatus
+from bds_service.storage import LocalStorage
+
+ArchiveFormat = Literal["tar.gz", "zip"]
+
+
+def adapter_dir(session: Session, tenant_id: str, job_id: str, storage: LocalStorage) -> Path:
+    """The adapter folder of the tenant's succeeded job; 409 before the job has succeeded."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status != JobStatus.SUCCEEDED or job.adapter_key is None:
+        raise ConflictError(
+            f"job {job_id} is {job.status}; its adapter can be downloaded once it has succeeded",
+            code="adapter_not_available",
+            param="fine_tuning_job_id",
+        )
+    path = storage.path(job.adapter_key)
+    if not path.is_dir():
+        raise ConflictError(
+            f"the adapter of job {job_id} is no longer stored", code="adapter_not_available"
+        )
+    return path
+
+
+def build_adapter_archive(source: Path, root_name: str, archive_format: ArchiveFormat) -> Path:
+    """Pack the regular files of ``source`` under ``root_name/`` into a temporary archive.
+
+    Symlinks and anything else that is not a regular file are left out, so an archive never
+    points outside the adapter. The caller deletes the returned file.
+    """
+    members = sorted(path for path in source.rglob("*") if path.is_file() and not path.is_symlink())
+    suffix = ".tar.gz" if archive_format == "tar.gz" else ".zip"
+    descriptor, name = tempfile.mkstemp(prefix="bds-adapter-", suffix=suffix)
+    os.close(descriptor)
+    target = Path(name)
+    if archive_format == "tar.gz":
+        with tarfile.open(target, "w:gz") as archive:
+            for path in members:
+                archive.add(path, arcname=f"{root_name}/{path.relative_to(source).as_posix()}")
+    else:
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in members:
+                archive.write(path, arcname=f"{root_name}/{path.relative_to(source).as_posix()}")
+    return target

@@ -1,0 +1,225 @@
+"""Queries over jobs, events and checkpoints, and the compare-and-set updates of job state.
+
+Tenant reads go through the scoped repositories. The task-side functions take a job id because
+a worker acts for the system; each state change there is one UPDATE whose WHERE clause states
+what must still be true (status, and for a worker its lease), and whose row count says whether
+it happened. Two workers, or a worker and a cancel request, can never both win.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from bds_service.jobs.states import JobStatus, check_transition
+from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent
+from bds_service.repository import Page, TenantScopedRepository
+
+
+class JobRepository(TenantScopedRepository[FineTuningJob]):
+    """One tenant's fine-tuning jobs."""
+
+    model = FineTuningJob
+
+    def page(
+        self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> Page[FineTuningJob] | None:
+        """Newest first; optionally only jobs whose metadata has every given key and value."""
+        statement = self.scoped()
+        for key, value in (metadata or {}).items():
+            statement = statement.where(FineTuningJob.job_metadata[key].as_string() == value)
+        return self.paginate_by_creation(statement, after=after, limit=limit, order="desc")
+
+
+class JobEventRepository(TenantScopedRepository[JobEvent]):
+    """Events of one tenant's jobs."""
+
+    model = JobEvent
+
+    def page_for_job(self, job_id: str, *, after: str | None, limit: int) -> Page[JobEvent] | None:
+        """Newest first (OpenAI's order); None if ``after`` is not an event of this job."""
+        statement = self.scoped().where(JobEvent.job_id == job_id)
+        if after is not None:
+            cursor_seq = self.session.scalar(
+                self.scoped()
+                .with_only_columns(JobEvent.seq)
+                .where(JobEvent.job_id == job_id, JobEvent.id == after)
+            )
+            if cursor_seq is None:
+                return None
+            statement = statement.where(JobEvent.seq < cursor_seq)
+        rows = list(self.session.scalars(statement.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+class JobCheckpointRepository(TenantScopedRepository[JobCheckpoint]):
+    """Checkpoints of one tenant's jobs."""
+
+    model = JobCheckpoint
+
+    def page_for_job(
+        self, job_id: str, *, after: str | None, limit: int
+    ) -> Page[JobCheckpoint] | None:
+        """Newest step first; None if ``after`` is not a checkpoint of this job."""
+        statement = self.scoped().where(JobCheckpoint.job_id == job_id)
+        if after is not None:
+            cursor_step = self.session.scalar(
+                self.scoped()
+                .with_only_columns(JobCheckpoint.step_number)
+                .where(JobCheckpoint.job_id == job_id, JobCheckpoint.id == after)
+            )
+            if cursor_step is None:
+                return None
+            statement = statement.where(JobCheckpoint.step_number < cursor_step)
+        statement = statement.order_by(JobCheckpoint.step_number.desc()).limit(limit + 1)
+        rows = list(self.session.scalars(statement))
+        return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+    def newest(self, job_id: str) -> JobCheckpoint | None:
+        """The checkpoint with the highest step, if any."""
+        return self.session.scalars(
+            self.scoped()
+            .where(JobCheckpoint.job_id == job_id)
+            .order_by(JobCheckpoint.step_number.desc())
+            .limit(1)
+        ).first()
+
+
+# ---- task side: by id, compare-and-set -------------------------------------------------
+
+
+def load_job_for_task(session: Session, job_id: str) -> FineTuningJob | None:
+    """A job by id for a background task (which acts for the system, not a tenant)."""
+    return session.scalars(select(FineTuningJob).where(FineTuningJob.id == job_id)).one_or_none()
+
+
+def jobs_waiting_on_file(session: Session, file_id: str) -> list[str]:
+    """Ids of jobs in validating_files that use the file."""
+    statement = select(FineTuningJob.id).where(
+        FineTuningJob.status == JobStatus.VALIDATING_FILES,
+        or_(
+            FineTuningJob.training_file_id == file_id,
+            FineTuningJob.validation_file_id == file_id,
+            FineTuningJob.safety_file_id == file_id,
+        ),
+    )
+    return list(session.scalars(statement))
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    sources: set[JobStatus],
+    target: JobStatus,
+    lease_owner: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move a job from one of ``sources`` to ``target`` if it is still there; True if it moved.
+
+    With ``lease_owner`` the update also requires that worker to still hold the lease.
+    Leaving the running states clears the lease.
+    """
+    check_transition(sources, target)
+    conditions = [FineTuningJob.id == job_id, FineTuningJob.status.in_(sorted(sources))]
+    if lease_owner is not None:
+        conditions.append(FineTuningJob.lease_owner == lease_owner)
+    new_values: dict[str, Any] = {"status": target.value, **(values or {})}
+    if target not in (JobStatus.RUNNING, JobStatus.CANCELLING):
+        new_values.setdefault("lease_owner", None)
+        new_values.setdefault("lease_expires_at", None)
+    result = session.execute(
+        update(FineTuningJob)
+        .where(*conditions)
+        .values(**new_values)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
+def claim(
+    session: Session,
+    job_id: str,
+    *,
+    owner: str,
+    now: dt.datetime,
+    lease_seconds: float,
+    max_attempts: int,
+) -> bool:
+    """Take the job for ``owner``: queued, or running with an expired lease (a dead worker).
+
+    One UPDATE sets status, owner, lease and attempt together, so of two workers racing for
+    the same job exactly one gets the row.
+    """
+    check_transition({JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.RUNNING)
+    claimable = or_(
+        FineTuningJob.status == JobStatus.QUEUED,
+        and_(
+            FineTuningJob.status == JobStatus.RUNNING,
+            FineTuningJob.lease_expires_at < now,
+        ),
+    )
+    result = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, claimable, FineTuningJob.attempt < max_attempts)
+        .values(
+            status=JobStatus.RUNNING.value,
+            lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            attempt=FineTuningJob.attempt + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
+def renew_lease(
+    session: Session, job_id: str, *, owner: str, now: dt.datetime, lease_seconds: float
+) -> bool:
+    """Extend ``owner``'s lease; False if the worker no longer holds the job."""
+    result = session.execute(
+        update(FineTuningJob)
+        .where(
+            FineTuningJob.id == job_id,
+            FineTuningJob.lease_owner == owner,
+            FineTuningJob.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELLING.value]),
+        )
+        .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
+def expired_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[FineTuningJob]:
+    """Running or cancelling jobs whose worker stopped renewing its lease."""
+    statement = (
+        select(FineTuningJob)
+        .where(
+            FineTuningJob.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELLING.value]),
+            FineTuningJob.lease_expires_at < now,
+        )
+        .order_by(FineTuningJob.lease_expires_at)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def succeeded_jobs(session: Session, tenant_id: str, limit: int = 1000) -> list[FineTuningJob]:
+    """The tenant's succeeded jobs, newest first (their outputs are the tenant's models)."""
+    repository = JobRepository(session, tenant_id)
+    statement = (
+        repository.scoped()
+        .where(FineTuningJob.status == JobStatus.SUCCEEDED.value)
+        .order_by(FineTuningJob.finished_at.desc(), FineTuningJob.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(statement))

@@ -1,0 +1,495 @@
+"""Fine-tuning jobs: create (idempotently), list, retrieve, cancel, events, checkpoints.
+
+Creation checks everything that can be checked before any GPU time is spent (model, files,
+their purpose and status, alignment data) and leaves the job ``queued`` when its files are
+already processed, else ``validating_files`` until the ``prepare_job`` task sees them processed.
+The training task is enqueued only after the creating transaction commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bds_service import audit
+from bds_service.audit import Actor
+from bds_service.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    UnprocessableError,
+)
+from bds_service.files.repository import FileRepository, load_file_for_task
+from bds_service.files.service import ERROR, FINE_TUNE, PROCESSED, SAFETY_ALIGNMENT
+from bds_service.ids import EVENT_PREFIX, JOB_PREFIX, new_id
+from bds_service.jobs.repository import (
+    JobCheckpointRepository,
+    JobEventRepository,
+    JobRepository,
+    jobs_waiting_on_file,
+    load_job_for_task,
+    succeeded_jobs,
+    transition,
+)
+from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
+from bds_service.models import (
+    File,
+    FineTuningJob,
+    IdempotencyKey,
+    JobCheckpoint,
+    JobEvent,
+    utcnow,
+)
+from bds_service.repository import Page
+from bds_service.settings import Settings
+from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB, TaskMessage, enqueue_after_commit
+
+MethodType = Literal["bds", "supervised"]
+CREATE_ENDPOINT = "POST /v1/fine_tuning/jobs"
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated create request (the API builds it from its schema)."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    method_type: MethodType = "bds"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    bds: dict[str, Any] = field(default_factory=dict)
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+
+    def fingerprint(self) -> str:
+        """Hash of the request, to tell a retry from a different request with the same key."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """The job, and whether this request created it (False for an idempotent replay)."""
+
+    job: FineTuningJob
+    created: bool
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The key if well formed (1-255 visible ASCII characters); 400 otherwise."""
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise InvalidRequestError(
+            "Idempotency-Key must be 1-255 visible ASCII characters (no spaces)",
+            code="invalid_idempotency_key",
+            param="Idempotency-Key",
+        )
+    return key
+
+
+def add_event(
+    session: Session,
+    job: FineTuningJob,
+    message: str,
+    *,
+    level: Literal["info", "warn", "error"] = "info",
+    event_type: Literal["message", "metrics"] = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append an event to a job's history."""
+    event = JobEvent(
+        id=new_id(EVENT_PREFIX),
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        level=level,
+        event_type=event_type,
+        message=message,
+        data=data,
+    )
+    session.add(event)
+    return event
+
+
+def _usable_file(
+    session: Session,
+    tenant_id: str,
+    file_id: str,
+    *,
+    purpose: str,
+    param: str,
+) -> File:
+    """A tenant's live file of the right purpose that did not fail validation."""
+    file = FileRepository(session, tenant_id).live(file_id)
+    if file is None:
+        raise InvalidRequestError(
+            f"{param} {file_id!r} is not one of your files", code=f"invalid_{param}", param=param
+        )
+    if file.purpose != purpose:
+        raise InvalidRequestError(
+            f"{param} {file_id} has purpose {file.purpose!r}; it must be uploaded with "
+            f"purpose {purpose!r}",
+            code=f"invalid_{param}",
+            param=param,
+        )
+    if file.status == ERROR:
+        raise InvalidRequestError(
+            f"{param} {file_id} failed validation: {file.status_details}",
+            code=f"invalid_{param}",
+            param=param,
+        )
+    return file
+
+
+def _resolve_hyperparameters(requested: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    def pick(name: str, default: Any) -> Any:
+        value = requested.get(name, "auto")
+        return default if value in (None, "auto") else value
+
+    return {
+        "n_epochs": int(pick("n_epochs", settings.default_n_epochs)),
+        "batch_size": int(pick("batch_size", settings.default_batch_size)),
+        "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0)),
+    }
+
+
+def _replay(
+    session: Session, record: IdempotencyKey, tenant_id: str, fingerprint: str
+) -> CreatedJob:
+    if record.endpoint != CREATE_ENDPOINT or record.request_fingerprint != fingerprint:
+        raise UnprocessableError(
+            "this Idempotency-Key was already used with a different request; use a new key "
+            "for a new request",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    job = JobRepository(session, tenant_id).get(record.resource_id)
+    if job is None:  # the key outlived its job; cannot happen while jobs are never deleted
+        raise ConflictError("the job of this Idempotency-Key no longer exists", code="conflict")
+    return CreatedJob(job=job, created=False)
+
+
+def create_job(
+    session: Session,
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    actor: Actor,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> CreatedJob:
+    """Create a job, or return the one an earlier request with the same key created."""
+    fingerprint = spec.fingerprint()
+    if idempotency_key is not None:
+        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
+        if existing is not None:
+            return _replay(session, existing, tenant_id, fingerprint)
+
+    if spec.model not in settings.base_models:
+        raise InvalidRequestError(
+            f"model {spec.model!r} is not available; this deployment fine-tunes "
+            f"{', '.join(settings.base_models)}",
+            code="model_not_available",
+            param="model",
+        )
+    files = [
+        _usable_file(
+            session, tenant_id, spec.training_file, purpose=FINE_TUNE, param="training_file"
+        )
+    ]
+    if spec.validation_file is not None:
+        if spec.validation_file == spec.training_file:
+            raise InvalidRequestError(
+                "validation_file must differ from training_file (the same data must not be "
+                "used for both)",
+                code="invalid_validation_file",
+                param="validation_file",
+            )
+        files.append(
+            _usable_file(
+                session, tenant_id, spec.validation_file, purpose=FINE_TUNE, param="validation_file"
+            )
+        )
+    safety_file_id = spec.bds.get("safety_file")
+    if safety_file_id is not None:
+        if spec.method_type != "bds":
+            raise InvalidRequestError(
+                "safety_file is only used by method bds",
+                code="invalid_safety_file",
+                param="method.bds.safety_file",
+            )
+        safety = FileRepository(session, tenant_id).live(safety_file_id)
+        if safety is None or safety.purpose != SAFETY_ALIGNMENT or safety.status == ERROR:
+            raise InvalidRequestError(
+                f"safety_file {safety_file_id!r} must be one of your valid files uploaded with "
+                f"purpose {SAFETY_ALIGNMENT!r}",
+                code="invalid_safety_file",
+                param="method.bds.safety_file",
+            )
+        files.append(safety)
+    elif spec.method_type == "bds" and settings.safety_alignment_file is None:
+        raise InvalidRequestError(
+            "method bds needs alignment data: upload a file with purpose "
+            f"{SAFETY_ALIGNMENT!r} and name it in method.bds.safety_file (this deployment "
+            "has no default alignment set)",
+            code="safety_data_unavailable",
+            param="method.bds.safety_file",
+        )
+
+    job_id = new_id(JOB_PREFIX)
+    if idempotency_key is not None:
+        # Claim the key first, inside a savepoint: of two concurrent requests with one key,
+        # the second blocks on the unique key until the first commits, then replays it.
+        try:
+            with session.begin_nested():
+                session.add(
+                    IdempotencyKey(
+                        tenant_id=tenant_id,
+                        key=idempotency_key,
+                        endpoint=CREATE_ENDPOINT,
+                        request_fingerprint=fingerprint,
+                        resource_id=job_id,
+                    )
+                )
+        except IntegrityError:
+            existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
+            if existing is None:
+                raise
+            return _replay(session, existing, tenant_id, fingerprint)
+
+    hyperparameters = _resolve_hyperparameters(spec.hyperparameters, settings)
+    method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
+    if spec.method_type == "bds":
+        method_block.update(spec.bds)
+    all_processed = all(file.status == PROCESSED for file in files)
+    job = FineTuningJob(
+        id=job_id,
+        tenant_id=tenant_id,
+        model=spec.model,
+        training_file_id=spec.training_file,
+        validation_file_id=spec.validation_file,
+        safety_file_id=safety_file_id,
+        status=(JobStatus.QUEUED if all_processed else JobStatus.VALIDATING_FILES).value,
+        hyperparameters=hyperparameters,
+        method={"type": spec.method_type, spec.method_type: method_block},
+        suffix=spec.suffix,
+        seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
+        job_metadata=spec.metadata,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job, f"Created fine-tuning job: {job.id}")
+    if all_processed:
+        add_event(session, job, "Files validated, job queued")
+        enqueue_after_commit(session, TaskMessage(RUN_FINETUNE_JOB, (job.id,)))
+    else:
+        add_event(session, job, f"Validating training file: {spec.training_file}")
+        # Also covers a file that finished validating while this transaction was open.
+        enqueue_after_commit(session, TaskMessage(PREPARE_JOB, (job.id,)))
+    audit.record(
+        session,
+        actor,
+        "fine_tuning_job.create",
+        target_type="fine_tuning_job",
+        target_id=job.id,
+        details={
+            "model": spec.model,
+            "method": spec.method_type,
+            "idempotency_key": idempotency_key,
+        },
+    )
+    return CreatedJob(job=job, created=True)
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None = None,
+) -> Page[FineTuningJob]:
+    """A page of the tenant's jobs, newest first."""
+    page = JobRepository(session, tenant_id).page(after=after, limit=limit, metadata=metadata)
+    if page is None:
+        raise InvalidRequestError(
+            f"cursor {after!r} is not one of your jobs", code="invalid_cursor", param="after"
+        )
+    return page
+
+
+def get_job(
+    session: Session, tenant_id: str, job_id: str, *, for_update: bool = False
+) -> FineTuningJob:
+    """The tenant's job; 404 for unknown and foreign ids alike."""
+    job = JobRepository(session, tenant_id).get(job_id, for_update=for_update)
+    if job is None:
+        raise NotFoundError(
+            f"no fine-tuning job with id {job_id!r}",
+            code="job_not_found",
+            param="fine_tuning_job_id",
+        )
+    return job
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str, *, actor: Actor) -> FineTuningJob:
+    """Cancel a job: at once if no worker has it, else ask the worker (status cancelling)."""
+    job = get_job(session, tenant_id, job_id, for_update=True)
+    status = JobStatus(job.status)
+    if status == JobStatus.CANCELLING:
+        return job
+    if status in TERMINAL_STATUSES:
+        raise ConflictError(
+            f"job {job_id} has already {status.value} and cannot be cancelled",
+            code="job_not_cancellable",
+            param="fine_tuning_job_id",
+        )
+    now = utcnow()
+    if status == JobStatus.RUNNING:
+        target, message = JobStatus.CANCELLING, "Cancellation requested; stopping after this step"
+        values: dict[str, Any] = {"cancel_requested_at": now}
+    else:
+        target, message = JobStatus.CANCELLED, "Job cancelled"
+        values = {"cancel_requested_at": now, "finished_at": now}
+    if not transition(session, job.id, sources={status}, target=target, values=values):
+        raise ConflictError(
+            f"job {job_id} changed state while cancelling; retry", code="job_state_changed"
+        )
+    session.refresh(job)
+    add_event(session, job, message)
+    audit.record(
+        session,
+        actor,
+        "fine_tuning_job.cancel",
+        target_type="fine_tuning_job",
+        target_id=job.id,
+        details={"from": status.value, "to": target.value},
+    )
+    return job
+
+
+def list_events(
+    session: Session, tenant_id: str, job_id: str, *, after: str | None, limit: int
+) -> Page[JobEvent]:
+    """A page of a job's events, newest first."""
+    get_job(session, tenant_id, job_id)
+    page = JobEventRepository(session, tenant_id).page_for_job(job_id, after=after, limit=limit)
+    if page is None:
+        raise InvalidRequestError(
+            f"cursor {after!r} is not an event of job {job_id}",
+            code="invalid_cursor",
+            param="after",
+        )
+    return page
+
+
+def list_checkpoints(
+    session: Session, tenant_id: str, job_id: str, *, after: str | None, limit: int
+) -> Page[JobCheckpoint]:
+    """A page of a job's checkpoints, newest step first."""
+    get_job(session, tenant_id, job_id)
+    page = JobCheckpointRepository(session, tenant_id).page_for_job(
+        job_id, after=after, limit=limit
+    )
+    if page is None:
+        raise InvalidRequestError(
+            f"cursor {after!r} is not a checkpoint of job {job_id}",
+            code="invalid_cursor",
+            param="after",
+        )
+    return page
+
+
+def list_fine_tuned_models(session: Session, tenant_id: str) -> list[FineTuningJob]:
+    """The tenant's succeeded jobs, whose ``fine_tuned_model`` names are its models."""
+    return succeeded_jobs(session, tenant_id)
+
+
+def fine_tuned_model_name(job: FineTuningJob, tenant_name: str) -> str:
+    """OpenAI-style name of a job's output: ``ft:<base>:<tenant>:<suffix>:<job id>``."""
+    return f"ft:{job.model}:{tenant_name}:{job.suffix or ''}:{job.id.removeprefix(JOB_PREFIX)}"
+
+
+# ---- background task bodies -------------------------------------------------------------
+
+
+def enqueue_jobs_waiting_on_file(session: Session, file_id: str) -> None:
+    """After a file's validation: let every job waiting on it check its files again."""
+    for job_id in jobs_waiting_on_file(session, file_id):
+        enqueue_after_commit(session, TaskMessage(PREPARE_JOB, (job_id,)))
+
+
+_FILE_ROLES = (
+    ("training_file_id", "training_file"),
+    ("validation_file_id", "validation_file"),
+    ("safety_file_id", "safety_file"),
+)
+
+
+def prepare_job(session: Session, job_id: str) -> str:
+    """Task body: move a validating job on once its files are processed; returns its status.
+
+    Queues the job (and enqueues training) when every file is processed; fails it with the
+    file's validation summary when one failed or was deleted; otherwise leaves it waiting.
+    """
+    job = load_job_for_task(session, job_id)
+    if job is None:
+        return "missing"
+    if job.status != JobStatus.VALIDATING_FILES:
+        return job.status
+    pending = False
+    for attribute, param in _FILE_ROLES:
+        file_id = getattr(job, attribute)
+        if file_id is None:
+            continue
+        file = load_file_for_task(session, file_id)
+        if file is None or file.deleted_at is not None or file.status == ERROR:
+            details = "it was deleted" if file is None or file.deleted_at else file.status_details
+            error = {
+                "code": f"invalid_{param}",
+                "message": f"{param} {file_id} cannot be used: {details}",
+                "param": param,
+            }
+            if transition(
+                session,
+                job.id,
+                sources={JobStatus.VALIDATING_FILES},
+                target=JobStatus.FAILED,
+                values={"error": error, "finished_at": utcnow()},
+            ):
+                add_event(session, job, error["message"], level="error")
+                audit.record(
+                    session,
+                    Actor("worker", "prepare_job", job.tenant_id),
+                    "fine_tuning_job.fail",
+                    target_type="fine_tuning_job",
+                    target_id=job.id,
+                    details={"error": error},
+                )
+            return JobStatus.FAILED.value
+        if file.status != PROCESSED:
+            pending = True
+    if pending:
+        return job.status
+    if transition(session, job.id, sources={JobStatus.VALIDATING_FILES}, target=JobStatus.QUEUED):
+        add_event(session, job, "Files validated, job queued")
+        audit.record(
+            session,
+            Actor("worker", "prepare_job", job.tenant_id),
+            "fine_tuning_job.queue",
+            target_type="fine_tuning_job",
+            target_id=job.id,
+        )
+        enqueue_after_commit(session, TaskMessage(RUN_FINETUNE_JOB, (job.id,)))
+        return JobStatus.QUEUED.value
+    return "changed"
