@@ -1,0 +1,541 @@
+"""The amortized neural scheduler: a small trainable head over frozen example embeddings.
+
+`w_i = transform(f_phi(z_i))` where `z_i` is a frozen embedding of example i (prompt and
+answer, `bds_core.encoders`) and `f_phi` a linear or 2-layer MLP head. Unlike the official
+release, `phi` is trained: the base class's scheduler loss (bds-method.md step 4) backpropagates
+into the head. A trained head is saved (`save_scheduler`) as `head.safetensors` plus
+`scheduler.json` (encoder name and version, head config, label-free calibration of the score,
+provenance) and scores any new dataset in one forward pass (`bds_core.scoring`), or starts a
+job (`SchedulerSettings.init_path`).
+
+The head's inputs are standardised with a mean and scale fixed when the head is created (from
+the embeddings of the dataset it is first trained on) and saved with it, so a loaded head sees
+new data exactly as it saw its training data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bds_core.encoders import (
+    DEFAULT_ENCODER,
+    DEFAULT_MAX_TOKENS,
+    ENCODER_NAMES,
+    EmbeddingCache,
+    EncoderInfo,
+    build_encoder,
+    embed_examples,
+)
+from bds_core.schedulers.base import (
+    DataScheduler,
+    SchedulerContext,
+    SchedulerSettings,
+    initial_logit,
+    register_scheduler,
+)
+
+HEAD_KINDS: tuple[str, ...] = ("mlp", "linear")
+SCHEDULER_FORMAT = "bds-neural-scheduler"
+SCHEDULER_FORMAT_VERSION = 1
+HEAD_FILE = "head.safetensors"
+CONFIG_FILE = "scheduler.json"
+DEFAULT_THRESHOLD = 0.5
+
+
+class SchedulerFileError(ValueError):
+    """A saved scheduler cannot be used (missing files, wrong format, wrong encoder)."""
+
+
+@dataclass
+class NeuralOptions:
+    """Options of the neural scheduler, from `SchedulerSettings.options`."""
+
+    encoder: str = field(
+        default=DEFAULT_ENCODER,
+        metadata={
+            "help": "frozen text encoder: 'minilm-l6-v2' or 'llm-hidden' (the run's base LLM)"
+        },
+    )
+    head: str = field(default="mlp", metadata={"help": "head f_phi: 'mlp' (2 layers) or 'linear'"})
+    hidden: int = field(default=128, metadata={"help": "hidden width of the MLP head"})
+    max_tokens: int = field(
+        default=DEFAULT_MAX_TOKENS, metadata={"help": "encoder token limit per example"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODER_NAMES:
+            raise ValueError(
+                f"neural scheduler encoder must be one of {', '.join(ENCODER_NAMES)}; "
+                f"got {self.encoder!r}"
+            )
+        if self.head not in HEAD_KINDS:
+            raise ValueError(
+                f"neural scheduler head must be one of {', '.join(HEAD_KINDS)}; got {self.head!r}"
+            )
+        if self.hidden < 1:
+            raise ValueError(f"neural scheduler hidden width must be positive, got {self.hidden}")
+        if self.max_tokens < 8:
+            raise ValueError(
+                f"neural scheduler max_tokens must be at least 8, got {self.max_tokens}"
+            )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> NeuralOptions:
+        """Validated options; unknown keys are refused by name."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown neural scheduler option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**dict(options))
+
+
+class SafetyHead(nn.Module):
+    """f_phi: standardised embedding -> one safety logit per example.
+
+    The last layer starts at zero, so before training every logit is `initial_value` and every
+    weight is 1.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        kind: str = "mlp",
+        hidden: int = 128,
+        input_mean: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+        initial_value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {', '.join(HEAD_KINDS)}; got {kind!r}")
+        self.input_dim = input_dim
+        self.kind = kind
+        self.hidden = hidden
+        mean = torch.zeros(input_dim) if input_mean is None else input_mean.detach().float().clone()
+        scale = (
+            torch.ones(input_dim) if input_scale is None else input_scale.detach().float().clone()
+        )
+        if mean.shape != (input_dim,) or scale.shape != (input_dim,):
+            raise ValueError(f"input_mean and input_scale must have shape ({input_dim},)")
+        self.input_mean: torch.Tensor
+        self.input_scale: torch.Tensor
+        self.register_buffer("input_mean", mean)
+        self.register_buffer("input_scale", scale)
+        output: nn.Linear
+        if kind == "linear":
+            output = nn.Linear(input_dim, 1)
+            self.net: nn.Module = output
+        else:
+            output = nn.Linear(hidden, 1)
+            self.net = nn.Sequential(nn.Linear(input_dim, hidden), nn.GELU(), output)
+        nn.init.zeros_(output.weight)
+        nn.init.constant_(output.bias, initial_value)
+
+    @classmethod
+    def for_embeddings(
+        cls, embeddings: torch.Tensor, kind: str, hidden: int, initial_value: float = 0.0
+    ) -> SafetyHead:
+        """A fresh head whose input standardisation is fitted to `embeddings` (n, d).
+
+        Each coordinate is centred and divided by sqrt(d) times its spread, so a standardised
+        embedding has norm about 1 whatever the encoder: the same learning rate suits both.
+        """
+        dim = embeddings.shape[1]
+        mean = embeddings.mean(dim=0)
+        spread = (
+            embeddings.std(dim=0, unbiased=False) if embeddings.shape[0] > 1 else torch.ones(dim)
+        )
+        scale = spread.clamp_min(1e-4) * math.sqrt(dim)
+        return cls(
+            dim,
+            kind=kind,
+            hidden=hidden,
+            input_mean=mean,
+            input_scale=scale,
+            initial_value=initial_value,
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        standardised = (embeddings - self.input_mean) / self.input_scale
+        return self.net(standardised).squeeze(-1)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "hidden": self.hidden, "input_dim": self.input_dim}
+
+
+@dataclass
+class ScoreCalibration:
+    """Label-free mapping from safety logits to a harm score in [0, 1].
+
+    Fitted on the logits of the pretraining data as a two-component Gaussian mixture with a
+    shared spread (EM, no labels): the lower component is the 'harmful' mode. The harm score
+    of a logit is its posterior probability under the harmful component with equal priors,
+    `sigmoid((logit - benign_mean)^2 - (logit - harmful_mean)^2) / (2 std^2))`, which is a
+    logistic function of the logit, decreasing, and 0.5 halfway between the two means. An
+    example is flagged when its score reaches `threshold`.
+    """
+
+    harmful_mean: float
+    benign_mean: float
+    std: float
+    pretraining_harmful_share: float
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not self.std > 0:
+            raise ValueError(f"calibration std must be positive, got {self.std}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"calibration threshold must lie in (0, 1), got {self.threshold}")
+
+    def harm_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Harm score in [0, 1] of each logit (1 = looks harmful)."""
+        logits = logits.double()
+        slope = (self.benign_mean - self.harmful_mean) / self.std**2
+        midpoint = 0.5 * (self.benign_mean + self.harmful_mean)
+        return torch.sigmoid(slope * (midpoint - logits)).float()
+
+    def estimate_harmful_share(self, logits: torch.Tensor, iterations: int = 200) -> float:
+        """Share of harmful examples in a dataset, by re-fitting only the mixture weight (EM).
+
+        The component shapes stay as calibrated; only the prior adapts to the dataset
+        (Saerens et al., 2002), which corrects the bias of simply counting flags.
+        """
+        values = logits.double()
+        harmful_density = torch.exp(-0.5 * ((values - self.harmful_mean) / self.std) ** 2)
+        benign_density = torch.exp(-0.5 * ((values - self.benign_mean) / self.std) ** 2)
+        share = 0.5
+        for _ in range(iterations):
+            numerator = share * harmful_density
+            posterior = numerator / (numerator + (1 - share) * benign_density).clamp_min(1e-300)
+            updated = float(posterior.mean())
+            if abs(updated - share) < 1e-7:
+                share = updated
+                break
+            share = updated
+        return share
+
+    @classmethod
+    def fit(
+        cls, logits: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, iterations: int = 500
+    ) -> ScoreCalibration:
+        """EM fit of a tied-variance two-component Gaussian mixture to logits (no labels)."""
+        values = logits.detach().double().flatten()
+        if values.numel() < 4:
+            raise ValueError(f"calibration needs at least 4 logits, got {values.numel()}")
+        low, high = torch.quantile(values, 0.1).item(), torch.quantile(values, 0.9).item()
+        spread = max(float(values.std()), 1e-6)
+        harmful_mean, benign_mean, variance, share = low, high, spread**2, 0.5
+        for _ in range(iterations):
+            harmful_log = (
+                math.log(max(share, 1e-12)) - 0.5 * (values - harmful_mean) ** 2 / variance
+            )
+            benign_log = (
+                math.log(max(1 - share, 1e-12)) - 0.5 * (values - benign_mean) ** 2 / variance
+            )
+            posterior = torch.sigmoid(harmful_log - benign_log)
+            weight_harmful = float(posterior.sum())
+            weight_benign = float((1 - posterior).sum())
+            if weight_harmful < 1e-9 or weight_benign < 1e-9:
+                break
+            new_harmful = float((posterior * values).sum()) / weight_harmful
+            new_benign = float(((1 - posterior) * values).sum()) / weight_benign
+            new_variance = (
+                float(
+                    (
+                        posterior * (values - new_harmful) ** 2
+                        + (1 - posterior) * (values - new_benign) ** 2
+                    ).sum()
+                )
+                / values.numel()
+            )
+            new_variance = max(new_variance, (1e-3 * spread) ** 2)
+            converged = abs(new_harmful - harmful_mean) + abs(new_benign - benign_mean) < 1e-9
+            harmful_mean, benign_mean, variance = new_harmful, new_benign, new_variance
+            share = weight_harmful / values.numel()
+            if converged:
+                break
+        if harmful_mean > benign_mean:
+            harmful_mean, benign_mean, share = benign_mean, harmful_mean, 1 - share
+        return cls(
+            harmful_mean=harmful_mean,
+            benign_mean=benign_mean,
+            std=math.sqrt(variance),
+            pretraining_harmful_share=share,
+            threshold=threshold,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "tied-gaussian-mixture", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreCalibration:
+        return cls(
+            harmful_mean=float(data["harmful_mean"]),
+            benign_mean=float(data["benign_mean"]),
+            std=float(data["std"]),
+            pretraining_harmful_share=float(data.get("pretraining_harmful_share", 0.5)),
+            threshold=float(data.get("threshold", DEFAULT_THRESHOLD)),
+        )
+
+
+class NeuralScheduler(DataScheduler):
+    """w = transform(f_phi(z)) over frozen embeddings z (N, d) of the customer examples."""
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        embeddings: torch.Tensor,
+        head: SafetyHead,
+        encoder: EncoderInfo,
+        calibration: ScoreCalibration | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must have shape (N, d), got {tuple(embeddings.shape)}")
+        if embeddings.shape[1] != head.input_dim:
+            raise ValueError(
+                f"embeddings have {embeddings.shape[1]} dimensions "
+                f"but the head expects {head.input_dim}"
+            )
+        if encoder.dim != head.input_dim:
+            raise ValueError(
+                f"encoder {encoder.name} gives {encoder.dim}-d embeddings, "
+                f"the head expects {head.input_dim}"
+            )
+        super().__init__(embeddings.shape[0], settings)
+        # Not persistent: embeddings are recomputed (from the cache) on resume, and checkpoints
+        # stay the size of the head.
+        self.embeddings: torch.Tensor
+        self.register_buffer("embeddings", embeddings.detach().float().clone(), persistent=False)
+        self.head = head
+        self.encoder = encoder
+        self.calibration = calibration
+        self.provenance = dict(provenance or {})
+
+    def logits_for(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embeddings[indices])
+
+    def all_logits(self) -> torch.Tensor:
+        return self.head(self.embeddings)
+
+    def save(
+        self, path: str | Path, provenance: Mapping[str, Any] | None = None, calibrate: bool = True
+    ) -> Path:
+        """Save the head (see `save_scheduler`); calibrates on this dataset's logits if asked."""
+        with torch.no_grad():
+            logits = self.all_logits().detach().cpu()
+        calibration = (
+            ScoreCalibration.fit(logits)
+            if calibrate or self.calibration is None
+            else self.calibration
+        )
+        merged = {**self.provenance, **(provenance or {})}
+        return save_scheduler(path, self.head, self.encoder, calibration, merged)
+
+
+@dataclass
+class PretrainedScheduler:
+    """A scheduler loaded from disk: head, encoder identity, calibration and provenance."""
+
+    path: Path
+    head: SafetyHead
+    encoder: EncoderInfo
+    calibration: ScoreCalibration
+    max_tokens: int
+    provenance: dict[str, Any]
+    config: dict[str, Any]
+
+    def check_encoder(self, encoder: EncoderInfo) -> None:
+        """Refuse an encoder other than the one the head was trained on."""
+        if encoder.name != self.encoder.name or encoder.version != self.encoder.version:
+            raise SchedulerFileError(
+                f"scheduler {self.path} was trained on encoder {self.encoder.name} "
+                f"(version {self.encoder.version}), but the embeddings come from {encoder.name} "
+                f"(version {encoder.version}); use the same encoder or pretrain a new scheduler"
+            )
+
+
+def save_scheduler(
+    path: str | Path,
+    head: SafetyHead,
+    encoder: EncoderInfo,
+    calibration: ScoreCalibration,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `head.safetensors` and `scheduler.json` into the folder `path`; return it."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().cpu().contiguous().float()
+        for name, tensor in head.state_dict().items()
+    }
+    save_file(state, str(folder / HEAD_FILE), metadata={"format": SCHEDULER_FORMAT})
+    max_tokens = _max_tokens_of(encoder)
+    config = {
+        "format": SCHEDULER_FORMAT,
+        "format_version": SCHEDULER_FORMAT_VERSION,
+        "encoder": {**encoder.to_dict(), "max_tokens": max_tokens},
+        "head": head.config(),
+        "calibration": calibration.to_dict(),
+        "threshold": calibration.threshold,
+        "provenance": dict(provenance or {}),
+    }
+    temporary = folder / (CONFIG_FILE + ".tmp")
+    temporary.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    temporary.replace(folder / CONFIG_FILE)
+    return folder
+
+
+def _max_tokens_of(encoder: EncoderInfo) -> int:
+    suffix = encoder.version.rsplit("/max", 1)
+    return int(suffix[1]) if len(suffix) == 2 and suffix[1].isdigit() else DEFAULT_MAX_TOKENS
+
+
+def load_scheduler(path: str | Path) -> PretrainedScheduler:
+    """Load a scheduler folder written by `save_scheduler`; errors say what is wrong."""
+    folder = Path(path)
+    config_path, head_path = folder / CONFIG_FILE, folder / HEAD_FILE
+    if not config_path.is_file() or not head_path.is_file():
+        raise SchedulerFileError(
+            f"{folder} is not a saved neural scheduler (needs {CONFIG_FILE} and {HEAD_FILE})"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise SchedulerFileError(f"{config_path} is not valid JSON: {error}") from error
+    if config.get("format") != SCHEDULER_FORMAT:
+        raise SchedulerFileError(
+            f"{config_path} is not a {SCHEDULER_FORMAT} file (format {config.get('format')!r})"
+        )
+    if int(config.get("format_version", 0)) > SCHEDULER_FORMAT_VERSION:
+        raise SchedulerFileError(
+            f"{config_path} has format version {config.get('format_version')}, newer than this "
+            f"library understands ({SCHEDULER_FORMAT_VERSION}); upgrade bds"
+        )
+    try:
+        encoder_config = config["encoder"]
+        head_config = config["head"]
+        encoder = EncoderInfo(
+            name=str(encoder_config["name"]),
+            version=str(encoder_config["version"]),
+            dim=int(encoder_config["dim"]),
+        )
+        calibration = ScoreCalibration.from_dict(config["calibration"])
+        if "threshold" in config:
+            calibration.threshold = float(config["threshold"])
+        head = SafetyHead(
+            int(head_config["input_dim"]),
+            kind=str(head_config["kind"]),
+            hidden=int(head_config["hidden"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise SchedulerFileError(f"{config_path} is incomplete or invalid: {error}") from error
+    if encoder.dim != head.input_dim:
+        raise SchedulerFileError(
+            f"{config_path}: encoder dim {encoder.dim} differs from head input_dim {head.input_dim}"
+        )
+    state = load_file(str(head_path))
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as error:
+        raise SchedulerFileError(
+            f"{head_path} does not match the head described in {config_path}: {error}"
+        ) from error
+    head.eval()
+    return PretrainedScheduler(
+        path=folder,
+        head=head,
+        encoder=encoder,
+        calibration=calibration,
+        max_tokens=int(encoder_config.get("max_tokens", DEFAULT_MAX_TOKENS)),
+        provenance=dict(config.get("provenance", {})),
+        config=config,
+    )
+
+
+def embed_for_scheduler(
+    encoder_name: str,
+    examples: Sequence[Any],
+    context: SchedulerContext,
+    max_tokens: int,
+) -> tuple[torch.Tensor, EncoderInfo]:
+    """Embeddings of the run's examples with the named encoder, through the on-disk cache."""
+    encoder = build_encoder(
+        encoder_name, model=context.model, tokenizer=context.tokenizer, max_tokens=max_tokens
+    )
+    embeddings = embed_examples(encoder, examples, cache=EmbeddingCache.default(context.cache_dir))
+    return embeddings, encoder.info
+
+
+@register_scheduler("neural")
+def build_neural(settings: SchedulerSettings, context: SchedulerContext) -> DataScheduler:
+    """Neural scheduler over the run's examples; starts from `settings.init_path` if given."""
+    options = NeuralOptions.from_options(settings.options)
+    if len(context.examples) != context.num_examples:
+        raise ValueError(
+            "the neural scheduler needs the run's examples: "
+            f"got {len(context.examples)} for {context.num_examples}"
+        )
+    pretrained = load_scheduler(settings.init_path) if settings.init_path else None
+    if pretrained is not None:
+        if "encoder" in settings.options and options.encoder != pretrained.encoder.name:
+            raise SchedulerFileError(
+                f"scheduler {pretrained.path} was trained on encoder {pretrained.encoder.name}, "
+                f"but the options ask for {options.encoder}"
+            )
+        embeddings, encoder = embed_for_scheduler(
+            pretrained.encoder.name, context.examples, context, pretrained.max_tokens
+        )
+        pretrained.check_encoder(encoder)
+        head = pretrained.head
+        head.train()
+        calibration: ScoreCalibration | None = pretrained.calibration
+        provenance: dict[str, Any] = {
+            "initialised_from": str(pretrained.path),
+            "previous": pretrained.provenance,
+        }
+    else:
+        embeddings, encoder = embed_for_scheduler(
+            options.encoder, context.examples, context, options.max_tokens
+        )
+        # A private RNG stream: the head's init is reproducible and the run's RNG is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            head = SafetyHead.for_embeddings(
+                embeddings,
+                options.head,
+                options.hidden,
+                initial_value=initial_logit(settings.transform),
+            )
+        calibration, provenance = None, {}
+    scheduler = NeuralScheduler(settings, embeddings, head, encoder, calibration, provenance)
+    return scheduler.to(context.device)
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "HEAD_FILE",
+    "HEAD_KINDS",
+    "NeuralOptions",
+    "NeuralScheduler",
+    "PretrainedScheduler",
+    "SafetyHead",
+    "SchedulerFileError",
+    "ScoreCalibration",
+    "build_neural",
+    "embed_for_scheduler",
+    "load_scheduler",
+    "save_scheduler",
+]
