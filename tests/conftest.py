@@ -13,15 +13,16 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session
+    from sqlalchemy.sql.base import Executable
 
     from bds_service.db import SessionFactory
     from bds_service.settings import Settings
@@ -172,6 +173,21 @@ def session_factory(engine: Engine) -> SessionFactory:
 
 @pytest.fixture
 def session(session_factory: SessionFactory) -> Iterator[Session]:
-    """A session on the test's database; tests commit when they need to."""
+    """A session on the test's database; tests commit when they need to.
+
+    On SQLite every transaction takes the write lock (see bds_service.db), so a test that also
+    sends requests must commit or roll back before it does; ``read`` avoids the problem.
+    """
     with session_factory() as session:
         yield session
+
+
+@pytest.fixture
+def read(session_factory: SessionFactory) -> Callable[[Executable], list[Any]]:
+    """Run a SELECT in its own short transaction and return its scalars."""
+
+    def run(statement: Executable) -> list[Any]:
+        with session_factory() as short_session:
+            return list(short_session.scalars(statement))
+
+    return run

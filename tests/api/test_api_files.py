@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from bds_service.models import AuditLog, File
 from bds_service.settings import Settings
@@ -33,7 +32,7 @@ def test_upload_streams_to_storage_with_sha256_and_validates(
     upload: Callable[..., Any],
     chat_jsonl: Callable[..., bytes],
     publisher: RecordingPublisher,
-    session: Session,
+    read: Callable[..., list[Any]],
 ) -> None:
     content = chat_jsonl(6)
     response = upload(tenant, content)
@@ -52,7 +51,7 @@ def test_upload_streams_to_storage_with_sha256_and_validates(
     assert client.get(f"/v1/files/{body['id']}", headers=tenant.headers).json() == body
     # A processed fine-tune file is scored next, and only after the upload committed.
     assert [(m.name, m.args) for m in publisher.messages] == [(SCORE_DATASET, (body["id"],))]
-    audit_row = session.scalars(select(AuditLog).where(AuditLog.action == "file.create")).one()
+    (audit_row,) = read(select(AuditLog).where(AuditLog.action == "file.create"))
     assert (audit_row.action, audit_row.target_id, audit_row.request_id) == (
         "file.create",
         body["id"],
@@ -144,7 +143,7 @@ BAD_UPLOADS = [
 def test_bad_uploads_are_refused_and_nothing_is_stored(
     tenant: TenantKey,
     upload: Callable[..., Any],
-    session: Session,
+    read: Callable[..., list[Any]],
     service_settings: Settings,
     publisher: RecordingPublisher,
     content: bytes | None,
@@ -166,8 +165,8 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(
         assert error["validation_report"]["ok"] is False
     if field is not None:
         assert error["field"] == field
-    assert session.scalar(select(func.count()).select_from(File)) == 0
-    assert session.scalars(select(AuditLog.action)).all() == ["tenant.create", "api_key.create"]
+    assert read(select(func.count()).select_from(File)) == [0]
+    assert read(select(AuditLog.action)) == ["tenant.create", "api_key.create"]
     assert _stored_files(service_settings) == []
     assert publisher.messages == []
 
@@ -261,14 +260,14 @@ def test_delete_removes_content_and_is_audited(
     tenant: TenantKey,
     upload: Callable[..., Any],
     service_settings: Settings,
-    session: Session,
+    read: Callable[..., list[Any]],
 ) -> None:
     file_id = upload(tenant).json()["id"]
     response = client.delete(f"/v1/files/{file_id}", headers=tenant.headers)
     assert response.json() == {"id": file_id, "object": "file", "deleted": True}
     assert client.get(f"/v1/files/{file_id}", headers=tenant.headers).status_code == 404
     assert _stored_files(service_settings) == []
-    actions = session.scalars(select(AuditLog.action).order_by(AuditLog.id)).all()
+    actions = read(select(AuditLog.action).order_by(AuditLog.id))
     assert actions[-2:] == ["file.create", "file.delete"]
 
 
