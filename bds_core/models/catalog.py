@@ -80,7 +80,7 @@ MINILM_L6_V2 = "minilm-l6-v2"
 STRONGREJECT = "strongreject"
 
 # Bump when the tiny model's recipe (config, tokenizer, seed) changes, so old caches are not reused.
-TINY_RECIPE_VERSION = "1"
+TINY_RECIPE_VERSION = "2"
 
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry

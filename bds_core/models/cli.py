@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bds_core.models.assets import AssetError, asset_path, cache_dir, is_cached, pull_asset
+from bds_core.models.assets import AssetError, cache_dir, is_cached, pull_asset
 from bds_core.models.catalog import CATALOG, UnknownAssetError, catalog_names
 
 models_app = typer.Typer(
@@ -38,12 +38,11 @@ def pull_command(
 def list_command() -> None:
     """Show the catalog: name, kind, source and whether it is cached."""
     table = Table(title=f"model catalog (cache: {cache_dir()})")
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("kind")
-    table.add_column("source")
-    table.add_column("cached")
+    table.add_column("source", overflow="fold")
+    table.add_column("cached", no_wrap=True)
     for name in catalog_names():
         entry = CATALOG[name]
-        cached = f"yes: {asset_path(name)}" if is_cached(name) else "no"
-        table.add_row(entry.name, entry.kind, entry.source, cached)
+        table.add_row(entry.name, entry.kind, entry.source, "yes" if is_cached(name) else "no")
     result_console.print(table)

@@ -264,8 +264,8 @@ def _from_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **tokenizer_options)
-        model = AutoModelForCausalLM.from_pretrained(
-            location, **model_options, **_dtype_option(dtype)
+        model_and_info = AutoModelForCausalLM.from_pretrained(
+            location, **model_options, **_dtype_option(dtype), output_loading_info=True
         )
     except ValueError as error:
         if "trust_remote_code" in str(error):
@@ -280,6 +280,18 @@ def _from_pretrained(
         raise ModelLoadError(
             f"model {spec!r} could not be loaded from {location}: {error}"
         ) from error
+    model, loading_info = cast(tuple[PreTrainedModel, dict[str, Any]], model_and_info)
+    # transformers fills weights missing from a checkpoint with random values and only logs it; a
+    # base model with a random head (an encoder such as BERT, say) must not pass as a causal LM.
+    incomplete = sorted(loading_info["missing_keys"]) + sorted(
+        str(key) for key in loading_info.get("mismatched_keys", ())
+    )
+    if incomplete:
+        raise ModelLoadError(
+            f"model {spec!r} is not a complete causal language model: {len(incomplete)} weights "
+            f"of {type(model).__name__} are missing or have the wrong shape in the checkpoint "
+            f"({', '.join(incomplete[:3])}{', ...' if len(incomplete) > 3 else ''})"
+        )
     return model, tokenizer
 
 
