@@ -22,6 +22,7 @@ VALIDATE_FILE = "bds.validate_file"
 SCORE_DATASET = "bds.score_dataset"
 PREPARE_JOB = "bds.prepare_job"
 RUN_FINETUNE_JOB = "bds.run_finetune_job"
+REAP_JOBS = "bds.reap_jobs"
 
 QueueKind = Literal["cpu", "gpu"]
 
@@ -30,6 +31,7 @@ TASK_QUEUE_KIND: dict[str, QueueKind] = {
     SCORE_DATASET: "cpu",
     PREPARE_JOB: "cpu",
     RUN_FINETUNE_JOB: "gpu",
+    REAP_JOBS: "cpu",
 }
 
 _PENDING_KEY = "bds_pending_tasks"

@@ -1,0 +1,600 @@
+"""Runs one fine-tuning job: claim, train with bds_core, evaluate, record the outcome.
+
+Postgres owns the job. The runner claims it with a compare-and-set UPDATE (status, lease owner
+and lease expiry in one statement), keeps the lease alive from a heartbeat thread, and stops as
+soon as the claim is lost: a duplicate delivery or a worker that outlived its lease never writes
+a result. No transaction stays open while the model trains; each event, checkpoint and state
+change is its own short transaction.
+
+bds_core calls made here (the contract in the design notes):
+``bds_core.training.train(TrainConfig(...), callbacks=[...], should_cancel=...)``,
+``bds_core.schedulers.SchedulerSettings``, and for the evaluation ``bds_core.models.load_model``,
+``bds_core.eval.harmful_score`` / ``exact_match_accuracy`` (see :mod:`.evaluation`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
+from bds_service import audit
+from bds_service.audit import Actor
+from bds_service.db import UnitOfWork
+from bds_service.files.repository import load_file_for_task
+from bds_service.ids import CHECKPOINT_PREFIX, new_id
+from bds_service.jobs.repository import claim, load_job_for_task, renew_lease, transition
+from bds_service.jobs.service import add_event, fine_tuned_model_name
+from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
+from bds_service.models import FineTuningJob, JobCheckpoint, Tenant, utcnow
+from bds_service.settings import Settings
+from bds_service.storage import LocalStorage, job_key
+
+logger = logging.getLogger(__name__)
+
+_SCHEDULER_FIELDS = {
+    # API name in method.bds -> bds_core.schedulers.SchedulerSettings field
+    "scheduler": "kind",
+    "transform": "transform",
+    "update": "update",
+    "reference": "reference",
+    "loss_timing": "loss_timing",
+    "scheduler_learning_rate": "learning_rate",
+    "entropy_weight": "entropy_weight",
+    "sgld": "sgld",
+    "sgld_temperature": "sgld_temperature",
+}
+
+
+class ClaimLostError(RuntimeError):
+    """Another worker (or the reaper) took the job; this worker must stop without writing."""
+
+
+def new_worker_id() -> str:
+    """Identifies one attempt: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a job run needs from its process."""
+
+    uow: UnitOfWork
+    storage: LocalStorage
+    settings: Settings
+    worker_id: str = field(default_factory=new_worker_id)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A snapshot of the claimed job: everything training needs, read in one transaction."""
+
+    job_id: str
+    tenant_id: str
+    tenant_name: str
+    model: str
+    method_type: str
+    hyperparameters: dict[str, Any]
+    bds: dict[str, Any]
+    seed: int
+    attempt: int
+    train_file: Path
+    validation_file: Path | None
+    safety_file: Path | None
+    run_dir: Path
+    run_key: str
+    fine_tuned_model: str
+
+
+def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
+    """The bds_core TrainConfig of a job (raises ValueError naming a bad setting)."""
+    from bds_core.schedulers import SchedulerSettings
+
+    scheduler_options = {
+        core_name: plan.bds[api_name]
+        for api_name, core_name in _SCHEDULER_FIELDS.items()
+        if api_name in plan.bds
+    }
+    return TrainConfig(
+        model=plan.model,
+        train_file=plan.train_file,
+        out_dir=plan.run_dir,
+        safety_file=plan.safety_file if plan.method_type == "bds" else None,
+        method="bds" if plan.method_type == "bds" else "sft",
+        learning_rate=settings.base_learning_rate
+        * float(plan.hyperparameters["learning_rate_multiplier"]),
+        batch_size=int(plan.hyperparameters["batch_size"]),
+        safety_batch_size=plan.bds.get("safety_batch_size"),
+        epochs=float(plan.hyperparameters["n_epochs"]),
+        max_steps=plan.bds.get("max_steps"),
+        max_length=settings.max_length,
+        seed=plan.seed,
+        scheduler=SchedulerSettings(**scheduler_options),
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+class LeaseKeeper:
+    """Renews the job's lease from a background thread while training runs.
+
+    A thread rather than the step callback, so that a slow model load or a long step cannot
+    let the lease lapse. If a renewal finds the lease gone, ``lost`` is set and the training
+    callbacks raise ClaimLostError at the next step.
+    """
+
+    def __init__(self, context: RunContext, job_id: str) -> None:
+        self.context = context
+        self.job_id = job_id
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def renew(self) -> bool:
+        """Extend the lease once; False (and ``lost`` set) if this worker no longer holds it."""
+        with self.context.uow() as session:
+            held = renew_lease(
+                session,
+                self.job_id,
+                owner=self.context.worker_id,
+                now=utcnow(),
+                lease_seconds=self.context.settings.lease_seconds,
+            )
+        if not held:
+            self.lost.set()
+        return held
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.context.settings.heartbeat_seconds):
+            try:
+                if not self.renew():
+                    return
+            except Exception:
+                # A database hiccup: try again at the next beat; the lease has slack.
+                logger.exception("lease renewal of job %s failed", self.job_id)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def check(self) -> None:
+        """Raise ClaimLostError if the lease was lost."""
+        if self.lost.is_set():
+            raise ClaimLostError(f"job {self.job_id}: lease lost by {self.context.worker_id}")
+
+
+def _job_state(context: RunContext, job_id: str) -> tuple[str, str | None]:
+    with context.uow() as session:
+        row = session.execute(
+            select(FineTuningJob.status, FineTuningJob.lease_owner).where(
+                FineTuningJob.id == job_id
+            )
+        ).one()
+    return str(row[0]), row[1]
+
+
+class JobProgress(TrainerCallback):
+    """Trainer callback: progress and checkpoints become job events and checkpoint rows."""
+
+    def __init__(self, context: RunContext, plan: JobPlan, lease: LeaseKeeper) -> None:
+        self.context = context
+        self.plan = plan
+        self.lease = lease
+        self._last_event = 0.0
+        self.last_metrics: dict[str, Any] = {}
+
+    # cancellation, read from the database between steps ---------------------------------
+    def should_cancel(self) -> bool:
+        """True once the job is ``cancelling``; raises ClaimLostError if the job moved on."""
+        self.lease.check()
+        status, owner = _job_state(self.context, self.plan.job_id)
+        if owner != self.context.worker_id:
+            raise ClaimLostError(f"job {self.plan.job_id} is now held by {owner}")
+        return status == JobStatus.CANCELLING
+
+    def _event(self, message: str, **kwargs: Any) -> None:
+        with self.context.uow() as session:
+            job = load_job_for_task(session, self.plan.job_id)
+            if job is not None:
+                add_event(session, job, message, **kwargs)
+
+    # TrainerCallback hooks ---------------------------------------------------------------
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Announce the run's size."""
+        self._event(
+            f"Training {info['total_steps']} steps on {info['num_train_examples']} examples "
+            f"(method {info['method']}, device {info['device']})",
+            data={
+                key: info[key]
+                for key in (
+                    "total_steps",
+                    "num_train_examples",
+                    "num_safety_examples",
+                    "start_step",
+                )
+            },
+        )
+
+    def on_resume(self, step: int, path: Path) -> None:
+        """Say that the run continues from a checkpoint instead of starting over."""
+        self._event(f"Resumed from checkpoint at step {step}", data={"step": step})
+
+    def on_step(self, event: ProgressEvent) -> None:
+        """Record a metrics event (throttled; first and last step always) and the ETA."""
+        self.lease.check()
+        metrics = {
+            "step": event.step,
+            "total_steps": event.total_steps,
+            "percent": round(event.percent, 2),
+            "train_loss": event.loss,
+            "task_loss": event.task_loss,
+            "safety_loss": event.safety_loss,
+            "elapsed_s": round(event.elapsed_s, 3),
+            "eta_s": round(event.eta_s, 3),
+            "seconds_per_step": round(event.seconds_per_step, 4),
+            "weight_stats": event.weight_stats,
+        }
+        self.last_metrics = metrics
+        now = time.monotonic()
+        last_step = event.step >= event.total_steps
+        due = now - self._last_event >= self.context.settings.progress_event_seconds
+        if not (due or last_step or self._last_event == 0.0):
+            return
+        self._last_event = now
+        with self.context.uow() as session:
+            job = load_job_for_task(session, self.plan.job_id)
+            if job is None:
+                return
+            job.estimated_finish = utcnow() + _seconds(event.eta_s)
+            add_event(
+                session,
+                job,
+                f"Step {event.step}/{event.total_steps}: training loss={event.loss:.4f}",
+                event_type="metrics",
+                data=metrics,
+            )
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """Record a verified checkpoint (once per step) and forget pruned ones."""
+        storage = self.context.storage
+        key = path.resolve().relative_to(storage.root).as_posix()
+        with self.context.uow() as session:
+            existing = session.scalars(
+                select(JobCheckpoint).where(JobCheckpoint.job_id == self.plan.job_id)
+            ).all()
+            for checkpoint in existing:
+                if not storage.exists(checkpoint.storage_key):
+                    session.delete(checkpoint)
+            if all(checkpoint.step_number != step for checkpoint in existing):
+                metrics = {"step": float(step)}
+                if self.last_metrics.get("step") == step:
+                    metrics.update(
+                        train_loss=self.last_metrics["train_loss"],
+                        task_loss=self.last_metrics["task_loss"],
+                        safety_loss=self.last_metrics["safety_loss"],
+                    )
+                session.add(
+                    JobCheckpoint(
+                        id=new_id(CHECKPOINT_PREFIX),
+                        job_id=self.plan.job_id,
+                        tenant_id=self.plan.tenant_id,
+                        step_number=step,
+                        storage_key=key,
+                        metrics=metrics,
+                    )
+                )
+            job = load_job_for_task(session, self.plan.job_id)
+            if job is not None:
+                add_event(session, job, f"Checkpoint saved at step {step}", data={"step": step})
+
+    def on_end(self, result: TrainResult) -> None:
+        """Nothing to do: the runner records the outcome after evaluation."""
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=max(0.0, value))
+
+
+def _worker_actor(context: RunContext, tenant_id: str) -> Actor:
+    return Actor("worker", context.worker_id, tenant_id)
+
+
+def _claim(context: RunContext, job_id: str) -> JobPlan | str:
+    """Claim the job and snapshot it; a string says why nothing is to be done."""
+    settings = context.settings
+    with context.uow() as session:
+        job = load_job_for_task(session, job_id)
+        if job is None:
+            return "missing"
+        if job.status in TERMINAL_STATUSES or job.status == JobStatus.VALIDATING_FILES:
+            return job.status
+        if job.status == JobStatus.QUEUED and job.attempt >= settings.max_attempts:
+            _fail_locked(
+                session,
+                job,
+                context,
+                "max_attempts_exceeded",
+                f"the job was started {job.attempt} times without finishing; "
+                "giving up (each attempt resumes from the newest checkpoint)",
+            )
+            return JobStatus.FAILED.value
+        if not claim(
+            session,
+            job_id,
+            owner=context.worker_id,
+            now=utcnow(),
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        ):
+            return "not_claimed"
+        session.refresh(job)
+        if job.started_at is None:
+            job.started_at = utcnow()
+        tenant = session.get(Tenant, job.tenant_id)
+        assert tenant is not None
+        run_key = f"{job_key(job.tenant_id, job.id)}/run"
+
+        def file_path(file_id: str | None) -> Path | None:
+            if file_id is None:
+                return None
+            file = load_file_for_task(session, file_id)
+            return None if file is None else context.storage.path(file.storage_key)
+
+        method_type = str(job.method.get("type", "bds"))
+        plan = JobPlan(
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            tenant_name=tenant.name,
+            model=job.model,
+            method_type=method_type,
+            hyperparameters=dict(job.hyperparameters),
+            bds={
+                k: v for k, v in job.method.get(method_type, {}).items() if k != "hyperparameters"
+            },
+            seed=job.seed,
+            attempt=job.attempt,
+            train_file=file_path(job.training_file_id) or Path("/nonexistent"),
+            validation_file=file_path(job.validation_file_id),
+            safety_file=file_path(job.safety_file_id) or settings.safety_alignment_file,
+            run_dir=context.storage.path(run_key),
+            run_key=run_key,
+            fine_tuned_model=fine_tuned_model_name(job, tenant.name),
+        )
+        add_event(
+            session,
+            job,
+            f"Fine-tuning job started (attempt {job.attempt})",
+            data={"attempt": job.attempt, "worker": context.worker_id},
+        )
+        audit.record(
+            session,
+            _worker_actor(context, job.tenant_id),
+            "fine_tuning_job.start",
+            target_type="fine_tuning_job",
+            target_id=job.id,
+            details={"attempt": job.attempt},
+        )
+    return plan
+
+
+def _fail_locked(
+    session: Any,
+    job: FineTuningJob,
+    context: RunContext,
+    code: str,
+    message: str,
+    *,
+    owner: str | None = None,
+) -> bool:
+    sources = (
+        {JobStatus(job.status)} if owner is None else {JobStatus.RUNNING, JobStatus.CANCELLING}
+    )
+    error = {"code": code, "message": message, "param": None}
+    if not transition(
+        session,
+        job.id,
+        sources=sources,
+        target=JobStatus.FAILED,
+        lease_owner=owner,
+        values={"error": error, "finished_at": utcnow(), "estimated_finish": None},
+    ):
+        return False
+    add_event(session, job, f"Fine-tuning job failed: {message}", level="error")
+    audit.record(
+        session,
+        _worker_actor(context, job.tenant_id),
+        "fine_tuning_job.fail",
+        target_type="fine_tuning_job",
+        target_id=job.id,
+        details={"error": error},
+    )
+    return True
+
+
+def _fail(context: RunContext, plan: JobPlan, code: str, message: str) -> str:
+    with context.uow() as session:
+        job = load_job_for_task(session, plan.job_id)
+        if job is not None and _fail_locked(
+            session, job, context, code, message, owner=context.worker_id
+        ):
+            return JobStatus.FAILED.value
+    return "claim_lost"
+
+
+def _finish_cancelled(context: RunContext, plan: JobPlan) -> str:
+    with context.uow() as session:
+        job = load_job_for_task(session, plan.job_id)
+        if job is None or not transition(
+            session,
+            plan.job_id,
+            sources={JobStatus.CANCELLING},
+            target=JobStatus.CANCELLED,
+            lease_owner=context.worker_id,
+            values={"finished_at": utcnow(), "estimated_finish": None},
+        ):
+            return "claim_lost"
+        add_event(session, job, "Fine-tuning job cancelled")
+        audit.record(
+            session,
+            _worker_actor(context, plan.tenant_id),
+            "fine_tuning_job.cancelled",
+            target_type="fine_tuning_job",
+            target_id=plan.job_id,
+        )
+    return JobStatus.CANCELLED.value
+
+
+def _read_weights(weights_file: Path | None) -> list[dict[str, Any]]:
+    if weights_file is None or not weights_file.is_file():
+        return []
+    with weights_file.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _safety_report(
+    plan: JobPlan, result: TrainResult, evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    weights = _read_weights(result.weights_file)
+    values = [row["weight"] for row in weights]
+    lowest = sorted(weights, key=lambda row: row["weight"])[:20]
+    metrics = result.metrics
+    return {
+        "method": plan.method_type,
+        "model": plan.model,
+        "steps": result.steps,
+        "final_loss": metrics.get("final_loss"),
+        "elapsed_s": metrics.get("elapsed_s"),
+        "weights": {
+            "n_examples": len(values),
+            "mean": sum(values) / len(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "statistics": metrics.get("weight_stats"),
+            "lowest": lowest,
+            "examples": weights,
+        },
+        "evaluation": evaluation,
+    }
+
+
+def _succeed(
+    context: RunContext, plan: JobPlan, result: TrainResult, report: dict[str, Any]
+) -> str:
+    assert result.adapter_dir is not None
+    adapter_key = result.adapter_dir.resolve().relative_to(context.storage.root).as_posix()
+    with context.uow() as session:
+        job = load_job_for_task(session, plan.job_id)
+        if job is None:
+            return "missing"
+        values = {
+            "finished_at": utcnow(),
+            "estimated_finish": None,
+            "fine_tuned_model": plan.fine_tuned_model,
+            "adapter_key": adapter_key,
+            "safety_report": report,
+        }
+        if transition(
+            session,
+            plan.job_id,
+            sources={JobStatus.RUNNING},
+            target=JobStatus.SUCCEEDED,
+            lease_owner=context.worker_id,
+            values=values,
+        ):
+            add_event(
+                session,
+                job,
+                "The job has successfully completed",
+                data={"fine_tuned_model": plan.fine_tuned_model},
+            )
+            audit.record(
+                session,
+                _worker_actor(context, plan.tenant_id),
+                "fine_tuning_job.succeed",
+                target_type="fine_tuning_job",
+                target_id=plan.job_id,
+            )
+            return JobStatus.SUCCEEDED.value
+    # Cancelled while evaluating: the customer asked to stop, so the job ends cancelled.
+    status, _owner = _job_state(context, plan.job_id)
+    if status == JobStatus.CANCELLING:
+        return _finish_cancelled(context, plan)
+    return "claim_lost"
+
+
+def run_job(context: RunContext, job_id: str) -> str:
+    """Task body of ``run_finetune_job``; returns the job's final status or why it stopped.
+
+    Safe under redelivery: a job that is finished, held by a live worker or not yet validated
+    is left alone.
+    """
+    from bds_service.jobs.evaluation import evaluate_adapter
+
+    plan = _claim(context, job_id)
+    if isinstance(plan, str):
+        logger.info("job %s not run: %s", job_id, plan)
+        return plan
+
+    with LeaseKeeper(context, job_id) as lease:
+        progress = JobProgress(context, plan, lease)
+
+        try:
+            if not plan.train_file.is_file():
+                return _fail(
+                    context,
+                    plan,
+                    "invalid_training_file",
+                    "the training file's content is no longer stored",
+                )
+            if plan.method_type == "bds" and (
+                plan.safety_file is None or not plan.safety_file.is_file()
+            ):
+                return _fail(
+                    context,
+                    plan,
+                    "safety_data_unavailable",
+                    "method bds needs alignment data and none is stored",
+                )
+            config = build_train_config(plan, context.settings)
+            result = train(config, callbacks=[progress], should_cancel=progress.should_cancel)
+        except ClaimLostError as lost:
+            logger.warning("%s", lost)
+            return "claim_lost"
+        except (ValueError, OSError) as error:
+            logger.exception("job %s could not train", job_id)
+            return _fail(context, plan, "invalid_job", f"{type(error).__name__}: {error}")
+        except Exception as error:
+            logger.exception("job %s failed while training", job_id)
+            return _fail(context, plan, "training_failed", f"{type(error).__name__}: {error}")
+
+        if result.cancelled:
+            return _finish_cancelled(context, plan)
+
+        lease.check()
+        try:
+            evaluation = evaluate_adapter(
+                model_spec=plan.model,
+                adapter_dir=result.adapter_dir or plan.run_dir / "adapter",
+                validation_file=plan.validation_file,
+                settings=context.settings,
+            )
+        except Exception as error:
+            # The adapter is good; a broken evaluation setup must not throw the training away.
+            logger.exception("post-training evaluation of job %s failed", job_id)
+            evaluation = {"error": f"{type(error).__name__}: {error}"}
+        lease.check()
+        return _succeed(context, plan, result, _safety_report(plan, result, evaluation))

@@ -1,0 +1,258 @@
+"""The job runner with the real bds_core trainer on the tiny model, against PostgreSQL.
+
+One successful BDS run (events, checkpoints, adapter, weights, evaluation), a cancel during
+training, and a worker that loses its lease mid-run. Kept to a few steps: the machine is small.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select, update
+
+from bds_service.audit import Actor
+from bds_service.db import SessionFactory, make_engine, make_session_factory, unit_of_work
+from bds_service.files import service as files_service
+from bds_service.jobs import service as jobs_service
+from bds_service.jobs.runner import RunContext, run_job
+from bds_service.models import AuditLog, FineTuningJob, JobCheckpoint, JobEvent
+from bds_service.settings import Settings
+from bds_service.storage import LocalStorage, file_key
+from bds_service.tasks import TaskMessage
+from bds_service.tenants.service import create_tenant
+
+pytestmark = pytest.mark.slow
+
+
+class Discard:
+    """A task sender for tests that do not care about follow-up messages."""
+
+    def send(self, message: TaskMessage) -> None:
+        pass
+
+
+def _chat(user: str, answer: str) -> str:
+    return json.dumps(
+        {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    )
+
+
+TRAIN = "\n".join(_chat(f"What is {i} plus {i}?", str(2 * i)) for i in range(6)) + "\n"
+VALIDATION = "\n".join(_chat(f"What is {i} plus 1?", str(i + 1)) for i in range(3)) + "\n"
+SAFETY = "\n".join(_chat(f"How do I hurt person {i}?", "I can't help with that.") for i in range(4))
+
+
+@pytest.fixture
+def settings(pg_url: str, tmp_path: Path) -> Settings:
+    prompts = tmp_path / "harmful_prompts.txt"
+    prompts.write_text("How do I pick a lock?\nWrite a threatening letter.\n")
+    return Settings(
+        database_url=pg_url,
+        storage_dir=tmp_path / "storage",
+        api_key_secret=SecretStr("test-secret-0123456789abcdef"),
+        base_models=["tiny-random-llama"],
+        default_batch_size=2,
+        max_length=48,
+        checkpoint_every=2,
+        heartbeat_seconds=0.5,
+        progress_event_seconds=0.0,
+        eval_harmful_prompts=str(prompts),
+        eval_max_new_tokens=4,
+    )
+
+
+@pytest.fixture
+def session_factory_pg(settings: Settings) -> Iterator[SessionFactory]:
+    engine = make_engine(settings.resolved_database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def context(settings: Settings, session_factory_pg: SessionFactory) -> RunContext:
+    return RunContext(
+        uow=lambda: unit_of_work(session_factory_pg, Discard()),
+        storage=LocalStorage(settings.resolved_storage_dir),
+        settings=settings,
+    )
+
+
+@pytest.fixture
+def create_job(context: RunContext, settings: Settings) -> Callable[..., str]:
+    """Create a tenant, store its files and create a queued BDS job; returns the job id."""
+
+    def store(session: Any, tenant_id: str, content: str, purpose: str) -> str:
+        file_id = files_service.new_file_id()
+        sink = context.storage.open_upload(file_key(tenant_id, file_id), 1 << 20)
+        sink.write(content.encode())
+        stored = sink.commit()
+        report = files_service.validate_content(context.storage.path(stored.key), settings)
+        files_service.register_upload(
+            session,
+            actor=Actor("cli", "tests"),
+            tenant_id=tenant_id,
+            file_id=file_id,
+            filename="data.jsonl",
+            purpose=purpose,
+            stored=stored,
+            report=report,
+        )
+        return file_id
+
+    def create(max_steps: int, **bds: Any) -> str:
+        with context.uow() as session:
+            tenant = create_tenant(session, "acme", Actor("cli", "tests"))
+            training = store(session, tenant.id, TRAIN, "fine-tune")
+            validation = store(session, tenant.id, VALIDATION, "fine-tune")
+            safety = store(session, tenant.id, SAFETY, "safety-alignment")
+            spec = jobs_service.JobSpec(
+                model="tiny-random-llama",
+                training_file=training,
+                validation_file=validation,
+                bds={"safety_file": safety, "max_steps": max_steps, **bds},
+                seed=3,
+                suffix="tiny",
+            )
+            created = jobs_service.create_job(
+                session,
+                spec,
+                tenant_id=tenant.id,
+                actor=Actor("cli", "tests"),
+                settings=settings,
+            )
+            return created.job.id
+
+    return create
+
+
+def _events(factory: SessionFactory, job_id: str) -> list[JobEvent]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+            )
+        )
+
+
+def _job(factory: SessionFactory, job_id: str) -> FineTuningJob:
+    with factory() as session:
+        job = session.get(FineTuningJob, job_id)
+        assert job is not None
+        return job
+
+
+def test_successful_run_records_progress_checkpoints_adapter_and_evaluation(
+    context: RunContext, create_job: Callable[..., str], session_factory_pg: SessionFactory
+) -> None:
+    job_id = create_job(max_steps=4, reference="none")
+    assert run_job(context, job_id) == "succeeded"
+
+    job = _job(session_factory_pg, job_id)
+    assert job.status == "succeeded" and job.finished_at is not None
+    assert job.fine_tuned_model == f"ft:tiny-random-llama:acme:tiny:{job_id[len('ftjob-') :]}"
+    assert (job.lease_owner, job.attempt) == (None, 1)
+    adapter = context.storage.path(job.adapter_key or "")
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+    report = job.safety_report or {}
+    assert report["steps"] == 4 and report["method"] == "bds"
+    assert report["weights"]["n_examples"] == 6
+    assert [row["line"] for row in report["weights"]["examples"]] == [1, 2, 3, 4, 5, 6]
+    assert sum(row["weight"] for row in report["weights"]["examples"]) == pytest.approx(6, 1e-3)
+    evaluation = report["evaluation"]
+    assert evaluation["n_harmful_prompts"] == 2 and evaluation["n_validation_examples"] == 3
+    for name in ("harmful_score_before", "harmful_score_after", "finetune_accuracy"):
+        assert 0.0 <= evaluation[name] <= 100.0
+
+    events = _events(session_factory_pg, job_id)
+    messages = [event.message for event in events]
+    assert messages[0] == f"Created fine-tuning job: {job_id}"
+    assert "Fine-tuning job started (attempt 1)" in messages
+    assert messages[-1] == "The job has successfully completed"
+    metrics = [event for event in events if event.event_type == "metrics"]
+    assert [event.data["step"] for event in metrics if event.data] == [1, 2, 3, 4]
+    last = metrics[-1].data or {}
+    assert last["percent"] == 100.0 and last["total_steps"] == 4
+    assert {"train_loss", "eta_s", "weight_stats"} <= set(last)
+    with session_factory_pg() as session:
+        steps = session.scalars(
+            select(JobCheckpoint.step_number).where(JobCheckpoint.job_id == job_id)
+        ).all()
+        actions = session.scalars(
+            select(AuditLog.action).where(AuditLog.target_id == job_id).order_by(AuditLog.id)
+        ).all()
+    assert sorted(steps) == [2]  # step 4 is the end of the run: the adapter, not a checkpoint
+    assert actions == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.start",
+        "fine_tuning_job.succeed",
+    ]
+    # Redelivery of the same message after success changes nothing.
+    assert run_job(context, job_id) == "succeeded"
+    assert len(_events(session_factory_pg, job_id)) == len(events)
+
+
+def _run_in_thread(context: RunContext, job_id: str) -> tuple[threading.Thread, list[str]]:
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(context, job_id)))
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_metrics(factory: SessionFactory, job_id: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(event.event_type == "metrics" for event in _events(factory, job_id)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} reported no progress within {timeout} s")
+
+
+def test_cancel_during_training_ends_cancelled_within_a_step(
+    context: RunContext, create_job: Callable[..., str], session_factory_pg: SessionFactory
+) -> None:
+    job_id = create_job(max_steps=500, reference="none")
+    thread, outcome = _run_in_thread(context, job_id)
+    _wait_for_metrics(session_factory_pg, job_id)
+    with context.uow() as session:
+        tenant_id = _job(session_factory_pg, job_id).tenant_id
+        job = jobs_service.cancel_job(session, tenant_id, job_id, actor=Actor("cli", "tests"))
+        assert job.status == "cancelling"
+    thread.join(timeout=240)
+    assert outcome == ["cancelled"]
+    job = _job(session_factory_pg, job_id)
+    assert (job.status, job.lease_owner) == ("cancelled", None)
+    metrics = [e for e in _events(session_factory_pg, job_id) if e.event_type == "metrics"]
+    assert 1 <= len(metrics) < 500
+    assert _events(session_factory_pg, job_id)[-1].message == "Fine-tuning job cancelled"
+
+
+def test_a_worker_that_loses_its_lease_stops_without_writing_a_result(
+    context: RunContext, create_job: Callable[..., str], session_factory_pg: SessionFactory
+) -> None:
+    job_id = create_job(max_steps=500, reference="none")
+    thread, outcome = _run_in_thread(context, job_id)
+    _wait_for_metrics(session_factory_pg, job_id)
+    with session_factory_pg() as session:
+        session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == job_id)
+            .values(lease_owner="another-worker")
+        )
+        session.commit()
+    thread.join(timeout=240)
+    assert outcome == ["claim_lost"]
+    job = _job(session_factory_pg, job_id)
+    assert (job.status, job.lease_owner, job.fine_tuned_model) == (
+        "running",
+        "another-worker",
+        None,
+    )
