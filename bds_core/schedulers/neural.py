@@ -175,51 +175,134 @@ class SafetyHead(nn.Module):
         return {"kind": self.kind, "hidden": self.hidden, "input_dim": self.input_dim}
 
 
+@dataclass(frozen=True)
+class MixtureComponent:
+    """One Gaussian mode of the logits: its share of the data, mean and spread."""
+
+    weight: float
+    mean: float
+    std: float
+
+
+def _component_log_density(values: torch.Tensor, component: MixtureComponent) -> torch.Tensor:
+    return (
+        -0.5 * ((values - component.mean) / component.std) ** 2
+        - math.log(component.std)
+        - 0.5 * math.log(2 * math.pi)
+    )
+
+
+def fit_gaussian_mixture(
+    values: torch.Tensor, n_components: int, iterations: int = 500
+) -> tuple[list[MixtureComponent], float]:
+    """EM fit of a 1-D Gaussian mixture: components sorted by mean, and the log-likelihood."""
+    data = values.detach().double().flatten()
+    spread = max(float(data.std()), 1e-6)
+    floor = 1e-2 * spread
+    quantiles = [0.05 + 0.9 * k / max(n_components - 1, 1) for k in range(n_components)]
+    means = [torch.quantile(data, q).item() for q in quantiles]
+    stds = [spread / n_components] * n_components
+    weights = [1.0 / n_components] * n_components
+    log_likelihood = -math.inf
+    for _ in range(iterations):
+        components = [
+            MixtureComponent(w, m, s) for w, m, s in zip(weights, means, stds, strict=True)
+        ]
+        joint = torch.stack(
+            [math.log(max(c.weight, 1e-12)) + _component_log_density(data, c) for c in components]
+        )
+        total = torch.logsumexp(joint, dim=0)
+        new_log_likelihood = float(total.sum())
+        responsibilities = torch.exp(joint - total)
+        mass = responsibilities.sum(dim=1)
+        if float(mass.min()) < 1e-9:
+            break
+        means = [float((r * data).sum() / m) for r, m in zip(responsibilities, mass, strict=True)]
+        stds = [
+            max(math.sqrt(float((r * (data - mu) ** 2).sum() / m)), floor)
+            for r, m, mu in zip(responsibilities, mass, means, strict=True)
+        ]
+        weights = [float(m) / data.numel() for m in mass]
+        converged = abs(new_log_likelihood - log_likelihood) < 1e-9 * max(1.0, abs(log_likelihood))
+        log_likelihood = new_log_likelihood
+        if converged:
+            break
+    components = sorted(
+        (MixtureComponent(w, m, s) for w, m, s in zip(weights, means, stds, strict=True)),
+        key=lambda c: c.mean,
+    )
+    return components, log_likelihood
+
+
 @dataclass
 class ScoreCalibration:
     """Label-free mapping from safety logits to a harm score in [0, 1].
 
-    Fitted on the logits of the pretraining data as a two-component Gaussian mixture with a
-    shared spread (EM, no labels): the lower component is the 'harmful' mode. The harm score
-    of a logit is its posterior probability under the harmful component with equal priors,
-    `sigmoid((logit - benign_mean)^2 - (logit - harmful_mean)^2) / (2 std^2))`, which is a
-    logistic function of the logit, decreasing, and 0.5 halfway between the two means. An
-    example is flagged when its score reaches `threshold`.
+    Fitted on the logits of the pretraining data as a 1-D Gaussian mixture (EM, no labels) of
+    2 or 3 modes, the number chosen by BIC (several benign tasks can form several benign
+    modes). The mode with the lowest mean is the 'harmful' one, the others together are
+    'benign'. The harm score of a logit is its posterior probability under the harmful mode
+    with equal priors for 'harmful' and 'benign', evaluated at the logit clamped to
+    [harmful mean, next mode's mean] so the score never rises with the logit (a broad mode
+    would otherwise win both tails). An example is flagged when its score reaches `threshold`.
     """
 
-    harmful_mean: float
-    benign_mean: float
-    std: float
-    pretraining_harmful_share: float
+    components: list[MixtureComponent]
     threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
-        if not self.std > 0:
-            raise ValueError(f"calibration std must be positive, got {self.std}")
+        if len(self.components) < 2:
+            raise ValueError("calibration needs at least two mixture components")
+        if any(not c.std > 0 for c in self.components):
+            raise ValueError("calibration component spreads must be positive")
+        self.components = sorted(self.components, key=lambda c: c.mean)
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"calibration threshold must lie in (0, 1), got {self.threshold}")
 
+    @property
+    def harmful(self) -> MixtureComponent:
+        return self.components[0]
+
+    @property
+    def pretraining_harmful_share(self) -> float:
+        """Estimated share of harmful examples in the pretraining data."""
+        return self.harmful.weight
+
+    def _log_ratio(self, logits: torch.Tensor) -> torch.Tensor:
+        """log p(logit | harmful) - log p(logit | benign), benign being the other modes."""
+        values = logits.double()
+        benign = self.components[1:]
+        benign_total = sum(c.weight for c in benign)
+        benign_log = torch.logsumexp(
+            torch.stack(
+                [
+                    math.log(max(c.weight / benign_total, 1e-12))
+                    + _component_log_density(values, c)
+                    for c in benign
+                ]
+            ),
+            dim=0,
+        )
+        return _component_log_density(values, self.harmful) - benign_log
+
     def harm_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Harm score in [0, 1] of each logit (1 = looks harmful)."""
-        logits = logits.double()
-        slope = (self.benign_mean - self.harmful_mean) / self.std**2
-        midpoint = 0.5 * (self.benign_mean + self.harmful_mean)
-        return torch.sigmoid(slope * (midpoint - logits)).float()
+        """Harm score in [0, 1] of each logit (1 = looks harmful); non-increasing in the logit."""
+        clamped = logits.double().clamp(self.harmful.mean, self.components[1].mean)
+        return torch.sigmoid(self._log_ratio(clamped)).float()
 
     def estimate_harmful_share(self, logits: torch.Tensor, iterations: int = 200) -> float:
-        """Share of harmful examples in a dataset, by re-fitting only the mixture weight (EM).
+        """Share of harmful examples in a dataset, by re-fitting only the harmful prior (EM).
 
-        The component shapes stay as calibrated; only the prior adapts to the dataset
-        (Saerens et al., 2002), which corrects the bias of simply counting flags.
+        The mode shapes stay as calibrated; only the prior adapts to the dataset (Saerens et
+        al., 2002), which corrects the bias of simply counting flags.
         """
-        values = logits.double()
-        harmful_density = torch.exp(-0.5 * ((values - self.harmful_mean) / self.std) ** 2)
-        benign_density = torch.exp(-0.5 * ((values - self.benign_mean) / self.std) ** 2)
+        if logits.numel() == 0:
+            return 0.0
+        log_ratio = self._log_ratio(logits)
         share = 0.5
         for _ in range(iterations):
-            numerator = share * harmful_density
-            posterior = numerator / (numerator + (1 - share) * benign_density).clamp_min(1e-300)
-            updated = float(posterior.mean())
+            prior_logit = math.log(max(share, 1e-12)) - math.log(max(1 - share, 1e-12))
+            updated = float(torch.sigmoid(log_ratio + prior_logit).mean())
             if abs(updated - share) < 1e-7:
                 share = updated
                 break
@@ -227,65 +310,36 @@ class ScoreCalibration:
         return share
 
     @classmethod
-    def fit(
-        cls, logits: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, iterations: int = 500
-    ) -> ScoreCalibration:
-        """EM fit of a tied-variance two-component Gaussian mixture to logits (no labels)."""
+    def fit(cls, logits: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> ScoreCalibration:
+        """Fit 2- and 3-mode mixtures to the logits (no labels) and keep the one BIC prefers."""
         values = logits.detach().double().flatten()
         if values.numel() < 4:
             raise ValueError(f"calibration needs at least 4 logits, got {values.numel()}")
-        low, high = torch.quantile(values, 0.1).item(), torch.quantile(values, 0.9).item()
-        spread = max(float(values.std()), 1e-6)
-        harmful_mean, benign_mean, variance, share = low, high, spread**2, 0.5
-        for _ in range(iterations):
-            harmful_log = (
-                math.log(max(share, 1e-12)) - 0.5 * (values - harmful_mean) ** 2 / variance
-            )
-            benign_log = (
-                math.log(max(1 - share, 1e-12)) - 0.5 * (values - benign_mean) ** 2 / variance
-            )
-            posterior = torch.sigmoid(harmful_log - benign_log)
-            weight_harmful = float(posterior.sum())
-            weight_benign = float((1 - posterior).sum())
-            if weight_harmful < 1e-9 or weight_benign < 1e-9:
-                break
-            new_harmful = float((posterior * values).sum()) / weight_harmful
-            new_benign = float(((1 - posterior) * values).sum()) / weight_benign
-            new_variance = (
-                float(
-                    (
-                        posterior * (values - new_harmful) ** 2
-                        + (1 - posterior) * (values - new_benign) ** 2
-                    ).sum()
-                )
-                / values.numel()
-            )
-            new_variance = max(new_variance, (1e-3 * spread) ** 2)
-            converged = abs(new_harmful - harmful_mean) + abs(new_benign - benign_mean) < 1e-9
-            harmful_mean, benign_mean, variance = new_harmful, new_benign, new_variance
-            share = weight_harmful / values.numel()
-            if converged:
-                break
-        if harmful_mean > benign_mean:
-            harmful_mean, benign_mean, share = benign_mean, harmful_mean, 1 - share
-        return cls(
-            harmful_mean=harmful_mean,
-            benign_mean=benign_mean,
-            std=math.sqrt(variance),
-            pretraining_harmful_share=share,
-            threshold=threshold,
-        )
+        best: tuple[float, list[MixtureComponent]] | None = None
+        for n_components in (2, 3):
+            if values.numel() < 4 * n_components:
+                continue
+            components, log_likelihood = fit_gaussian_mixture(values, n_components)
+            bic = -2 * log_likelihood + (3 * n_components - 1) * math.log(values.numel())
+            if best is None or bic < best[0]:
+                best = (bic, components)
+        assert best is not None
+        return cls(components=best[1], threshold=threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "tied-gaussian-mixture", **asdict(self)}
+        return {
+            "method": "gaussian-mixture",
+            "components": [asdict(c) for c in self.components],
+            "threshold": self.threshold,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoreCalibration:
         return cls(
-            harmful_mean=float(data["harmful_mean"]),
-            benign_mean=float(data["benign_mean"]),
-            std=float(data["std"]),
-            pretraining_harmful_share=float(data.get("pretraining_harmful_share", 0.5)),
+            components=[
+                MixtureComponent(float(c["weight"]), float(c["mean"]), float(c["std"]))
+                for c in data["components"]
+            ],
             threshold=float(data.get("threshold", DEFAULT_THRESHOLD)),
         )
 
@@ -528,6 +582,7 @@ __all__ = [
     "CONFIG_FILE",
     "HEAD_FILE",
     "HEAD_KINDS",
+    "MixtureComponent",
     "NeuralOptions",
     "NeuralScheduler",
     "PretrainedScheduler",
@@ -536,6 +591,7 @@ __all__ = [
     "ScoreCalibration",
     "build_neural",
     "embed_for_scheduler",
+    "fit_gaussian_mixture",
     "load_scheduler",
     "save_scheduler",
 ]

@@ -178,9 +178,8 @@ def pretrain_command(
     calibration = result.calibration
     console.print(
         f"saved {result.scheduler_dir} in {time.monotonic() - started:.0f} s; "
-        f"calibration: harmful mode {calibration.harmful_mean:.3f}, "
-        f"benign mode {calibration.benign_mean:.3f}, spread {calibration.std:.3f}, "
-        f"pretraining harmful share (estimated) {calibration.pretraining_harmful_share:.3f}"
+        "calibration modes (weight, mean, std): "
+        + ", ".join(f"({c.weight:.3f}, {c.mean:.3f}, {c.std:.3f})" for c in calibration.components)
     )
     print(json.dumps(result.runs, indent=2))
 

@@ -83,9 +83,10 @@ def test_neural_weights_move_the_same_way_as_scalar_ones(head: str) -> None:
     neural = _run_toy_conflict(_neural(embeddings, head), harmful, 60, 3e-3)
     for weights in (scalar, neural):
         assert weights[harmful].mean() < 0.7 < 1.0 < weights[~harmful].mean()
-    # Every harmful example lost weight under both, and the two weightings agree overall.
-    assert bool((scalar[harmful] < 1.0).all()) and bool((neural[harmful] < 1.0).all())
-    assert torch.corrcoef(torch.stack([scalar, neural]))[0, 1] > 0.6
+    # Under both, every harmful example lost weight and ends below every benign one.
+    for weights in (scalar, neural):
+        assert bool((weights[harmful] < 1.0).all())
+        assert weights[~harmful].min() > weights[harmful].max()
 
 
 def test_head_gradients_flow_from_the_scheduler_loss() -> None:
@@ -280,13 +281,23 @@ def test_calibration_finds_the_two_modes_without_labels() -> None:
         ]
     )
     calibration = ScoreCalibration.fit(logits)
-    assert calibration.harmful_mean == pytest.approx(-3.0, abs=0.3)
-    assert calibration.benign_mean == pytest.approx(1.0, abs=0.3)
+    assert calibration.harmful.mean == pytest.approx(-3.0, abs=0.3)
+    assert calibration.components[-1].mean == pytest.approx(1.0, abs=0.3)
     assert calibration.pretraining_harmful_share == pytest.approx(0.2, abs=0.03)
     scores = calibration.harm_scores(torch.tensor([-5.0, -3.0, -1.0, 1.0, 5.0]))
     assert torch.all(scores[:-1] >= scores[1:]) and scores[0] > 0.99 and scores[-1] < 0.01
-    midpoint = (calibration.harmful_mean + calibration.benign_mean) / 2
-    assert calibration.harm_scores(torch.tensor([midpoint])).item() == pytest.approx(0.5, abs=1e-4)
+    # Broad benign data with several modes must not pull the boundary towards benign examples.
+    multimodal = torch.cat(
+        [
+            torch.randn(30, generator=generator) * 0.2 - 5.0,
+            torch.randn(60, generator=generator) * 0.3,
+            torch.randn(60, generator=generator) * 0.3 + 6.0,
+        ]
+    )
+    wide = ScoreCalibration.fit(multimodal)
+    assert wide.harmful.mean == pytest.approx(-5.0, abs=0.2) and len(wide.components) == 3
+    scores = wide.harm_scores(multimodal)
+    assert bool((scores[:30] > 0.5).all()) and bool((scores[30:] < 0.5).all())
     shifted = torch.cat(
         [
             torch.randn(100, generator=generator) * 0.5 - 3.0,
