@@ -82,9 +82,14 @@ def broker_settings(settings: Settings) -> dict[str, Any]:
     A plain dict, so this package needs no Celery import. JSON only (no pickle); the
     visibility timeout is set in both places Celery reads it (celery#9339).
     """
-    transport_options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    broker_url = settings.resolved_broker_url
+    transport_options: dict[str, Any] = {}
+    if broker_url.split(":", 1)[0] in {"redis", "rediss", "sentinel", "sqs"}:
+        # Only these transports know the option (kombu's SQLAlchemy transport would pass it
+        # on to create_engine and fail).
+        transport_options["visibility_timeout"] = settings.broker_visibility_timeout_s
     return {
-        "broker_url": settings.resolved_broker_url,
+        "broker_url": broker_url,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,

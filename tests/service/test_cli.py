@@ -1,0 +1,154 @@
+"""The service commands: migrate, admin tenants and keys, worker command lines, embedded serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from bds_service.cli import service_app, worker_command
+from bds_service.db import make_engine, make_session_factory
+from bds_service.settings import Settings
+from bds_service.tenants.keys import is_well_formed
+from bds_service.tenants.service import authenticate
+
+runner = CliRunner()
+SECRET = "cli-test-secret-0123456789"
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An isolated embedded deployment for the command under test."""
+    for name in list(os.environ):
+        if name.startswith("BDS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BDS_API_KEY_SECRET", SECRET)
+    monkeypatch.setenv("BDS_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_url: str) -> None:
+    assert runner.invoke(service_app, ["migrate", "--database-url", db_url]).exit_code == 0
+    created = runner.invoke(
+        service_app, ["admin", "create-tenant", "acme", "--database-url", db_url]
+    )
+    assert created.exit_code == 0, created.output
+    assert "created tenant acme (org-" in created.output
+
+    issued = runner.invoke(
+        service_app,
+        ["admin", "create-key", "--tenant", "acme", "--admin", "--database-url", db_url],
+    )
+    assert issued.exit_code == 0, issued.output
+    key = issued.stdout.strip()
+    assert is_well_formed(key)
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as session:
+        principal = authenticate(session, key, secret=SECRET)
+    engine.dispose()
+    assert principal.is_admin and principal.tenant_name == "acme"
+
+    listing = runner.invoke(service_app, ["admin", "list-tenants", "--database-url", db_url])
+    assert key[:12] in listing.output and key not in listing.output
+
+    duplicate = runner.invoke(
+        service_app, ["admin", "create-tenant", "acme", "--database-url", db_url]
+    )
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.output
+    unknown = runner.invoke(
+        service_app, ["admin", "create-key", "--tenant", "nobody", "--database-url", db_url]
+    )
+    assert unknown.exit_code == 1 and "no tenant named 'nobody'" in unknown.output
+
+
+def test_worker_command_lines_name_the_deployment_queues(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, cpu_queue="site-cpu", gpu_queue="site-gpu")
+    gpu = worker_command(settings, ["gpu"], concurrency=2, beat=False)
+    assert gpu[gpu.index("--queues") + 1] == "site-gpu"
+    assert gpu[gpu.index("--concurrency") + 1] == "2"
+    assert gpu[gpu.index("--max-tasks-per-child") + 1] == "1"
+    assert "--beat" not in gpu
+    cpu = worker_command(settings, ["cpu"], concurrency=1, beat=True)
+    assert cpu[cpu.index("--queues") + 1] == "site-cpu"
+    assert "--beat" in cpu and "--max-tasks-per-child" not in cpu
+    assert (
+        worker_command(settings, ["cpu", "gpu"], concurrency=1, beat=False)[
+            gpu.index("--queues") + 1
+        ]
+        == "site-cpu,site-gpu"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_embedded_serve_runs_api_and_workers_without_any_server(
+    cli_env: Path, tmp_path: Path
+) -> None:
+    """`serve` with no options: SQLite database and broker, uploads validated by the worker."""
+    port = _free_port()
+    environment = {**os.environ, "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false"}
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "bds_service.cli", "serve", "--port", str(port)],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(1)
+        else:
+            raise AssertionError("serve did not become ready in 180 s")
+        assert (cli_env / "bds.sqlite3").is_file() and (cli_env / "broker.sqlite3").is_file()
+
+        assert runner.invoke(service_app, ["admin", "create-tenant", "acme"]).exit_code == 0
+        key = runner.invoke(service_app, ["admin", "create-key", "--tenant", "acme"]).stdout
+        headers = {"Authorization": f"Bearer {key.strip()}"}
+        line = {
+            "messages": [
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        }
+        uploaded = httpx.post(
+            f"{base}/v1/files",
+            headers=headers,
+            files={"file": ("a.jsonl", json.dumps(line).encode())},
+            data={"purpose": "fine-tune"},
+        ).json()
+        assert uploaded["status"] == "uploaded"
+        deadline = time.monotonic() + 120
+        status = "uploaded"
+        while status == "uploaded" and time.monotonic() < deadline:
+            time.sleep(1)
+            status = httpx.get(f"{base}/v1/files/{uploaded['id']}", headers=headers).json()[
+                "status"
+            ]
+        assert status == "processed"  # the cpu worker consumed the SQLite broker's message
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+        log.close()
+    assert serve.returncode == 0, (tmp_path / "serve.log").read_text()
