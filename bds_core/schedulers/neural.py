@@ -61,9 +61,7 @@ class NeuralOptions:
 
     encoder: str = field(
         default=DEFAULT_ENCODER,
-        metadata={
-            "help": "frozen text encoder: 'minilm-l6-v2' or 'llm-hidden' (the run's base LLM)"
-        },
+        metadata={"help": "frozen text encoder: 'minilm-l6-v2', 'minilm-static' or 'llm-hidden'"},
     )
     head: str = field(default="mlp", metadata={"help": "head f_phi: 'mlp' (2 layers) or 'linear'"})
     hidden: int = field(default=128, metadata={"help": "hidden width of the MLP head"})
@@ -317,7 +315,7 @@ class ScoreCalibration:
             raise ValueError(f"calibration needs at least 4 logits, got {values.numel()}")
         best: tuple[float, list[MixtureComponent]] | None = None
         for n_components in (2, 3):
-            if values.numel() < 4 * n_components:
+            if n_components > 2 and values.numel() < 4 * n_components:
                 continue
             components, log_likelihood = fit_gaussian_mixture(values, n_components)
             bic = -2 * log_likelihood + (3 * n_components - 1) * math.log(values.numel())

@@ -136,7 +136,9 @@ def pretrain_command(
     reference: Annotated[
         str, typer.Option(help="reference loss: none, initial or agnostic")
     ] = "initial",
-    encoder: Annotated[str, typer.Option(help="minilm-l6-v2 or llm-hidden")] = "minilm-l6-v2",
+    encoder: Annotated[
+        str, typer.Option(help="minilm-l6-v2, minilm-static or llm-hidden")
+    ] = "minilm-l6-v2",
     head: Annotated[str, typer.Option(help="mlp or linear")] = "mlp",
     hidden: Annotated[int, typer.Option(help="hidden width of the MLP head")] = 128,
     max_length: Annotated[int, typer.Option(help="tokens per training example")] = 256,
@@ -182,6 +184,42 @@ def pretrain_command(
         + ", ".join(f"({c.weight:.3f}, {c.mean:.3f}, {c.std:.3f})" for c in calibration.components)
     )
     print(json.dumps(result.runs, indent=2))
+
+
+@scheduler_app.command("evaluate")
+def evaluate_command(
+    file: Annotated[
+        list[Path], typer.Argument(help="labelled JSONL files (metadata.label), pooled")
+    ],
+    scheduler: Annotated[
+        Path | None, typer.Option(help="saved scheduler folder (default: the shipped one)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write the evaluation JSON here")] = None,
+) -> None:
+    """AUROC and recall at 5% false positives of a scheduler against metadata.label.
+
+    Labels are read only here, to evaluate; scoring never sees them.
+    """
+    from bds_core.data import load_examples
+    from bds_core.scoring.scorer import get_scorer
+
+    examples = [example for path in file for example in load_examples(path)]
+    report = get_scorer(scheduler).report(examples)
+    if report.label_evaluation is None:
+        console.print("[red]none of the examples carries metadata.label[/]")
+        raise typer.Exit(2)
+    result = {
+        "scheduler": report.scheduler.model_dump(),
+        "files": [str(path) for path in file],
+        **report.label_evaluation.model_dump(),
+        "n_flagged": report.n_flagged,
+        "harmful_share_estimate": report.harmful_share_estimate,
+        "examples_per_second": report.timing.examples_per_second,
+    }
+    print(json.dumps(result, indent=2))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 @scheduler_app.command("show")

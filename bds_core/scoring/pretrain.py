@@ -74,7 +74,8 @@ class PretrainConfig:
     update: str = field(default="batch", metadata={"help": "scheduler update: batch or global"})
     entropy_weight: float = field(default=0.0, metadata={"help": "collapse penalty strength"})
     encoder: str = field(
-        default="minilm-l6-v2", metadata={"help": "frozen encoder: minilm-l6-v2 or llm-hidden"}
+        default="minilm-l6-v2",
+        metadata={"help": "frozen encoder: minilm-l6-v2, minilm-static or llm-hidden"},
     )
     head: str = field(default="mlp", metadata={"help": "head: mlp or linear"})
     hidden: int = field(default=128, metadata={"help": "hidden width of the MLP head"})

@@ -88,7 +88,8 @@ def test_cache_serves_repeated_texts_without_encoding(
 
 def test_unknown_encoder_is_refused_by_name() -> None:
     with pytest.raises(
-        ValueError, match="unknown encoder 'bert'; known encoders: minilm-l6-v2, llm-hidden"
+        ValueError,
+        match="unknown encoder 'bert'; known encoders: minilm-l6-v2, minilm-static, llm-hidden",
     ):
         build_encoder("bert")
     with pytest.raises(ValueError, match="needs the run's model and tokenizer"):
@@ -108,3 +109,14 @@ def test_minilm_matches_sentence_similarity() -> None:
     assert encoder.info.name == "minilm-l6-v2" and "/max256" in encoder.info.version
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2
+
+
+def test_static_minilm_is_a_fast_bag_of_token_vectors() -> None:
+    encoder = build_encoder("minilm-static")
+    vectors = encoder.encode(
+        ["bomb explosive weapon", "explosive weapon bomb", "What is 17 plus 25?"]
+    )
+    assert vectors.shape == (3, 384)
+    assert encoder.info.key != build_encoder("minilm-l6-v2").info.key
+    assert torch.allclose(vectors[0], vectors[1], atol=1e-6)  # word order does not matter
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
