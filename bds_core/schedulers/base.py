@@ -7,6 +7,7 @@ into per-example weights. The trainer only talks to this interface.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -31,21 +32,78 @@ LOSS_TIMINGS: tuple[str, ...] = ("after", "before")
 class SchedulerSettings:
     """How BDS infers per-example weights (see docs/bds-method.md)."""
 
-    kind: str = field(default="scalar", metadata={"help": "'scalar' (one logit per example) or 'neural' (head over embeddings)"})
-    transform: WeightTransform = field(default="softmax", metadata={"help": "logits -> weights: 'softmax' (N*softmax, sums to N), 'sigmoid' (2*sigmoid), 'identity'"})
-    update: SchedulerUpdate = field(default="batch", metadata={"help": "'batch': batch-centred update (B*softmax over the batch); 'global': the release's update through N*softmax over all examples"})
-    reference: ReferenceLoss = field(default="initial", metadata={"help": "reference loss r_i: 'none' (r=0, the release), 'initial' (starting model), 'agnostic' (adapter trained on weighted customer data only)"})
-    loss_timing: LossTiming = field(default="after", metadata={"help": "scheduler step uses losses from 'after' the model step (the paper) or 'before' it (the release)"})
-    learning_rate: float = field(default=0.1, metadata={"help": "AdamW learning rate of the scheduler parameters"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the scheduler parameters"})
-    grad_clip: float = field(default=10.0, metadata={"help": "gradient-norm clip of the scheduler step"})
-    entropy_weight: float = field(default=0.0, metadata={"help": "strength of a KL(uniform || weights) prior that keeps weights from collapsing onto few examples"})
-    sgld: bool = field(default=False, metadata={"help": "add Langevin noise after each scheduler update (posterior sampling)"})
-    sgld_temperature: float = field(default=1000.0, metadata={"help": "T in the SGLD noise scale sqrt(2*lr/T); larger T means less noise"})
-    record_last: int = field(default=10, metadata={"help": "K: number of recent weight iterates kept for the per-example mean and spread"})
-    record_every: int = field(default=1, metadata={"help": "record a weight iterate every this many scheduler steps"})
-    init_path: str | None = field(default=None, metadata={"help": "pretrained neural scheduler to start from (neural kind, or scalar logits initialised from its scores)"})
-    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "kind-specific options (for example the neural scheduler's encoder and head)"})
+    kind: str = field(
+        default="scalar",
+        metadata={"help": "'scalar' (one logit per example) or 'neural' (head over embeddings)"},
+    )
+    transform: WeightTransform = field(
+        default="softmax",
+        metadata={
+            "help": "logits -> weights: 'softmax' (N*softmax, sums to N), 'sigmoid' (2*sigmoid), 'identity'"
+        },
+    )
+    update: SchedulerUpdate = field(
+        default="batch",
+        metadata={
+            "help": "'batch': batch-centred update (B*softmax over the batch); 'global': the release's update through N*softmax over all examples"
+        },
+    )
+    reference: ReferenceLoss = field(
+        default="initial",
+        metadata={
+            "help": "reference loss r_i: 'none' (r=0, the release), 'initial' (starting model), 'agnostic' (adapter trained on weighted customer data only)"
+        },
+    )
+    loss_timing: LossTiming = field(
+        default="after",
+        metadata={
+            "help": "scheduler step uses losses from 'after' the model step (the paper) or 'before' it (the release)"
+        },
+    )
+    learning_rate: float = field(
+        default=0.1, metadata={"help": "AdamW learning rate of the scheduler parameters"}
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay of the scheduler parameters"}
+    )
+    grad_clip: float = field(
+        default=10.0, metadata={"help": "gradient-norm clip of the scheduler step"}
+    )
+    entropy_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "strength of a KL(uniform || weights) prior that keeps weights from collapsing onto few examples"
+        },
+    )
+    sgld: bool = field(
+        default=False,
+        metadata={"help": "add Langevin noise after each scheduler update (posterior sampling)"},
+    )
+    sgld_temperature: float = field(
+        default=1000.0,
+        metadata={"help": "T in the SGLD noise scale sqrt(2*lr/T); larger T means less noise"},
+    )
+    record_last: int = field(
+        default=10,
+        metadata={
+            "help": "K: number of recent weight iterates kept for the per-example mean and spread"
+        },
+    )
+    record_every: int = field(
+        default=1, metadata={"help": "record a weight iterate every this many scheduler steps"}
+    )
+    init_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "pretrained neural scheduler to start from (neural kind, or scalar logits initialised from its scores)"
+        },
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "kind-specific options (for example the neural scheduler's encoder and head)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choice("transform", self.transform, WEIGHT_TRANSFORMS)
@@ -53,7 +111,9 @@ class SchedulerSettings:
         _check_choice("reference", self.reference, REFERENCE_LOSSES)
         _check_choice("loss_timing", self.loss_timing, LOSS_TIMINGS)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"scheduler learning_rate must be a positive number, got {self.learning_rate}")
+            raise ValueError(
+                f"scheduler learning_rate must be a positive number, got {self.learning_rate}"
+            )
         if self.weight_decay < 0:
             raise ValueError(f"scheduler weight_decay must be >= 0, got {self.weight_decay}")
         if not self.grad_clip > 0:
@@ -96,6 +156,10 @@ class DataScheduler(nn.Module, ABC):
     `all_logits()`; this base class turns logits into weights, defines the scheduler loss of
     bds-method.md step 4 and keeps the recent weight iterates for posterior summaries.
     """
+
+    iterates: torch.Tensor
+    n_recorded: torch.Tensor
+    n_updates: torch.Tensor
 
     def __init__(self, num_examples: int, settings: SchedulerSettings) -> None:
         super().__init__()
@@ -224,10 +288,8 @@ def build_scheduler(settings: SchedulerSettings, context: SchedulerContext) -> D
     # Import the built-in kinds so their builders are registered.
     from bds_core.schedulers import scalar  # noqa: F401
 
-    try:
+    with contextlib.suppress(ModuleNotFoundError):
         from bds_core.schedulers import neural  # noqa: F401
-    except ImportError:
-        pass
     if settings.kind not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS)) or "none"
         raise ValueError(f"unknown scheduler kind {settings.kind!r}; known kinds: {known}")

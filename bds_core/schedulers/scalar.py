@@ -49,7 +49,9 @@ def build_scalar(settings: SchedulerSettings, context: SchedulerContext) -> Data
         if "neural" not in _BUILDERS:
             raise ValueError("init_path for a scalar scheduler needs the neural scheduler module")
         neural_settings = SchedulerSettings(
-            kind="neural", transform=settings.transform, init_path=settings.init_path,
+            kind="neural",
+            transform=settings.transform,
+            init_path=settings.init_path,
             options=settings.options,
         )
         pretrained = _BUILDERS["neural"](neural_settings, context)

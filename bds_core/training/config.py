@@ -19,27 +19,65 @@ METHODS: tuple[str, ...] = ("bds", "sft", "mix")
 class TrainConfig:
     """Everything a run needs; validated on construction with messages that name the field."""
 
-    model: str = field(metadata={"help": "base model: catalog name, local HF directory, .gguf file or hub id"})
+    model: str = field(
+        metadata={"help": "base model: catalog name, local HF directory, .gguf file or hub id"}
+    )
     train_file: Path = field(metadata={"help": "customer dataset D_ft (JSONL)"})
-    out_dir: Path = field(metadata={"help": "where checkpoints, the adapter, weights and metrics go"})
-    safety_file: Path | None = field(default=None, metadata={"help": "alignment dataset D_safe (JSONL); required by bds and mix"})
-    method: str = field(default="bds", metadata={"help": "'bds' (weighted by the scheduler), 'sft' (customer data only) or 'mix' (customer + alignment data, weights 1)"})
-    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA rank, alpha, dropout and target modules"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate of the LoRA parameters"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the LoRA parameters"})
+    out_dir: Path = field(
+        metadata={"help": "where checkpoints, the adapter, weights and metrics go"}
+    )
+    safety_file: Path | None = field(
+        default=None, metadata={"help": "alignment dataset D_safe (JSONL); required by bds and mix"}
+    )
+    method: str = field(
+        default="bds",
+        metadata={
+            "help": "'bds' (weighted by the scheduler), 'sft' (customer data only) or 'mix' (customer + alignment data, weights 1)"
+        },
+    )
+    lora: LoraSettings = field(
+        default_factory=LoraSettings,
+        metadata={"help": "LoRA rank, alpha, dropout and target modules"},
+    )
+    learning_rate: float = field(
+        default=5e-4, metadata={"help": "AdamW learning rate of the LoRA parameters"}
+    )
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay of the LoRA parameters"}
+    )
     adam_betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip of the model step"})
     batch_size: int = field(default=8, metadata={"help": "customer examples per step"})
-    safety_batch_size: int | None = field(default=None, metadata={"help": "alignment examples per step (default: batch_size)"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step; the loss is normalised over the whole step"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over max(|D_ft|, |D_safe|); ignored when max_steps is set"})
+    safety_batch_size: int | None = field(
+        default=None, metadata={"help": "alignment examples per step (default: batch_size)"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "micro-batches per step; the loss is normalised over the whole step"},
+    )
+    epochs: float = field(
+        default=1.0,
+        metadata={"help": "passes over max(|D_ft|, |D_safe|); ignored when max_steps is set"},
+    )
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps"})
-    max_length: int = field(default=256, metadata={"help": "token limit per example (prompt truncated first, then the answer)"})
+    max_length: int = field(
+        default=256,
+        metadata={"help": "token limit per example (prompt truncated first, then the answer)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of data order, LoRA init and SGLD noise"})
-    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings, metadata={"help": "how BDS infers weights"})
-    checkpoint_every: int = field(default=50, metadata={"help": "write a resumable checkpoint every this many steps (0: only on cancel)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "number of newest checkpoints kept on disk"})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', ... (default: cuda when available)"})
+    scheduler: SchedulerSettings = field(
+        default_factory=SchedulerSettings, metadata={"help": "how BDS infers weights"}
+    )
+    checkpoint_every: int = field(
+        default=50,
+        metadata={"help": "write a resumable checkpoint every this many steps (0: only on cancel)"},
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "number of newest checkpoints kept on disk"}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "'cpu', 'cuda', ... (default: cuda when available)"}
+    )
 
     def __post_init__(self) -> None:
         self.train_file = Path(self.train_file)
@@ -64,7 +102,9 @@ class TrainConfig:
             raise ValueError(
                 f"gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}"
             )
-        if self.gradient_accumulation_steps > min(self.batch_size, self.effective_safety_batch_size):
+        if self.gradient_accumulation_steps > min(
+            self.batch_size, self.effective_safety_batch_size
+        ):
             raise ValueError(
                 "gradient_accumulation_steps cannot exceed the batch size "
                 f"({self.gradient_accumulation_steps} > {min(self.batch_size, self.effective_safety_batch_size)})"
@@ -106,7 +146,14 @@ class TrainConfig:
     def resume_fingerprint(self, data_digest: str) -> str:
         """Hash of everything that must match for a checkpoint to be resumable by this run."""
         data = self.to_dict()
-        for volatile in ("out_dir", "checkpoint_every", "keep_checkpoints", "device", "max_steps", "epochs"):
+        for volatile in (
+            "out_dir",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "device",
+            "max_steps",
+            "epochs",
+        ):
             data.pop(volatile)
         data["data_digest"] = data_digest
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

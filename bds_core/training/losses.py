@@ -28,9 +28,7 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (token_losses * mask).sum(dim=1) / counts.clamp_min(1.0)
 
 
-def weighted_loss_sum(
-    losses: torch.Tensor, weights: torch.Tensor, normaliser: int
-) -> torch.Tensor:
+def weighted_loss_sum(losses: torch.Tensor, weights: torch.Tensor, normaliser: int) -> torch.Tensor:
     """sum_i w_i * l_i / normaliser.
 
     `normaliser` is the number of examples in the whole (accumulated) batch, not in this

@@ -92,7 +92,11 @@ def weight_statistics(
         "share_below_half": (values < 0.5).double().mean().item(),
     }
     if harmful_labels is not None:
-        known = [(float(w), bool(lab)) for w, lab in zip(values.tolist(), harmful_labels, strict=True) if lab is not None]
+        known = [
+            (float(w), bool(lab))
+            for w, lab in zip(values.tolist(), harmful_labels, strict=True)
+            if lab is not None
+        ]
         labels = [lab for _, lab in known]
         if labels and any(labels) and not all(labels):
             from bds_core.eval import auroc
@@ -181,7 +185,9 @@ class BDSTrainer:
 
         self.train_sampler = EpochSampler(len(self.train_examples), config.batch_size, config.seed)
         self.safety_sampler = (
-            EpochSampler(len(self.safety_examples), config.effective_safety_batch_size, config.seed + 1)
+            EpochSampler(
+                len(self.safety_examples), config.effective_safety_batch_size, config.seed + 1
+            )
             if self.safety_examples
             else None
         )
@@ -215,7 +221,9 @@ class BDSTrainer:
 
     def _adapter_parameters(self, adapter: str) -> list[torch.nn.Parameter]:
         marker = f".{adapter}."
-        params = [p for name, p in self.model.named_parameters() if "lora_" in name and marker in name]
+        params = [
+            p for name, p in self.model.named_parameters() if "lora_" in name and marker in name
+        ]
         for param in params:
             param.requires_grad_(True)
         if not params:
@@ -225,7 +233,10 @@ class BDSTrainer:
     def _make_model_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         config = self.config
         return torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.adam_betas
+            params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            betas=config.adam_betas,
         )
 
     @staticmethod
@@ -244,7 +255,9 @@ class BDSTrainer:
         if safety_indices is not None:
             encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
         batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
         losses = per_example_loss(logits, batch["labels"])
         return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
 
@@ -277,11 +290,15 @@ class BDSTrainer:
             self.agnostic_optimizer.zero_grad(set_to_none=True)
             collected = []
             ga = self.config.gradient_accumulation_steps
-            for chunk_idx, chunk_w in zip(torch.chunk(indices, ga), torch.chunk(weights, ga), strict=True):
+            for chunk_idx, chunk_w in zip(
+                torch.chunk(indices, ga), torch.chunk(weights, ga), strict=True
+            ):
                 losses, _ = self._losses(chunk_idx, None)
                 weighted_loss_sum(losses, chunk_w, len(indices)).backward()
                 collected.append(losses.detach())
-            torch.nn.utils.clip_grad_norm_(self.adapter_params[AGNOSTIC_ADAPTER], self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                self.adapter_params[AGNOSTIC_ADAPTER], self.config.grad_clip
+            )
             self.agnostic_optimizer.step()
             if self.config.scheduler.loss_timing == "after":
                 return self._train_losses_no_grad(indices)
@@ -307,7 +324,9 @@ class BDSTrainer:
         ga = config.gradient_accumulation_steps
         train_chunks = torch.chunk(train_indices, ga)
         weight_chunks = torch.chunk(weights, ga)
-        safety_chunks = torch.chunk(safety_indices, ga) if safety_indices is not None else [None] * ga
+        safety_chunks = (
+            torch.chunk(safety_indices, ga) if safety_indices is not None else [None] * ga
+        )
         task_sum, safety_sum = 0.0, 0.0
         collected: list[torch.Tensor] = []
         for t_idx, w_chunk, s_idx in zip(train_chunks, weight_chunks, safety_chunks, strict=True):
@@ -390,7 +409,12 @@ class BDSTrainer:
             elapsed = self.elapsed_before_resume + time.monotonic() - started
             per_step = (time.monotonic() - started) / max(self.step - first_step, 1)
             stats = weight_statistics(self.current_weights())
-            record = {"step": self.step, "loss": losses.total, "task_loss": losses.task, "safety_loss": losses.safety}
+            record = {
+                "step": self.step,
+                "loss": losses.total,
+                "task_loss": losses.task,
+                "safety_loss": losses.safety,
+            }
             self.history.append(record)
             event = ProgressEvent(
                 step=self.step,
@@ -405,7 +429,11 @@ class BDSTrainer:
             )
             for callback in self.callbacks:
                 callback.on_step(event)
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
+            if (
+                config.checkpoint_every
+                and self.step % config.checkpoint_every == 0
+                and self.step < self.total_steps
+            ):
                 self._checkpoint_and_notify(checkpoint_root)
 
         self.elapsed_before_resume += time.monotonic() - started
@@ -450,7 +478,9 @@ class BDSTrainer:
         out = config.out_dir
         out.mkdir(parents=True, exist_ok=True)
         adapter_dir = out / "adapter"
-        self.model.save_pretrained(str(adapter_dir), selected_adapters=[MAIN_ADAPTER], safe_serialization=True)
+        self.model.save_pretrained(
+            str(adapter_dir), selected_adapters=[MAIN_ADAPTER], safe_serialization=True
+        )
         (adapter_dir / "bds_adapter.json").write_text(
             json.dumps({"base_model": config.model, "method": config.method}, indent=2)
         )
@@ -486,7 +516,9 @@ class BDSTrainer:
             "elapsed_s": self.elapsed_before_resume,
             "peak_rss_mb": peak_rss_mb(),
             "final_loss": self.history[-1]["loss"] if self.history else None,
-            "weight_stats": weight_statistics(final, labels if any(x is not None for x in labels) else None),
+            "weight_stats": weight_statistics(
+                final, labels if any(x is not None for x in labels) else None
+            ),
             "history": self.history,
             "resumed_from_step": self.resumed_from_step,
             "config": config.to_dict(),
@@ -518,10 +550,15 @@ class BDSTrainer:
         staging = begin_checkpoint(root, self.step)
         save_file(self._lora_state(), str(staging / "lora_state.safetensors"))
         if self.scheduler is not None:
-            scheduler_state = {k: v.detach().cpu().contiguous() for k, v in self.scheduler.state_dict().items()}
+            scheduler_state = {
+                k: v.detach().cpu().contiguous() for k, v in self.scheduler.state_dict().items()
+            }
             save_file(scheduler_state, str(staging / "scheduler.safetensors"))
         save_file(
-            {"reference_cache": self.reference_cache, "reference_known": self.reference_known.to(torch.uint8)},
+            {
+                "reference_cache": self.reference_cache,
+                "reference_known": self.reference_known.to(torch.uint8),
+            },
             str(staging / "reference.safetensors"),
         )
         optimizers: dict[str, Any] = {"model": self.optimizer.state_dict()}
@@ -530,7 +567,7 @@ class BDSTrainer:
         if self.agnostic_optimizer is not None:
             optimizers["agnostic"] = self.agnostic_optimizer.state_dict()
         torch.save(optimizers, staging / "optimizers.pt")
-        numpy_state = np.random.get_state()
+        numpy_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "noise": self.noise_generator.get_state(),
@@ -552,7 +589,9 @@ class BDSTrainer:
             "fingerprint": self.fingerprint,
         }
         (staging / "trainer_state.json").write_text(json.dumps(state))
-        self.model.save_pretrained(str(staging / "adapter"), selected_adapters=[MAIN_ADAPTER], safe_serialization=True)
+        self.model.save_pretrained(
+            str(staging / "adapter"), selected_adapters=[MAIN_ADAPTER], safe_serialization=True
+        )
         return commit_checkpoint(staging, self.step)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -570,7 +609,9 @@ class BDSTrainer:
                 params[name].copy_(value.to(params[name].device))
         if self.scheduler is not None:
             scheduler_state = load_file(str(path / "scheduler.safetensors"))
-            self.scheduler.load_state_dict({k: v.to(self.device) for k, v in scheduler_state.items()})
+            self.scheduler.load_state_dict(
+                {k: v.to(self.device) for k, v in scheduler_state.items()}
+            )
         reference = load_file(str(path / "reference.safetensors"))
         self.reference_cache = reference["reference_cache"]
         self.reference_known = reference["reference_known"].bool()
@@ -585,7 +626,13 @@ class BDSTrainer:
         self.noise_generator.set_state(rng["noise"])
         has_gauss, cached_gauss = rng["numpy_gauss"]
         np.random.set_state(
-            ("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], has_gauss, cached_gauss)
+            (
+                "MT19937",
+                rng["numpy"].numpy().astype(np.uint32),
+                rng["numpy_pos"],
+                has_gauss,
+                cached_gauss,
+            )
         )
         python_state = json.loads(rng["python"])
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))

@@ -1,0 +1,181 @@
+"""`bds` commands of the ML library: train (and the sub-apps mounted by the top-level CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bds_core.models import LoraSettings
+from bds_core.schedulers import SchedulerSettings
+from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
+
+console = Console()
+train_app = typer.Typer(help="Fine-tune a LoRA adapter with BDS, SFT or mix.")
+
+
+class RichProgressCallback(TrainerCallback):
+    """A progress bar with loss, ETA and weight statistics for the terminal."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task_id: Any = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        console.print(
+            f"[bold]{info['method']}[/] on {info['model']}: {info['num_train_examples']} customer and "
+            f"{info['num_safety_examples']} alignment examples, {info['total_steps']} steps on {info['device']}"
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task(
+            "training", total=info["total_steps"], completed=info["start_step"], status=""
+        )
+
+    def on_resume(self, step: int, path: Path) -> None:
+        console.print(f"resuming from checkpoint {path} (step {step})")
+
+    def on_step(self, event: ProgressEvent) -> None:
+        stats = event.weight_stats
+        status = f"loss {event.loss:.3f}  w[min {stats['min']:.2f} max {stats['max']:.2f} ess {stats['ess_ratio']:.2f}]"
+        self.progress.update(self.task_id, completed=event.step, status=status)
+
+    def on_end(self, result: TrainResult) -> None:
+        self.progress.stop()
+
+
+def _parse_targets(value: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in value.split(",") if t.strip())
+
+
+@train_app.command("train")
+def train_command(
+    model: Annotated[
+        str, typer.Option(help="catalog name, local HF directory, .gguf file or hub id")
+    ],
+    train_file: Annotated[Path, typer.Option(help="customer dataset (JSONL)")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    safety_file: Annotated[
+        Path | None, typer.Option(help="alignment dataset (JSONL); needed by bds and mix")
+    ] = None,
+    method: Annotated[str, typer.Option(help="bds, sft or mix")] = "bds",
+    learning_rate: Annotated[float, typer.Option(help="LoRA learning rate")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="customer examples per step")] = 8,
+    safety_batch_size: Annotated[
+        int | None, typer.Option(help="alignment examples per step")
+    ] = None,
+    gradient_accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
+    epochs: Annotated[float, typer.Option(help="passes over the longer dataset")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
+    max_length: Annotated[int, typer.Option(help="tokens per example")] = 256,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha")] = 16.0,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.0,
+    lora_targets: Annotated[
+        str, typer.Option(help="comma-separated module names")
+    ] = "q_proj,k_proj,v_proj,o_proj",
+    scheduler: Annotated[str, typer.Option(help="scheduler kind: scalar or neural")] = "scalar",
+    transform: Annotated[str, typer.Option(help="softmax, sigmoid or identity")] = "softmax",
+    update: Annotated[
+        str, typer.Option(help="batch (centred) or global (the release's)")
+    ] = "batch",
+    reference: Annotated[
+        str, typer.Option(help="reference loss: none, initial or agnostic")
+    ] = "initial",
+    loss_timing: Annotated[
+        str, typer.Option(help="scheduler uses losses from 'after' or 'before' the model step")
+    ] = "after",
+    scheduler_lr: Annotated[float, typer.Option(help="scheduler learning rate")] = 0.1,
+    entropy_weight: Annotated[
+        float, typer.Option(help="KL(uniform || weights) prior strength")
+    ] = 0.0,
+    sgld: Annotated[
+        bool, typer.Option(help="Langevin noise on the scheduler (posterior sampling)")
+    ] = False,
+    sgld_temperature: Annotated[
+        float, typer.Option(help="T in the noise scale sqrt(2 lr / T)")
+    ] = 1000.0,
+    record_last: Annotated[int, typer.Option(help="weight iterates kept for mean and spread")] = 10,
+    init: Annotated[
+        str | None, typer.Option(help="pretrained neural scheduler to start from")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="checkpoint interval in steps")] = 50,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when available)")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="ignore existing checkpoints in OUT")] = False,
+) -> None:
+    """Fine-tune a LoRA adapter; writes OUT/adapter, OUT/weights.jsonl and OUT/metrics.json."""
+    try:
+        config = TrainConfig(
+            model=model,
+            train_file=train_file,
+            safety_file=safety_file,
+            out_dir=out,
+            method=method,
+            lora=LoraSettings(
+                r=lora_r,
+                alpha=lora_alpha,
+                dropout=lora_dropout,
+                target_modules=_parse_targets(lora_targets),
+            ),
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            safety_batch_size=safety_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            epochs=epochs,
+            max_steps=max_steps,
+            max_length=max_length,
+            seed=seed,
+            scheduler=SchedulerSettings(
+                kind=scheduler,
+                transform=transform,  # type: ignore[arg-type]
+                update=update,  # type: ignore[arg-type]
+                reference=reference,  # type: ignore[arg-type]
+                loss_timing=loss_timing,  # type: ignore[arg-type]
+                learning_rate=scheduler_lr,
+                entropy_weight=entropy_weight,
+                sgld=sgld,
+                sgld_temperature=sgld_temperature,
+                record_last=record_last,
+                init_path=init,
+            ),
+            checkpoint_every=checkpoint_every,
+            device=device,
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+    result = train(config, callbacks=[RichProgressCallback()], resume=not fresh)
+    metrics = result.metrics
+    table = Table(title=f"{config.method} finished")
+    table.add_column("metric")
+    table.add_column("value")
+    table.add_row("steps", str(result.steps))
+    table.add_row("seconds per step", f"{metrics['seconds_per_step']:.2f}")
+    table.add_row("peak RSS (MiB)", f"{metrics['peak_rss_mb']:.0f}")
+    table.add_row(
+        "final loss", f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-"
+    )
+    for key, value in metrics["weight_stats"].items():
+        table.add_row(f"weights {key}", f"{value:.4f}")
+    console.print(table)
+    console.print(
+        f"adapter: {result.adapter_dir}\nweights: {result.weights_file}\nmetrics: {result.metrics_file}"
+    )
+    console.print_json(
+        json.dumps({k: metrics["weight_stats"].get(k) for k in ("auroc", "ess_ratio")})
+    )

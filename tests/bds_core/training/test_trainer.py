@@ -1,0 +1,222 @@
+"""The BDS trainer on a tiny random LLaMA: behaviour of bds, sft and mix, checkpoints, outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from bds_core.schedulers import SchedulerSettings
+from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, train
+from bds_core.training.checkpoint import list_checkpoints
+
+from .conftest import ToyData
+
+ConfigFactory = Callable[..., TrainConfig]
+
+
+class Recorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+        self.resumed: list[int] = []
+        self.checkpoints: list[int] = []
+
+    def on_step(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+
+    def on_resume(self, step: int, path: Path) -> None:
+        self.resumed.append(step)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.checkpoints.append(step)
+
+
+def _weights(path: Path) -> list[float]:
+    return [json.loads(line)["weight"] for line in path.read_text().splitlines()]
+
+
+def test_conflicting_examples_end_with_lower_weights(
+    make_config: ConfigFactory, toy_data: ToyData
+) -> None:
+    config = make_config(
+        max_steps=40, scheduler=SchedulerSettings(learning_rate=0.2, reference="initial")
+    )
+    result = train(config)
+    assert result.weights_file is not None
+    rows = [json.loads(line) for line in result.weights_file.read_text().splitlines()]
+    harmful = [r["weight"] for r in rows if r["line"] in toy_data.harmful_lines]
+    benign = [r["weight"] for r in rows if r["line"] not in toy_data.harmful_lines]
+    assert max(harmful) < min(benign) or sum(harmful) / len(harmful) < 0.8 * sum(benign) / len(
+        benign
+    )
+    assert result.metrics["weight_stats"]["auroc"] >= 0.9
+    assert sum(r["weight"] for r in rows) == pytest.approx(toy_data.n_train, rel=1e-3)
+
+
+def test_sft_trains_on_customer_data_only_with_unit_weights(make_config: ConfigFactory) -> None:
+    recorder = Recorder()
+    result = train(make_config(method="sft", safety_file=None), callbacks=[recorder])
+    assert all(event.safety_loss is None for event in recorder.events)
+    assert result.weights_file is not None
+    assert set(_weights(result.weights_file)) == {1.0}
+    assert result.metrics["num_safety_examples"] == 0
+
+
+def test_mix_adds_the_alignment_batch_with_unit_weights(make_config: ConfigFactory) -> None:
+    recorder = Recorder()
+    result = train(make_config(method="mix"), callbacks=[recorder])
+    assert all(event.safety_loss is not None for event in recorder.events)
+    assert all(
+        event.loss == pytest.approx(event.task_loss + (event.safety_loss or 0))
+        for event in recorder.events
+    )
+    assert result.weights_file is not None
+    assert set(_weights(result.weights_file)) == {1.0}
+
+
+def test_bds_with_a_frozen_scheduler_is_mix(make_config: ConfigFactory, tmp_path: Path) -> None:
+    """With weights that never move, the BDS model step is exactly the mix step."""
+    mix = Recorder()
+    train(make_config(method="mix", out_dir=tmp_path / "mix"), callbacks=[mix])
+    bds = Recorder()
+    frozen = SchedulerSettings(learning_rate=1e-12, reference="none")
+    train(make_config(out_dir=tmp_path / "bds", scheduler=frozen), callbacks=[bds])
+    assert [e.loss for e in bds.events] == pytest.approx([e.loss for e in mix.events], rel=1e-4)
+
+
+def test_gradient_accumulation_does_not_rescale_the_step(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    whole, split = Recorder(), Recorder()
+    train(make_config(out_dir=tmp_path / "a"), callbacks=[whole])
+    train(make_config(out_dir=tmp_path / "b", gradient_accumulation_steps=2), callbacks=[split])
+    assert [e.loss for e in split.events] == pytest.approx([e.loss for e in whole.events], rel=1e-4)
+
+
+def test_without_sgld_runs_are_deterministic(make_config: ConfigFactory, tmp_path: Path) -> None:
+    a = train(make_config(out_dir=tmp_path / "a"))
+    b = train(make_config(out_dir=tmp_path / "b"))
+    assert a.weights_file is not None and b.weights_file is not None
+    assert _weights(a.weights_file) == _weights(b.weights_file)
+
+
+def test_sgld_sampling_depends_on_the_seed(make_config: ConfigFactory, tmp_path: Path) -> None:
+    sgld = SchedulerSettings(sgld=True, sgld_temperature=10.0, record_last=4)
+    runs = {
+        name: train(make_config(out_dir=tmp_path / name, seed=seed, scheduler=sgld))
+        for name, seed in (("a", 1), ("b", 1), ("c", 2))
+    }
+    weights = {name: _weights(run.weights_file) for name, run in runs.items() if run.weights_file}
+    assert weights["a"] == weights["b"]
+    assert weights["a"] != weights["c"]
+    assert runs["a"].weights_file is not None
+    rows = [json.loads(line) for line in runs["a"].weights_file.read_text().splitlines()]
+    assert any(row["weight_std"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        SchedulerSettings(reference="initial", loss_timing="after"),
+        SchedulerSettings(reference="agnostic", loss_timing="before", update="global"),
+        SchedulerSettings(reference="none", transform="sigmoid", sgld=True),
+    ],
+    ids=["initial-after", "agnostic-before-global", "none-sigmoid-sgld"],
+)
+def test_resume_continues_exactly(
+    make_config: ConfigFactory, tmp_path: Path, scheduler: SchedulerSettings
+) -> None:
+    straight = Recorder()
+    full = train(
+        make_config(out_dir=tmp_path / "full", max_steps=6, scheduler=scheduler),
+        callbacks=[straight],
+    )
+
+    # Interrupt after 3 steps (cancellation writes a checkpoint), then run again to resume.
+    cancel_after_three = make_config(out_dir=tmp_path / "resumed", max_steps=6, scheduler=scheduler)
+    first = Recorder()
+    interrupted = train(
+        cancel_after_three, callbacks=[first], should_cancel=lambda: len(first.events) >= 3
+    )
+    assert interrupted.cancelled and interrupted.steps == 3
+    second = Recorder()
+    resumed = train(cancel_after_three, callbacks=[second])
+    steps_seen = [e.step for e in second.events]
+    assert second.resumed == [3] and steps_seen == [4, 5, 6]
+    assert [e.loss for e in first.events + second.events] == pytest.approx(
+        [e.loss for e in straight.events], abs=1e-6
+    )
+    assert resumed.weights_file is not None and full.weights_file is not None
+    assert _weights(resumed.weights_file) == pytest.approx(_weights(full.weights_file), abs=1e-6)
+
+
+def test_resume_skips_a_corrupted_checkpoint(make_config: ConfigFactory) -> None:
+    config = make_config(max_steps=6, checkpoint_every=2, keep_checkpoints=3)
+    recorder = Recorder()
+    train(config, callbacks=[recorder], should_cancel=lambda: len(recorder.events) >= 5)
+    assert recorder.checkpoints == [2, 4, 5]
+    root = config.out_dir / "checkpoints"
+    newest = list_checkpoints(root)[0]
+    (newest / "lora_state.safetensors").write_bytes(b"torn write")
+    again = Recorder()
+    train(config, callbacks=[again])
+    assert again.resumed == [4]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(make_config: ConfigFactory) -> None:
+    recorder = Recorder()
+    train(make_config(), callbacks=[recorder], should_cancel=lambda: len(recorder.events) >= 2)
+    with pytest.raises(ValueError, match="other settings or data"):
+        train(make_config(learning_rate=3e-2))
+
+
+def test_outputs_load_with_peft_and_cover_every_example(
+    make_config: ConfigFactory, toy_data: ToyData
+) -> None:
+    from peft import PeftModel
+
+    from bds_core.models import load_model
+
+    result = train(make_config())
+    assert (
+        result.adapter_dir is not None
+        and result.weights_file is not None
+        and result.metrics_file is not None
+    )
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    base = load_model("tiny-random-llama").model
+    model = PeftModel.from_pretrained(base, str(result.adapter_dir))
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    rows = [json.loads(line) for line in result.weights_file.read_text().splitlines()]
+    assert len(rows) == toy_data.n_train and len({r["id"] for r in rows}) == toy_data.n_train
+    metrics = json.loads(result.metrics_file.read_text())
+    assert metrics["steps"] == 6 and metrics["peak_rss_mb"] > 0 and len(metrics["history"]) == 6
+
+
+def test_progress_events_report_eta_and_weight_statistics(make_config: ConfigFactory) -> None:
+    recorder = Recorder()
+    train(make_config(), callbacks=[recorder])
+    assert [e.step for e in recorder.events] == list(range(1, 7))
+    last = recorder.events[-1]
+    assert last.percent == 100.0 and last.eta_s == 0.0
+    assert {"mean", "std", "ess_ratio", "entropy_ratio"} <= set(last.weight_stats)
+    assert all(torch.isfinite(torch.tensor(e.loss)) for e in recorder.events)
+
+
+def test_config_errors_name_the_field(toy_data: ToyData, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a safety_file"):
+        TrainConfig(
+            model="tiny-random-llama",
+            train_file=toy_data.train_file,
+            out_dir=tmp_path,
+            method="bds",
+        )
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainConfig(model="m", train_file=toy_data.train_file, out_dir=tmp_path, method="dpo")
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TrainConfig(
+            model="m", train_file=toy_data.train_file, out_dir=tmp_path, method="sft", batch_size=0
+        )
