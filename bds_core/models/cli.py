@@ -48,9 +48,14 @@ def pull_command(
                 and not is_complete_directory(converted_model_dir(name))
             ):
                 # Imported here: transformers is slow to import and only needed for this step.
-                from bds_core.models.loading import ensure_float_checkpoint
+                from bds_core.models.loading import ModelLoadError, ensure_float_checkpoint
 
-                ensure_float_checkpoint(name, progress=lambda message: status.update(message))
+                try:
+                    ensure_float_checkpoint(name, progress=lambda message: status.update(message))
+                except ModelLoadError as error:
+                    raise AssetError(
+                        f"{name} was pulled but could not be converted: {error}"
+                    ) from error
     except (UnknownAssetError, AssetError) as error:
         status_console.print(f"[red]error:[/] {error}", highlight=False)
         raise typer.Exit(code=1) from None
