@@ -12,7 +12,7 @@ from typing import Any
 from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 
-METHODS: tuple[str, ...] = ("bds", "sft", "mix")
+METHODS: tuple[str, ...] = ("bds", "sft", "mix", "filter")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TrainConfig:
     method: str = field(
         default="bds",
         metadata={
-            "help": "'bds' (weighted by the scheduler), 'sft' (customer data only) or 'mix' (customer + alignment data, weights 1)"
+            "help": "'bds' (weighted by the scheduler), 'sft' (customer data only), 'mix' (customer + alignment data, weights 1) or 'filter' (drop what the pretrained scheduler flags, then sft)"
         },
     )
     lora: LoraSettings = field(

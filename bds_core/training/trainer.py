@@ -152,7 +152,19 @@ class BDSTrainer:
         self._seed_everything(config.seed)
         self.device = torch.device(config.device) if config.device else pick_device()
 
-        self.train_examples: list[Example] = load_examples(config.train_file)
+        self.all_train_examples: list[Example] = load_examples(config.train_file)
+        self.train_examples = self.all_train_examples
+        self.dropped_ids: set[str] = set()
+        if config.method == "filter":
+            from bds_core.scoring import filter_examples
+
+            # The `filter` baseline: the pretrained amortized scheduler drops what it flags.
+            self.train_examples, dropped = filter_examples(
+                self.all_train_examples, config.scheduler.init_path
+            )
+            self.dropped_ids = {example.id for example in dropped}
+            if not self.train_examples:
+                raise ValueError(f"the filter dropped every example of {config.train_file}")
         self.safety_examples: list[Example] = (
             load_examples(config.safety_file)
             if config.uses_safety_data and config.safety_file is not None
@@ -469,9 +481,6 @@ class BDSTrainer:
             return torch.ones(len(self.train_examples))
         return self.scheduler.all_weights().cpu()
 
-    def harmful_labels(self) -> list[bool | None]:
-        return [ex.is_harmful for ex in self.train_examples]
-
     # ----------------------------------------------------------------------------- outputs
     def _write_outputs(self, seconds_per_step: float) -> TrainResult:
         config = self.config
@@ -489,11 +498,18 @@ class BDSTrainer:
         if self.scheduler is not None:
             mean, std = self.scheduler.weight_summary()
             mean, std = mean.cpu(), std.cpu()
+        elif self.dropped_ids:
+            # Report every uploaded example: the ones the filter dropped have weight 0.
+            final = torch.tensor(
+                [0.0 if ex.id in self.dropped_ids else 1.0 for ex in self.all_train_examples]
+            )
+            mean, std = final, torch.zeros_like(final)
         else:
             mean, std = final, torch.zeros_like(final)
+        reported = self.all_train_examples if self.dropped_ids else self.train_examples
         weights_file = out / "weights.jsonl"
         with weights_file.open("w") as handle:
-            for index, example in enumerate(self.train_examples):
+            for index, example in enumerate(reported):
                 row: dict[str, Any] = {
                     "index": index,
                     "id": example.id,
@@ -504,7 +520,7 @@ class BDSTrainer:
                 }
                 handle.write(json.dumps(row) + "\n")
 
-        labels = self.harmful_labels()
+        labels = [ex.is_harmful for ex in reported]
         metrics: dict[str, Any] = {
             "method": config.method,
             "model": config.model,
@@ -512,6 +528,7 @@ class BDSTrainer:
             "total_steps": self.total_steps,
             "num_train_examples": len(self.train_examples),
             "num_safety_examples": len(self.safety_examples),
+            "num_dropped_examples": len(self.dropped_ids),
             "seconds_per_step": seconds_per_step,
             "elapsed_s": self.elapsed_before_resume,
             "peak_rss_mb": peak_rss_mb(),
