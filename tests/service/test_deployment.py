@@ -1,0 +1,80 @@
+"""The deployment files agree with the code: compose services, commands and settings names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr, ValidationError
+
+from bds_service.cli import admin_app, service_app
+from bds_service.settings import DEVELOPMENT_SECRET, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return loaded
+
+
+def _setting_names() -> set[str]:
+    return {f"BDS_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_compose_has_the_production_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu"}
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "worker-cpu", "worker-gpu"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+    (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "cu" in services["worker-gpu"]["build"]["args"]["TORCH_INDEX_URL"]
+
+
+def test_compose_commands_are_commands_of_the_service_cli(compose: dict[str, Any]) -> None:
+    known = {
+        command.name or command.callback.__name__ for command in service_app.registered_commands
+    }  # type: ignore[union-attr]
+    assert {"serve", "worker", "migrate"} <= known
+    assert {"create-tenant", "create-key"} <= {c.name for c in admin_app.registered_commands}
+    services = compose["services"]
+    assert services["worker-gpu"]["command"][3:6] == ["worker", "--queues", "gpu"]
+    assert services["worker-cpu"]["command"][3:6] == ["worker", "--queues", "cpu"]
+    assert services["worker-cpu"]["command"].count("--beat") == 1  # one reaper per site
+    assert "--beat" not in services["worker-gpu"]["command"]
+    assert services["migrate"]["command"][3] == "migrate"
+    assert services["api"]["command"][2:4] == ["uvicorn", "api.app:app"]
+
+
+def test_every_bds_variable_in_the_deployment_files_is_a_setting(
+    compose: dict[str, Any],
+) -> None:
+    environment = compose["x-bds-environment"]
+    unknown = set(environment) - _setting_names()
+    assert not unknown, f"compose sets variables no setting reads: {sorted(unknown)}"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    # BDS_CACHE_DIR belongs to bds_core's model cache, not to the service settings.
+    mentioned = set(re.findall(r"\b(BDS_[A-Z_]+)=", dockerfile)) - {"BDS_CACHE_DIR"}
+    assert mentioned <= _setting_names()
+    assert environment["BDS_ENVIRONMENT"] == "production"
+    assert environment["BDS_API_KEY_SECRET"].startswith("${BDS_API_KEY_SECRET:?")
+
+
+def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _setting_names():
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValidationError, match="BDS_API_KEY_SECRET"):
+        Settings(environment="production")
+    with pytest.raises(ValidationError, match="at least 16"):
+        Settings(api_key_secret=SecretStr("short"))
+    assert Settings(environment="production", api_key_secret=SecretStr("x" * 32))
+    assert Settings().api_key_secret.get_secret_value() == DEVELOPMENT_SECRET
