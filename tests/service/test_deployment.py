@@ -43,7 +43,7 @@ def test_compose_has_the_production_services(compose: dict[str, Any]) -> None:
 def test_compose_commands_are_commands_of_the_service_cli(compose: dict[str, Any]) -> None:
     known = {
         command.name or command.callback.__name__ for command in service_app.registered_commands
-    }  # type: ignore[union-attr]
+    }
     assert {"serve", "worker", "migrate"} <= known
     assert {"create-tenant", "create-key"} <= {c.name for c in admin_app.registered_commands}
     services = compose["services"]
