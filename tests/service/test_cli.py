@@ -28,9 +28,9 @@ SECRET = "cli-test-secret-0123456789"
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An isolated embedded deployment for the command under test."""
-    for name in list(os.environ):
-        if name.startswith("BDS_"):
-            monkeypatch.delenv(name)
+    # Only the service's own settings: bds_core's BDS_CACHE_DIR (model cache) stays.
+    for field in Settings.model_fields:
+        monkeypatch.delenv(f"BDS_{field.upper()}", raising=False)
     monkeypatch.setenv("BDS_API_KEY_SECRET", SECRET)
     monkeypatch.setenv("BDS_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"

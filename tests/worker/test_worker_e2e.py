@@ -70,9 +70,9 @@ def environment(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "BDS_EVAL_HARMFUL_PROMPTS": str(prompts),
         "BDS_EVAL_MAX_NEW_TOKENS": "4",
     }
-    for name in list(os.environ):
-        if name.startswith("BDS_"):
-            monkeypatch.delenv(name)
+    # Only the service's own settings: bds_core's BDS_CACHE_DIR (model cache) stays.
+    for field in Settings.model_fields:
+        monkeypatch.delenv(f"BDS_{field.upper()}", raising=False)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
