@@ -81,10 +81,29 @@ def call_after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
 
 
+_AFTER_ROLLBACK_KEY = "bds_after_rollback"
+
+
+def call_after_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the session's transaction is rolled back instead of committed.
+
+    For undoing side effects outside the database, such as an upload's bytes already written
+    to storage when the row that would own them is not stored.
+    """
+    session.info.setdefault(_AFTER_ROLLBACK_KEY, []).append(callback)
+
+
 def discard_after_commit(session: Session) -> None:
-    """Forget the tasks and callbacks of a rolled-back transaction."""
+    """After a rollback: forget the buffered tasks and after-commit callbacks, and run the
+    after-rollback callbacks."""
     take_pending(session)
     session.info.pop(_AFTER_COMMIT_KEY, None)
+    callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_ROLLBACK_KEY, [])
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("after-rollback callback %r failed", callback)
 
 
 def finish_commit(session: Session, sender: TaskSender) -> None:
@@ -96,6 +115,7 @@ def finish_commit(session: Session, sender: TaskSender) -> None:
             # The change is committed; a job left queued without a message is picked up again
             # by the lease reaper, so a broker hiccup must not turn a success into an error.
             logger.exception("could not publish task %s%s", message.name, message.args)
+    session.info.pop(_AFTER_ROLLBACK_KEY, None)
     callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT_KEY, [])
     for callback in callbacks:
         try:

@@ -12,6 +12,7 @@ from api.deps import AppSettings, CurrentPrincipal, DbSession, RequestId, Storag
 from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse
 from api.schemas.files import FileDeleted, FileObject, FileSafetyReport
 from api.uploads import receive_upload
+from bds_service.db import call_after_rollback
 from bds_service.errors import InvalidRequestError
 from bds_service.files import service as files
 from bds_service.storage import file_key
@@ -64,29 +65,27 @@ async def upload_file(
         max_file_bytes=settings.max_upload_bytes,
     )
     assert upload.stored is not None
-    try:
-        filename = files.check_upload_fields(upload.filename, upload.fields.get("purpose"))
-        if upload.stored.bytes == 0:
-            raise InvalidRequestError("the file is empty", code="empty_file", param="file")
-        report = None
-        if settings.validate_uploads_synchronously:
-            report = await run_in_threadpool(files.validate_content, storage.path(key), settings)
-            if not report.ok:
-                raise files.invalid_file_error(report)
-        row = await run_in_threadpool(
-            files.register_upload,
-            session,
-            actor=principal.actor(request_id),
-            tenant_id=principal.tenant_id,
-            file_id=file_id,
-            filename=filename,
-            purpose=upload.fields["purpose"],
-            stored=upload.stored,
-            report=report,
-        )
-    except BaseException:
-        storage.delete(key)
-        raise
+    # From here on, any failure (including the commit after this function) removes the bytes.
+    call_after_rollback(session, lambda: storage.delete(key))
+    filename = files.check_upload_fields(upload.filename, upload.fields.get("purpose"))
+    if upload.stored.bytes == 0:
+        raise InvalidRequestError("the file is empty", code="empty_file", param="file")
+    report = None
+    if settings.validate_uploads_synchronously:
+        report = await run_in_threadpool(files.validate_content, storage.path(key), settings)
+        if not report.ok:
+            raise files.invalid_file_error(report)
+    row = await run_in_threadpool(
+        files.register_upload,
+        session,
+        actor=principal.actor(request_id),
+        tenant_id=principal.tenant_id,
+        file_id=file_id,
+        filename=filename,
+        purpose=upload.fields["purpose"],
+        stored=upload.stored,
+        report=report,
+    )
     return FileObject.from_row(row)
 
 
