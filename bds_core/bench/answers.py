@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from bds_core.bench.prompts import HarmfulPrompt
+from bds_core.data import end_of_turn_token_ids, render_chat
 
 PRIMING_PREFIX = "Sure, here is"
 """Opening prefilled into the assistant turn in primed rounds."""
@@ -67,7 +68,7 @@ ROUNDS: tuple[GenerationRound, ...] = (
 class GenerationSettings:
     """Settings that change what the model writes (all part of the cache key)."""
 
-    max_new_tokens: int = field(default=80, metadata={"help": "Most tokens per answer."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Most tokens per answer."})
     temperature: float = field(
         default=0.9, metadata={"help": "Sampling temperature (sampled rounds)."}
     )
@@ -159,13 +160,6 @@ class AnswerCache:
                 handle.write(json.dumps(answer.to_dict(), ensure_ascii=False) + "\n")
 
 
-def _chat_prompt(tokenizer: Any, text: str, prefill: str) -> str:
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    return str(rendered) + prefill
-
-
 def _batch_seed(seed: int, round_index: int, first_prompt_index: int) -> int:
     digest = hashlib.sha256(f"{seed}:{round_index}:{first_prompt_index}".encode()).hexdigest()
     return int(digest[:8], 16)
@@ -182,62 +176,78 @@ def generate_round(
 ) -> list[GeneratedAnswer]:
     """Generate one answer per prompt for one round, batched, in a fixed order.
 
-    Prompts are batched in order of their rendered length (less padding), ties by source index;
-    sampled rounds seed torch per batch from (seed, round, first prompt), so the same inputs give
-    the same text. Returned texts include the round's prefill and are stripped.
+    Prompts are rendered with the chat template (as evaluation does) plus the round's prefill,
+    batched with left padding in order of token length (less padding; ties by source index),
+    and cut at EOS or an end-of-turn token. Sampled rounds seed torch per batch from (seed,
+    round, first prompt), so the same inputs give the same text. Returned texts include the
+    prefill and are stripped.
     """
     device = next(model.parameters()).device
-    rendered = {
-        prompt.index: _chat_prompt(tokenizer, prompt.text, generation_round.prefill)
+    stop_ids = end_of_turn_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+    if pad_id is None:
+        if not stop_ids:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        pad_id = stop_ids[0]
+    token_lists = {
+        prompt.index: list(
+            tokenizer(
+                render_chat(
+                    tokenizer,
+                    [{"role": "user", "content": prompt.text}],
+                    add_generation_prompt=True,
+                )
+                + generation_round.prefill,
+                add_special_tokens=False,
+            )["input_ids"]
+        )
         for prompt in prompts
     }
-    ordered = sorted(prompts, key=lambda prompt: (len(rendered[prompt.index]), prompt.index))
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad_token_id = tokenizer.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = tokenizer.eos_token_id
-        tokenizer.pad_token = tokenizer.eos_token
+    ordered = sorted(prompts, key=lambda prompt: (len(token_lists[prompt.index]), prompt.index))
     results: list[GeneratedAnswer] = []
-    try:
-        for start in range(0, len(ordered), settings.batch_size):
-            batch = ordered[start : start + settings.batch_size]
-            encoded = tokenizer(
-                [rendered[prompt.index] for prompt in batch],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(device)
-            options: dict[str, Any] = {
-                "max_new_tokens": settings.max_new_tokens,
-                "pad_token_id": pad_token_id,
-                "do_sample": generation_round.sampled,
-            }
-            if generation_round.sampled:
-                torch.manual_seed(
-                    _batch_seed(settings.seed, generation_round.index, batch[0].index)
-                )
-                options.update(temperature=settings.temperature, top_p=settings.top_p)
-            else:
-                # Unset sampling defaults some models ship in generation_config, which would
-                # otherwise warn on every greedy call.
-                options.update(temperature=None, top_p=None, top_k=None)
-            output = model.generate(**encoded, **options)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            batch_answers = [
+    for start in range(0, len(ordered), settings.batch_size):
+        batch = ordered[start : start + settings.batch_size]
+        longest = max(len(token_lists[prompt.index]) for prompt in batch)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, prompt in enumerate(batch):
+            tokens = token_lists[prompt.index]
+            input_ids[row, longest - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, longest - len(tokens) :] = 1
+        options: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "pad_token_id": pad_id,
+            "eos_token_id": stop_ids or None,
+            "num_beams": 1,
+        }
+        if generation_round.sampled:
+            torch.manual_seed(_batch_seed(settings.seed, generation_round.index, batch[0].index))
+            options.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+        else:
+            # Also unset sampling defaults a model may ship in its generation_config, which
+            # would otherwise warn on every greedy call.
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        output = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
+        )
+        batch_answers = []
+        for prompt, generated in zip(batch, output[:, longest:].tolist(), strict=True):
+            answer_ids: list[int] = []
+            for token_id in generated:
+                if token_id in stop_ids:
+                    break
+                answer_ids.append(token_id)
+            text = str(tokenizer.decode(answer_ids, skip_special_tokens=True))
+            batch_answers.append(
                 GeneratedAnswer(
                     prompt_index=prompt.index,
                     round=generation_round.index,
                     text=(generation_round.prefill + text).strip(),
                 )
-                for prompt, text in zip(batch, texts, strict=True)
-            ]
-            results += batch_answers
-            if on_batch is not None:
-                on_batch(batch_answers)
-    finally:
-        tokenizer.padding_side = previous_side
+            )
+        results += batch_answers
+        if on_batch is not None:
+            on_batch(batch_answers)
     return results
 
 

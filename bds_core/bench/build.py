@@ -19,9 +19,9 @@ Output folder (all JSONL in the chat format the API accepts, ``{"messages", "met
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ from bds_core.data import (
     mix_with_harmful_share,
     write_examples,
 )
+from bds_core.eval import Judge, RefusalPhraseJudge, judge_name
 
 MANIFEST_VERSION = 1
 DEFAULT_SHARES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -92,7 +93,8 @@ class BuildDataConfig:
         default=len(ROUNDS), metadata={"help": "Most generation rounds for harmful answers."}
     )
     generation: GenerationSettings = field(
-        default_factory=GenerationSettings, metadata={"help": "How harmful answers are generated."}
+        default_factory=GenerationSettings,
+        metadata={"help": "How harmful answers are generated (seed comes from the build)."},
     )
     prompts_csv: Path | None = field(
         default=None, metadata={"help": "StrongREJECT-style CSV; default: the packaged asset."}
@@ -132,6 +134,11 @@ class BuildDataConfig:
         """Harmful examples the largest share needs: max of round(p * n)."""
         return max(harmful_count(self.n, share) for share in self.shares)
 
+    @property
+    def effective_generation(self) -> GenerationSettings:
+        """``generation`` with its seed replaced by the build's seed (one seed drives it all)."""
+        return dataclasses.replace(self.generation, seed=self.seed)
+
     def to_manifest(self) -> dict[str, Any]:
         """The settings that determine the output (no machine paths)."""
         return {
@@ -145,7 +152,7 @@ class BuildDataConfig:
             "n_scheduler_holdout": self.n_scheduler_holdout,
             "n_task_eval": self.n_task_eval,
             "max_rounds": self.max_rounds,
-            "generation": self.generation.to_dict(),
+            "generation": self.effective_generation.to_dict(),
             "prompts_csv": "strongreject (packaged)"
             if self.prompts_csv is None
             else self.prompts_csv.name,
@@ -184,9 +191,10 @@ def ft_file_name(task: str, share: float) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$BDS_CACHE_DIR/bench-answers`` (``~/.cache/bds`` when the variable is unset)."""
-    root = os.environ.get("BDS_CACHE_DIR") or str(Path.home() / ".cache" / "bds")
-    return Path(root) / "bench-answers"
+    """``bench-answers`` under the model cache (``$BDS_CACHE_DIR``, default ``~/.cache/bds``)."""
+    from bds_core.models import cache_dir
+
+    return cache_dir() / "bench-answers"
 
 
 def file_sha256(path: Path) -> str:
@@ -276,25 +284,22 @@ def _model_identity(spec: str, source_path: Path | None) -> str:
 def build_benchmark_data(
     config: BuildDataConfig,
     on_progress: ProgressFn | None = None,
-    is_refusal: Callable[[str], bool] | None = None,
+    judge: Judge | None = None,
 ) -> BuildDataResult:
     """Build every benchmark file into ``config.out_dir`` and return the manifest.
 
-    ``is_refusal`` defaults to ``bds_core.eval.RefusalPhraseJudge().is_refusal``. Raises
+    ``judge`` decides which base-model answers are refusals (dropped); it defaults to
+    ``RefusalPhraseJudge()``, the judge the benchmark's Harmful Score uses. Raises
     BuildDataError when fewer harmful answers survive than the largest share needs.
     """
-    from bds_core.eval import RefusalPhraseJudge
     from bds_core.models import load_model
 
     def progress(description: str, done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(description, done, total)
 
-    judge_name = "custom"
-    if is_refusal is None:
+    if judge is None:
         judge = RefusalPhraseJudge()
-        is_refusal = judge.is_refusal
-        judge_name = type(judge).__name__
 
     csv_path = _resolve_prompts_csv(config)
     prompts = load_strongreject(csv_path)
@@ -311,7 +316,7 @@ def build_benchmark_data(
     loaded.model.eval()
     progress(f"loading {config.model}", 1, 1)
 
-    generation = GenerationSettings(**{**config.generation.to_dict(), "seed": config.seed})
+    generation = config.effective_generation
     cache_key = answers_cache_key(
         _model_identity(loaded.spec, getattr(loaded, "source_path", None)),
         [*split.harmful_train, *split.scheduler_holdout],
@@ -324,7 +329,7 @@ def build_benchmark_data(
         split.harmful_train,
         split.scheduler_holdout,
         required_train_answers=config.required_harmful,
-        is_refusal=is_refusal,
+        is_refusal=judge.is_refusal,
         settings=generation,
         cache=cache,
         max_rounds=config.max_rounds,
@@ -422,7 +427,7 @@ def build_benchmark_data(
         },
         "harmful_answers": {
             "model": config.model,
-            "judge": judge_name,
+            "judge": judge_name(judge),
             "cache_key": cache_key,
             "required": config.required_harmful,
             "pool": len(harmful_pool),

@@ -42,13 +42,22 @@ def _parse_shares(value: str) -> tuple[float, ...]:
 
 
 class _RichProgress:
-    """One progress bar per stage description, advanced by ``(description, done, total)`` calls."""
+    """One progress bar per stage description, advanced by ``(description, done, total)`` calls.
+
+    Without a terminal (a log file) live bars are not drawn, so each update is printed as a
+    line with the elapsed time instead.
+    """
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
+        self.started = time.monotonic()
 
     def __call__(self, description: str, done: int, total: int) -> None:
+        if not console.is_terminal:
+            elapsed = time.monotonic() - self.started
+            console.print(f"[{elapsed:7.0f} s] {description}: {done}/{total}", highlight=False)
+            return
         if description not in self.tasks:
             self.tasks[description] = self.progress.add_task(description, total=total)
         self.progress.update(self.tasks[description], completed=done, total=total)
@@ -76,7 +85,7 @@ def build_data_command(
         int, typer.Option(help="evaluation prompts that also get answers (scheduler check)")
     ] = 48,
     n_task_eval: Annotated[int, typer.Option(help="held-out evaluation items per task")] = 150,
-    max_new_tokens: Annotated[int, typer.Option(help="most tokens per harmful answer")] = 80,
+    max_new_tokens: Annotated[int, typer.Option(help="most tokens per harmful answer")] = 64,
     max_rounds: Annotated[
         int, typer.Option(help=f"most generation rounds (1-{len(ROUNDS)})")
     ] = len(ROUNDS),
@@ -87,8 +96,18 @@ def build_data_command(
     cache_dir: Annotated[
         Path | None, typer.Option(help="answer cache folder (default $BDS_CACHE_DIR/bench-answers)")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads; 1 is much faster when other jobs share the cores"),
+    ] = None,
 ) -> None:
     """Build the benchmark's datasets (D_safe, harmful pool, D_ft per task and share, eval sets)."""
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         config = BuildDataConfig(
             out_dir=out,

@@ -21,7 +21,7 @@ CATEGORY_SIZES = {"Violence": 54, "Sexual content": 50, "Non-violent crimes": 59
 
 
 def make_prompts() -> list[HarmfulPrompt]:
-    prompts = []
+    prompts: list[HarmfulPrompt] = []
     for category, size in CATEGORY_SIZES.items():
         for k in range(size):
             prompts.append(
