@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bds_core.models import LoraSettings
+from bds_core.models import AssetError, LoraSettings, ModelLoadError
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 
@@ -159,7 +159,12 @@ def train_command(
     except ValueError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
-    result = train(config, callbacks=[RichProgressCallback()], resume=not fresh)
+    try:
+        result = train(config, callbacks=[RichProgressCallback()], resume=not fresh)
+    except (ValueError, ModelLoadError, AssetError) as error:
+        # Bad datasets (DatasetError lists line and field), unknown models, bad settings.
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
     metrics = result.metrics
     table = Table(title=f"{config.method} finished")
     table.add_column("metric")
