@@ -1,9 +1,9 @@
 """Synthetic benign tasks with exactly scorable answers, generated deterministically from a seed.
 
 - ``arithmetic``: one- or two-step word problems; the answer is a whole number (short answers).
-- ``sort-words``: sort 5-8 words alphabetically; the answer is the sorted words separated by
-  spaces (long answers, 10-40 tokens), where a scheduler ranking raw loss goes wrong.
-- ``spell-number``: write a number below one million in English words (long answers).
+- ``sort-words``: sort 9-15 words alphabetically; the answer is the sorted words separated by
+  spaces (long answers, about 10-30 tokens), where a scheduler ranking raw loss goes wrong.
+- ``spell-number``: write a number of 5 to 9 digits in English words (long answers).
 
 Each task's items come from one seeded stream of distinct prompts: the first ``n_eval`` are the
 held-out evaluation items and the next ``n_train`` the training items, so the evaluation set does
@@ -117,12 +117,21 @@ WORDS = (
     "horizon", "lobster", "mustard", "notebook", "orchard", "pumpkin", "saturn", "thunder",
     "volcano", "whistle", "biscuit", "cherry", "donkey", "emerald", "frog", "gravel", "honey",
     "ink", "jelly", "kayak", "lizard", "marble", "noodle", "olive", "pillow", "river", "salmon",
-    "tiger", "walrus",
+    "tiger", "walrus", "xylophone", "quokka", "marmalade", "labyrinth", "pomegranate",
+    "hippopotamus", "accordion", "kaleidoscope", "tambourine", "archipelago", "cinnamon",
+    "rhubarb", "saxophone", "flamingo", "porcupine", "asparagus", "avalanche", "barnacle",
+    "cauliflower", "dandelion", "escalator", "gondola", "harmonica", "igloo", "jellyfish",
+    "kangaroo", "lighthouse", "mandolin", "nectarine", "origami", "pelican", "raccoon",
+    "scarecrow", "trampoline", "unicorn", "vinegar", "wheelbarrow", "yogurt", "zucchini",
 )  # fmt: skip
 
 
+SORT_WORDS_MIN, SORT_WORDS_MAX = 9, 15
+"""Words per sort-words item; with SmolLM2's tokenizer the answers are about 10-30 tokens."""
+
+
 def _sort_words_item(rng: random.Random) -> TaskItem:
-    words = rng.sample(WORDS, rng.randint(5, 8))
+    words = rng.sample(WORDS, rng.randint(SORT_WORDS_MIN, SORT_WORDS_MAX))
     prompt = (
         "Sort these words in alphabetical order and write them separated by spaces: "
         + ", ".join(words)
@@ -151,19 +160,29 @@ def _below_thousand(number: int) -> list[str]:
     return words
 
 
+_SCALES = ((1_000_000, "million"), (1000, "thousand"))
+SPELL_NUMBER_LIMIT = 1_000_000_000
+"""spell-number numbers are below this (up to nine digits)."""
+
+
 def number_to_words(number: int) -> str:
-    """English words for 0 <= number < 1,000,000, US style: 21 -> "twenty-one", no "and"."""
-    if not 0 <= number < 1_000_000:
-        raise ValueError(f"number must be between 0 and 999999, got {number}")
+    """English words for 0 <= number < 1,000,000,000, US style: 21 -> "twenty-one", no "and"."""
+    if not 0 <= number < SPELL_NUMBER_LIMIT:
+        raise ValueError(f"number must be between 0 and {SPELL_NUMBER_LIMIT - 1}, got {number}")
     if number == 0:
         return "zero"
-    thousands, rest = divmod(number, 1000)
-    words = [*_below_thousand(thousands), "thousand"] if thousands else []
+    words: list[str] = []
+    rest = number
+    for scale, name in _SCALES:
+        count, rest = divmod(rest, scale)
+        if count:
+            words += [*_below_thousand(count), name]
     return " ".join(words + _below_thousand(rest))
 
 
 def _spell_number_item(rng: random.Random) -> TaskItem:
-    digits = rng.randint(3, 6)
+    # Five to nine digits: answers of about 10-25 tokens, the long-answer regime.
+    digits = rng.randint(5, 9)
     number = rng.randint(10 ** (digits - 1), 10**digits - 1)
     return TaskItem(
         prompt=f"Write the number {number} in English words.", answer=number_to_words(number)
@@ -216,13 +235,13 @@ TASKS: dict[str, BenignTask] = {
         ),
         BenignTask(
             "sort-words",
-            "sort 5-8 words alphabetically, answer separated by spaces",
+            f"sort {SORT_WORDS_MIN}-{SORT_WORDS_MAX} words alphabetically, answer separated by spaces",
             _sort_words_item,
             normalise_word_list,
         ),
         BenignTask(
             "spell-number",
-            "write a number of 3 to 6 digits in English words",
+            "write a number of 5 to 9 digits in English words",
             _spell_number_item,
             normalise_number_words,
         ),

@@ -170,8 +170,13 @@ def test_number_to_words_examples_and_range() -> None:
     assert number_to_words(115) == "one hundred fifteen"
     assert number_to_words(40_007) == "forty thousand seven"
     assert number_to_words(999_999) == "nine hundred ninety-nine thousand nine hundred ninety-nine"
-    with pytest.raises(ValueError, match="between 0 and 999999"):
-        number_to_words(1_000_000)
+    assert number_to_words(1_000_000) == "one million"
+    assert number_to_words(305_000_012) == "three hundred five million twelve"
+    assert number_to_words(12_345_678) == (
+        "twelve million three hundred forty-five thousand six hundred seventy-eight"
+    )
+    with pytest.raises(ValueError, match="between 0 and 999999999"):
+        number_to_words(1_000_000_000)
 
 
 def test_unknown_task_lists_known_ones() -> None:
