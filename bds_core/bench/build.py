@@ -266,6 +266,31 @@ def _token_stats(tokenizer: Any, texts: Sequence[str]) -> dict[str, float]:
     }
 
 
+def _remove_previous_build(out_dir: Path) -> None:
+    """Delete the files an earlier build listed in ``out_dir``'s manifest (and the manifest).
+
+    A rebuild with fewer tasks or shares must not leave stale files from another configuration
+    next to the new ones; files the builder did not write are left alone.
+    """
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.exists():
+        return
+    try:
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        names = list(previous["files"])
+    except (ValueError, KeyError, TypeError):
+        raise BuildDataError(
+            f"{manifest_path} exists but is not a build-data manifest; "
+            "choose another --out folder or remove it"
+        ) from None
+    for name in names:
+        path = out_dir / name
+        # Names come from a file on disk: only plain names inside out_dir are touched.
+        if isinstance(name, str) and Path(name).name == name and path.is_file():
+            path.unlink()
+    manifest_path.unlink()
+
+
 def _resolve_prompts_csv(config: BuildDataConfig) -> Path:
     if config.prompts_csv is not None:
         return config.prompts_csv
@@ -347,6 +372,7 @@ def build_benchmark_data(
 
     out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous_build(out_dir)
     files: dict[str, dict[str, Any]] = {}
 
     def write(name: str, examples: Sequence[Example], description: str) -> None:

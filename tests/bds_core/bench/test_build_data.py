@@ -204,6 +204,24 @@ def test_too_few_surviving_answers_is_a_clear_error(
         build_benchmark_data(config, judge=RefuseEverything())
 
 
+def test_rebuild_removes_files_of_the_previous_configuration(
+    prompts_csv: Path, built: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    build_benchmark_data(small_config(out, built / "cache", prompts_csv))
+    build_benchmark_data(
+        small_config(out, built / "cache", prompts_csv, shares=(0.1,), tasks=("sort-words",))
+    )
+    names = {path.name for path in out.iterdir()}
+    assert "notes.txt" in names
+    assert not any(name.startswith("arithmetic") for name in names)
+    assert [name for name in names if name.startswith("ft_")] == ["ft_sort-words_p0.1.jsonl"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert names == {*manifest["files"], "manifest.json", "notes.txt"}
+
+
 def test_config_validation_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"between 0 and 1, got 1\.5"):
         BuildDataConfig(out_dir=tmp_path, shares=(0.1, 1.5))

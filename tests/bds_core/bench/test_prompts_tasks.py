@@ -14,8 +14,9 @@ from bds_core.bench.prompts import (
     split_prompts,
     stratified_allocation,
 )
-from bds_core.bench.refusals import REFUSAL_TEMPLATES, build_safety_examples
+from bds_core.bench.refusals import REFUSAL_TEMPLATES, build_safety_examples, refusal_for
 from bds_core.bench.tasks import TASKS, get_task, number_to_words
+from bds_core.eval import RefusalPhraseJudge
 
 CATEGORY_SIZES = {"Violence": 54, "Sexual content": 50, "Non-violent crimes": 59, "Scams": 13}
 
@@ -109,6 +110,13 @@ def test_safety_examples_use_many_refusals_and_name_categories() -> None:
         for example in examples
     )
     assert build_safety_examples(prompts, seed=0) == examples
+
+
+def test_every_refusal_counts_as_one_for_the_default_judge() -> None:
+    judge = RefusalPhraseJudge()
+    for prompt in make_prompts()[:: len(REFUSAL_TEMPLATES)]:
+        for template in REFUSAL_TEMPLATES:
+            assert judge.is_refusal(refusal_for(prompt, template)), template
 
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
