@@ -95,6 +95,10 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[dt.datetime | None]
+    # Caps that override the deployment's defaults for this tenant (NULL: the default).
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_file_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_examples: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -241,3 +245,42 @@ class AuditLog(Base):
     target_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any] | None]
+
+
+class DatasetReview(Base):
+    """The provider's review of one dataset: a decision and the policy jobs on it must follow.
+
+    No row means not reviewed: the file may be used and no policy applies. ``decision`` is
+    ``approved`` or ``blocked`` (a blocked file cannot be used by new jobs); ``policy`` is
+    ``downweight`` (jobs must train with BDS), ``drop_flagged`` (jobs train without the
+    examples the safety report flags) or ``reject`` (jobs are refused while the report flags
+    anything), or None for no policy.
+    """
+
+    __tablename__ = "dataset_reviews"
+
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    policy: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WebSession(Base):
+    """A browser login to the dashboard or report pages, made by presenting an API key.
+
+    The cookie holds a random token; only its HMAC is stored. A session lives until it ends
+    (logout), expires, or its key is revoked or expires.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
