@@ -51,6 +51,12 @@ class RichProgressCallback(TrainerCallback):
         stats = event.weight_stats
         status = f"loss {event.loss:.3f}  w[min {stats['min']:.2f} max {stats['max']:.2f} ess {stats['ess_ratio']:.2f}]"
         self.progress.update(self.task_id, completed=event.step, status=status)
+        if not console.is_terminal:
+            # Logs of background runs get one line per step instead of a redrawn bar.
+            console.print(
+                f"step {event.step}/{event.total_steps} {status} "
+                f"{event.seconds_per_step:.1f}s/step eta {event.eta_s / 60:.1f}min"
+            )
 
     def on_end(self, result: TrainResult) -> None:
         self.progress.stop()
