@@ -313,6 +313,19 @@ class ScoreCalibration:
         values = logits.detach().double().flatten()
         if values.numel() < 4:
             raise ValueError(f"calibration needs at least 4 logits, got {values.numel()}")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("calibration logits must be finite")
+        centre, spread = float(values.mean()), float(values.std())
+        if spread < 1e-6:
+            # No spread, no second mode: every logit is 'benign', with a harmful mode 3 units
+            # below it so that a lower logit seen later is scored as more harmful.
+            return cls(
+                components=[
+                    MixtureComponent(0.0, centre - 3.0, 1.0),
+                    MixtureComponent(1.0, centre, 1.0),
+                ],
+                threshold=threshold,
+            )
         best: tuple[float, list[MixtureComponent]] | None = None
         for n_components in (2, 3):
             if n_components > 2 and values.numel() < 4 * n_components:

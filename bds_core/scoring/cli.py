@@ -174,7 +174,9 @@ def pretrain_command(
     except ValueError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(2) from error
-    command = "bds " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    # Recorded as the `bds scheduler pretrain ...` command, however the app was mounted.
+    arguments = sys.argv[sys.argv.index("pretrain") + 1 :] if "pretrain" in sys.argv else []
+    command = "bds scheduler pretrain " + " ".join(shlex.quote(arg) for arg in arguments)
     started = time.monotonic()
     result = pretrain_scheduler(config, callbacks=[LogProgressCallback()], command=command)
     calibration = result.calibration
