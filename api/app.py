@@ -17,6 +17,7 @@ from api.deps import AppServices
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
 from api.publisher import CeleryPublisher
+from api.ratelimit import build_rate_limiter
 from api.routers import admin, files, fine_tuning, health, models
 from bds_service.db import make_engine, make_session_factory
 from bds_service.settings import Settings, get_settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         session_factory=make_session_factory(engine),
         storage=LocalStorage(settings.resolved_storage_dir),
         publisher=publisher or celery_publisher,  # type: ignore[arg-type]
+        rate_limiter=build_rate_limiter(settings),
     )
 
     @asynccontextmanager

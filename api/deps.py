@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from api.ratelimit import RateLimiter, check_rate_limit
 from bds_service.db import SessionFactory, discard_after_commit, finish_commit
 from bds_service.errors import AuthenticationError, PermissionDeniedError
 from bds_service.settings import Settings
@@ -33,6 +34,7 @@ class AppServices:
     session_factory: SessionFactory
     storage: LocalStorage
     publisher: TaskSender
+    rate_limiter: RateLimiter | None = None
 
 
 def get_services(request: Request) -> AppServices:
@@ -85,7 +87,8 @@ RequestId = Annotated[str, Depends(get_request_id)]
 
 
 def authenticate_request(request: Request, services: Services) -> Principal:
-    """The caller behind ``Authorization: Bearer <key>``; 401 without a live key.
+    """The caller behind ``Authorization: Bearer <key>``; 401 without a live key, 429 past
+    the key's rate limit.
 
     The key is looked up in its own short transaction, not the request's, so that a long
     upload does not hold a transaction (on SQLite: the write lock) while the body streams in.
@@ -106,6 +109,7 @@ def authenticate_request(request: Request, services: Services) -> Principal:
             credentials.strip(),
             secret=services.settings.api_key_secret.get_secret_value(),
         )
+    check_rate_limit(services.rate_limiter, principal.key_id, services.settings)
     request.state.principal = principal
     return principal
 

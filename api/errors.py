@@ -61,7 +61,9 @@ def _validation_code(error_type: str) -> str:
 
 async def _service_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
-    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+    headers = dict(error.headers)
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return error_response(
         error.status_code,
         message=error.message,
@@ -69,7 +71,7 @@ async def _service_error(_request: Request, error: Exception) -> JSONResponse:
         param=error.param,
         error_type=error.error_type,
         extra=error.details,
-        headers=headers,
+        headers=headers or None,
     )
 
 

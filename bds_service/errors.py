@@ -23,6 +23,7 @@ class ServiceError(Exception):
         code: str,
         param: str | None = None,
         details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -30,6 +31,8 @@ class ServiceError(Exception):
         self.param = param
         # Extra members of the error body, e.g. the line and field of a bad upload.
         self.details: dict[str, Any] = dict(details or {})
+        # Extra HTTP response headers, e.g. Retry-After on a 429.
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class InvalidRequestError(ServiceError):
@@ -72,3 +75,10 @@ class UnprocessableError(ServiceError):
     """Well-formed but contradicts an earlier request, e.g. a reused Idempotency-Key (422)."""
 
     status_code = 422
+
+
+class LimitExceededError(ServiceError):
+    """A rate limit or a per-tenant cap is reached (429); retrying later may succeed."""
+
+    status_code = 429
+    error_type = "rate_limit_error"

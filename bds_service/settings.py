@@ -108,8 +108,32 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="minimum gap between progress events (first and last always)"
     )
 
+    reaper_interval_seconds: float = Field(
+        default=60.0, gt=0, description="gap between runs of the lease reaper (celery beat)"
+    )
+
+    # Per-tenant caps (a tenant row may override each; NULL there means these defaults).
+    max_concurrent_jobs: int = Field(
+        default=10,
+        gt=0,
+        description="unfinished fine-tuning jobs (validating, queued, running) one tenant may have",
+    )
+
     # API.
     max_page_size: int = Field(default=100, gt=0, description="largest `limit` a list accepts")
+    rate_limit_requests: int = Field(
+        default=600,
+        ge=0,
+        description="requests one API key may send per rate-limit window; 0 turns the limit off",
+    )
+    rate_limit_window_seconds: float = Field(
+        default=60.0, gt=0, description="length of the rate-limit window"
+    )
+    rate_limit_redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for rate-limit counters shared by every API process (use a "
+        "database of its own); None counts in each API process's memory",
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

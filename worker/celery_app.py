@@ -12,8 +12,6 @@ from celery import Celery
 from bds_service.settings import Settings, get_settings
 from bds_service.tasks import REAP_JOBS, TASK_QUEUE_KIND, broker_settings, queue_name
 
-REAPER_INTERVAL_S = 60.0
-
 
 def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings`` with the cpu and gpu queues and the reaper schedule."""
@@ -35,8 +33,11 @@ def create_celery(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "reap-expired-job-leases": {
                 "task": REAP_JOBS,
-                "schedule": REAPER_INTERVAL_S,
-                "options": {"queue": settings.cpu_queue, "expires": REAPER_INTERVAL_S},
+                "schedule": settings.reaper_interval_seconds,
+                "options": {
+                    "queue": settings.cpu_queue,
+                    "expires": settings.reaper_interval_seconds,
+                },
             }
         },
         worker_hijack_root_logger=False,

@@ -16,11 +16,13 @@ from api.schemas.admin import (
     ApiKeyObject,
     AuditLogObject,
     TenantCreate,
+    TenantLimitsUpdate,
     TenantObject,
 )
 from api.schemas.common import ERROR_RESPONSES, ListResponse
 from bds_service import audit
 from bds_service.tenants import service as tenants
+from bds_service.tenants.limits import TenantLimitOverrides
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -42,6 +44,22 @@ def list_tenants(session: DbSession, admin: AdminPrincipal) -> ListResponse[Tena
     """All tenants, oldest first."""
     data = [TenantObject.from_row(tenant) for tenant in tenants.list_tenants(session)]
     return ListResponse(data=data, has_more=False)
+
+
+@router.put("/tenants/{tenant_id}/limits", response_model=TenantObject)
+def set_tenant_limits(
+    tenant_id: str,
+    body: TenantLimitsUpdate,
+    session: DbSession,
+    admin: AdminPrincipal,
+    request_id: RequestId,
+) -> TenantObject:
+    """Set a tenant's caps on unfinished jobs, upload size and examples per file (null: the
+    deployment's default)."""
+    overrides = TenantLimitOverrides(**body.model_dump())
+    return TenantObject.from_row(
+        tenants.set_tenant_limits(session, tenant_id, overrides, admin.actor(request_id))
+    )
 
 
 @router.post("/tenants/{tenant_id}/api_keys", response_model=ApiKeyObject)

@@ -57,12 +57,13 @@ async def upload_file(
     With synchronous validation (the default) a bad file is refused with a 400 that names the
     first problem's line and field, and nothing is stored.
     """
+    limits = principal.limit_overrides.resolve(settings)
     file_id = files.new_file_id()
     key = file_key(principal.tenant_id, file_id)
     upload = await receive_upload(
         request,
-        open_sink=lambda: storage.open_upload(key, settings.max_upload_bytes),
-        max_file_bytes=settings.max_upload_bytes,
+        open_sink=lambda: storage.open_upload(key, limits.max_file_bytes),
+        max_file_bytes=limits.max_file_bytes,
     )
     assert upload.stored is not None
     # From here on, any failure (including the commit after this function) removes the bytes.
@@ -72,7 +73,9 @@ async def upload_file(
         raise InvalidRequestError("the file is empty", code="empty_file", param="file")
     report = None
     if settings.validate_uploads_synchronously:
-        report = await run_in_threadpool(files.validate_content, storage.path(key), settings)
+        report = await run_in_threadpool(
+            files.validate_content, storage.path(key), settings, limits.max_examples
+        )
         if not report.ok:
             raise files.invalid_file_error(report)
     row = await run_in_threadpool(

@@ -17,18 +17,47 @@ class TenantCreate(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+PositiveCap = Annotated[int, Field(ge=1, le=2**62)]
+
+
+class TenantLimitsUpdate(BaseModel):
+    """``PUT /v1/admin/tenants/{tenant_id}/limits``: the tenant's caps; null means the
+    deployment's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_jobs: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        default=None, description="unfinished fine-tuning jobs the tenant may have at once"
+    )
+    max_file_bytes: PositiveCap | None = Field(default=None, description="largest upload")
+    max_examples: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = Field(
+        default=None, description="most examples in one file"
+    )
+
+
 class TenantObject(BaseModel):
-    """A tenant; its id appears as ``organization_id`` on jobs."""
+    """A tenant; its id appears as ``organization_id`` on jobs. The caps are the tenant's own
+    (null: the deployment's default)."""
 
     id: str
     object: Literal["organization"] = "organization"
     name: str
     created_at: int
+    max_concurrent_jobs: int | None = None
+    max_file_bytes: int | None = None
+    max_examples: int | None = None
 
     @classmethod
     def from_row(cls, tenant: Tenant) -> TenantObject:
         """The API view of a tenant row."""
-        return cls(id=tenant.id, name=tenant.name, created_at=unix_seconds(tenant.created_at) or 0)
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            created_at=unix_seconds(tenant.created_at) or 0,
+            max_concurrent_jobs=tenant.max_concurrent_jobs,
+            max_file_bytes=tenant.max_file_bytes,
+            max_examples=tenant.max_examples,
+        )
 
 
 class ApiKeyCreate(BaseModel):

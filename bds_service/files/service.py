@@ -25,11 +25,12 @@ from bds_service.errors import ConflictError, InvalidRequestError, NotFoundError
 from bds_service.files.repository import FileRepository, load_file_for_task
 from bds_service.ids import FILE_PREFIX, new_id
 from bds_service.jobs.repository import JobRepository
-from bds_service.models import File, FineTuningJob, utcnow
+from bds_service.models import File, FineTuningJob, Tenant, utcnow
 from bds_service.repository import Page, SortOrder
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage, StoredObject
 from bds_service.tasks import SCORE_DATASET, VALIDATE_FILE, TaskMessage, enqueue_after_commit
+from bds_service.tenants.limits import limits_for
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +94,27 @@ def check_upload_fields(filename: str | None, purpose: str | None) -> str:
     return filename
 
 
-def dataset_limits(settings: Settings) -> DatasetLimits:
-    """The dataset limits configured for this deployment."""
+def dataset_limits(settings: Settings, max_examples: int | None = None) -> DatasetLimits:
+    """The dataset limits configured for this deployment (``max_examples``: a tenant's cap)."""
     return DatasetLimits(
         max_line_bytes=settings.max_line_bytes,
-        max_examples=settings.max_examples,
+        max_examples=settings.max_examples if max_examples is None else max_examples,
         min_examples=settings.min_examples,
         max_issues=settings.max_validation_issues,
         max_message_chars=settings.max_message_chars,
     )
 
 
-def validate_content(path: Path, settings: Settings) -> ValidationReport:
+def validate_content(
+    path: Path, settings: Settings, max_examples: int | None = None
+) -> ValidationReport:
     """Validate a stored JSONL file line by line (never raises for bad content)."""
-    _examples, report = validate_file(path, dataset_limits(settings))
+    _examples, report = validate_file(path, dataset_limits(settings, max_examples))
     return report
+
+
+def _tenant_max_examples(session: Session, tenant_id: str, settings: Settings) -> int:
+    return limits_for(session.get(Tenant, tenant_id), settings).max_examples
 
 
 def _first_error(report: ValidationReport) -> dict[str, Any] | None:
@@ -296,7 +303,8 @@ def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, setting
         if file.status != UPLOADED:
             return file.status
         path = storage.path(file.storage_key)
-    report = validate_content(path, settings)
+        max_examples = _tenant_max_examples(session, file.tenant_id, settings)
+    report = validate_content(path, settings, max_examples)
     with uow() as session:
         file = load_file_for_task(session, file_id)
         if file is None or file.status != UPLOADED:
@@ -329,6 +337,7 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
             return str(file.safety_status)
         file.safety_status = SAFETY_RUNNING
         path = storage.path(file.storage_key)
+        max_examples = _tenant_max_examples(session, file.tenant_id, settings)
 
     report: dict[str, Any] | None = None
     error: str | None = None
@@ -342,7 +351,7 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
         )
     else:
         try:
-            examples = load_examples(path, dataset_limits(settings))
+            examples = load_examples(path, dataset_limits(settings, max_examples))
             report = score_examples(examples, scheduler_path=settings.scorer_path).to_dict()
         except Exception as failure:
             logger.exception("scoring file %s failed", file_id)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from bds_service.jobs.states import JobStatus, check_transition
+from bds_service.jobs.states import ACTIVE_STATUSES, JobStatus, check_transition
 from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent
 from bds_service.repository import Page, TenantScopedRepository
 
@@ -24,6 +24,15 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
     """One tenant's fine-tuning jobs."""
 
     model = FineTuningJob
+
+    def count_unfinished(self) -> int:
+        """How many of the tenant's jobs are not yet succeeded, failed or cancelled."""
+        statement = (
+            self.scoped()
+            .with_only_columns(func.count())
+            .where(FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)))
+        )
+        return int(self.session.scalar(statement) or 0)
 
     def page(
         self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None

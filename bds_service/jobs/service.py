@@ -23,6 +23,7 @@ from bds_service.audit import Actor
 from bds_service.errors import (
     ConflictError,
     InvalidRequestError,
+    LimitExceededError,
     NotFoundError,
     UnprocessableError,
 )
@@ -50,6 +51,8 @@ from bds_service.models import (
 from bds_service.repository import Page
 from bds_service.settings import Settings
 from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB, TaskMessage, enqueue_after_commit
+from bds_service.tenants.limits import limits_for
+from bds_service.tenants.repository import TenantRepository
 
 MethodType = Literal["bds", "supervised"]
 CREATE_ENDPOINT = "POST /v1/fine_tuning/jobs"
@@ -244,6 +247,23 @@ def create_job(
             "has no default alignment set)",
             code="safety_data_unavailable",
             param="method.bds.safety_file",
+        )
+
+    # The tenant's row lock serialises its creates, so two requests cannot both slip under
+    # the cap on unfinished jobs.
+    tenant = TenantRepository(session).lock(tenant_id)
+    if idempotency_key is not None:
+        # A request with this key may have committed while we waited for the lock: replay it.
+        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
+        if existing is not None:
+            return _replay(session, existing, tenant_id, fingerprint)
+    cap = limits_for(tenant, settings).max_concurrent_jobs
+    unfinished = JobRepository(session, tenant_id).count_unfinished()
+    if unfinished >= cap:
+        raise LimitExceededError(
+            f"your organization already has {unfinished} unfinished fine-tuning jobs and may "
+            f"have at most {cap} at once; wait for one to finish or cancel one, then retry",
+            code="too_many_active_jobs",
         )
 
     job_id = new_id(JOB_PREFIX)

@@ -21,6 +21,20 @@ class TenantRepository:
         """The tenant with this id, or None."""
         return self.session.get(Tenant, tenant_id)
 
+    def lock(self, tenant_id: str) -> Tenant | None:
+        """The tenant, locked until the transaction ends, to serialise checks of its caps.
+
+        ``FOR NO KEY UPDATE`` (not ``FOR UPDATE``) so that inserting the tenant's other rows,
+        whose foreign keys take a key-share lock on it, does not wait for the holder.
+        """
+        statement = (
+            select(Tenant)
+            .where(Tenant.id == tenant_id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+        return self.session.scalars(statement).one_or_none()
+
     def get_by_name(self, name: str) -> Tenant | None:
         """The tenant with this name, or None."""
         return self.session.scalars(select(Tenant).where(Tenant.name == name)).one_or_none()

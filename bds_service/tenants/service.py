@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,7 @@ from bds_service.errors import (
 from bds_service.ids import API_KEY_ID_PREFIX, TENANT_PREFIX, new_id
 from bds_service.models import ApiKey, Tenant, utcnow
 from bds_service.tenants.keys import display_prefix, generate_api_key, hash_api_key, is_well_formed
+from bds_service.tenants.limits import TenantLimitOverrides
 from bds_service.tenants.repository import ApiKeyRepository, TenantRepository, find_active_key
 
 TENANT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{1,63}$")
@@ -32,6 +33,8 @@ class Principal:
     tenant_name: str
     key_id: str
     is_admin: bool
+    # The tenant's own caps, read with the key so an upload knows its size cap up front.
+    limit_overrides: TenantLimitOverrides = field(default_factory=TenantLimitOverrides)
 
     def actor(self, request_id: str | None = None) -> Actor:
         """This caller as the actor of audit rows."""
@@ -71,6 +74,38 @@ def create_tenant(session: Session, name: str, actor: Actor) -> Tenant:
         target_id=tenant.id,
         tenant_id=tenant.id,
         details={"name": name},
+    )
+    return tenant
+
+
+def set_tenant_limits(
+    session: Session, tenant_id: str, overrides: TenantLimitOverrides, actor: Actor
+) -> Tenant:
+    """Replace a tenant's caps (None restores the deployment's default for that cap)."""
+    for name, value in asdict(overrides).items():
+        if value is not None and value < 1:
+            raise InvalidRequestError(
+                f"{name} must be a positive number or null (the default), got {value}",
+                code="invalid_value",
+                param=name,
+            )
+    tenant = TenantRepository(session).lock(tenant_id)
+    if tenant is None:
+        raise NotFoundError(
+            f"no tenant with id {tenant_id!r}", code="tenant_not_found", param="tenant_id"
+        )
+    before = TenantLimitOverrides.of(tenant)
+    tenant.max_concurrent_jobs = overrides.max_concurrent_jobs
+    tenant.max_file_bytes = overrides.max_file_bytes
+    tenant.max_examples = overrides.max_examples
+    audit.record(
+        session,
+        actor,
+        "tenant.limits.update",
+        target_type="tenant",
+        target_id=tenant.id,
+        tenant_id=tenant.id,
+        details={"before": asdict(before), "after": asdict(overrides)},
     )
     return tenant
 
@@ -180,5 +215,9 @@ def authenticate(session: Session, plaintext: str, *, secret: str) -> Principal:
         )
     api_key, tenant = found
     return Principal(
-        tenant_id=tenant.id, tenant_name=tenant.name, key_id=api_key.id, is_admin=api_key.is_admin
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        key_id=api_key.id,
+        is_admin=api_key.is_admin,
+        limit_overrides=TenantLimitOverrides.of(tenant),
     )
