@@ -49,7 +49,7 @@ class RichProgressCallback(TrainerCallback):
 
     def on_step(self, event: ProgressEvent) -> None:
         stats = event.weight_stats
-        status = f"loss {event.loss:.3f}  w[min {stats['min']:.2f} max {stats['max']:.2f} ess {stats['ess_ratio']:.2f}]"
+        status = f"loss {event.loss:.3f}  weights min {stats['min']:.2f} max {stats['max']:.2f} ess {stats['ess_ratio']:.2f}"
         self.progress.update(self.task_id, completed=event.step, status=status)
         if not console.is_terminal:
             # Logs of background runs get one line per step instead of a redrawn bar.
@@ -123,8 +123,15 @@ def train_command(
         str | None, typer.Option(help="cpu or cuda (default: cuda when available)")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="ignore existing checkpoints in OUT")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter; writes OUT/adapter, OUT/weights.jsonl and OUT/metrics.json."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         config = TrainConfig(
             model=model,

@@ -38,7 +38,11 @@ from bds_core.training.checkpoint import (
     prune_checkpoints,
 )
 from bds_core.training.config import TrainConfig
-from bds_core.training.losses import per_example_loss, weighted_loss_sum
+from bds_core.training.losses import (
+    per_example_loss,
+    per_example_loss_from_hidden,
+    weighted_loss_sum,
+)
 from bds_core.training.sampling import EpochSampler
 
 AGNOSTIC_ADAPTER = "agnostic"
@@ -175,6 +179,11 @@ class BDSTrainer:
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.model = apply_lora(loaded.model, config.lora)
         self.model.to(self.device)
+        # The decoder stack (with the LoRA layers injected) and the vocabulary projection, so
+        # only answer positions are projected to the vocabulary (per_example_loss_from_hidden).
+        causal_lm: Any = self.model.get_base_model()
+        self.decoder: Any = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
+        self.output_head: Any = causal_lm.get_output_embeddings()
 
         self.train_encoded = self._encode(self.train_examples)
         self.safety_encoded = self._encode(self.safety_examples)
@@ -267,10 +276,16 @@ class BDSTrainer:
         if safety_indices is not None:
             encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
         batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        losses = per_example_loss(logits, batch["labels"])
+        if self.decoder is not None and self.output_head is not None:
+            hidden = self.decoder(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+            losses = per_example_loss_from_hidden(hidden, batch["labels"], self.output_head)
+        else:
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            losses = per_example_loss(logits, batch["labels"])
         return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
 
     @torch.no_grad()

@@ -63,3 +63,18 @@ def test_weights_are_not_differentiated_through_the_model_loss() -> None:
 def test_normaliser_must_be_positive() -> None:
     with pytest.raises(ValueError, match="normaliser"):
         weighted_loss_sum(torch.ones(1), torch.ones(1), 0)
+
+
+def test_answer_only_projection_matches_the_full_logits_loss() -> None:
+    from bds_core.training.losses import per_example_loss_from_hidden
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(3, 6, 8)
+    labels = torch.full((3, 6), IGNORE_INDEX)
+    labels[0, 3:] = torch.tensor([1, 2, 3])
+    labels[1, 1] = 7
+    full = per_example_loss(head(hidden), labels)
+    answer_only = per_example_loss_from_hidden(hidden, labels, head)
+    assert torch.allclose(full, answer_only, atol=1e-6)
+    assert answer_only[2].item() == 0.0
