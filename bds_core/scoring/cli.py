@@ -129,6 +129,10 @@ def pretrain_command(
         Path | None, typer.Option(help="folder for the runs' checkpoints (resumable)")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="customer examples per step")] = 8,
+    safety_batch_size: Annotated[
+        int | None, typer.Option(help="alignment examples per step (default: batch size)")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="checkpoint every this many steps")] = 25,
     learning_rate: Annotated[float, typer.Option(help="LoRA learning rate")] = 5e-4,
     scheduler_learning_rate: Annotated[
         float, typer.Option(help="learning rate of the head")
@@ -160,6 +164,8 @@ def pretrain_command(
             work_dir=work_dir,
             steps=steps,
             batch_size=batch_size,
+            safety_batch_size=safety_batch_size,
+            checkpoint_every=checkpoint_every,
             learning_rate=learning_rate,
             scheduler_learning_rate=scheduler_learning_rate,
             reference=reference,
