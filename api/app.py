@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api.deps import AppServices
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
+from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_rate_limiter
 from api.routers import admin, files, fine_tuning, health, models
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
     install_error_handlers(app)
     for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):
         app.include_router(router)
+    install_pages(app)
     return app
 
 

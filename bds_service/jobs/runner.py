@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy import select
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 from bds_service import audit
 from bds_service.audit import Actor
+from bds_service.dataset_reviews.training import training_file_under_policy
 from bds_service.db import UnitOfWork
 from bds_service.files.repository import load_file_for_task
 from bds_service.ids import CHECKPOINT_PREFIX, new_id
@@ -569,7 +570,11 @@ def run_job(context: RunContext, job_id: str) -> str:
                     "safety_data_unavailable",
                     "method bds needs alignment data and none is stored",
                 )
-            config = build_train_config(plan, context.settings)
+            # The provider's drop_flagged policy trains on a copy without flagged examples.
+            train_file = training_file_under_policy(
+                context.uow, plan.job_id, plan.train_file, plan.run_dir.parent
+            )
+            config = build_train_config(replace(plan, train_file=train_file), context.settings)
             result = train(config, callbacks=[progress], should_cancel=progress.should_cancel)
         except ClaimLostError as lost:
             logger.warning("%s", lost)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from bds_service import audit
 from bds_service.audit import Actor
+from bds_service.dataset_reviews.service import check_files_for_new_job
 from bds_service.errors import (
     ConflictError,
     InvalidRequestError,
@@ -266,6 +267,14 @@ def create_job(
             code="too_many_active_jobs",
         )
 
+    # The provider's review: blocked files and the training file's policy.
+    check_files_for_new_job(
+        session,
+        tenant_id,
+        files,
+        training_file_id=spec.training_file,
+        method_type=spec.method_type,
+    )
     job_id = new_id(JOB_PREFIX)
     if idempotency_key is not None:
         # Claim the key first, inside a savepoint: of two concurrent requests with one key,
