@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession, RequestId, Storage
-from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse
+from api.schemas.common import ERROR_RESPONSES, ErrorResponse, Limit, ListResponse
 from api.schemas.files import FileDeleted, FileObject, FileSafetyReport
 from api.uploads import receive_upload
 from bds_service.db import call_after_rollback
@@ -120,7 +120,11 @@ def retrieve_file(file_id: str, session: DbSession, principal: CurrentPrincipal)
     return FileObject.from_row(files.get_file(session, principal.tenant_id, file_id))
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete(
+    "/{file_id}",
+    response_model=FileDeleted,
+    responses={409: {"model": ErrorResponse, "description": "an unfinished job uses the file"}},
+)
 def delete_file(
     file_id: str,
     session: DbSession,
