@@ -456,3 +456,27 @@ def test_audit_log_filters_and_csv_export(
     assert len(list(csv.reader(io.StringIO(empty.text)))) == 1
     bad = browser.get("/admin/audit", headers=admin.headers, params={"since": "yesterday"})
     assert bad.status_code == 400 and "2026-11-28T14:00" in bad.text
+
+
+def test_tenant_caps_are_shown_and_edited_from_the_tenant_page(
+    browser: TestClient,
+    make_tenant: Callable[..., TenantKey],
+    read: Callable[..., list[Any]],
+    service_settings: Any,
+) -> None:
+    admin = make_tenant("provider", admin=True)
+    customer = make_tenant("acme")
+    page = browser.get(f"/admin/tenants/{customer.tenant_id}", headers=admin.headers)
+    assert f"{service_settings.max_concurrent_jobs} unfinished jobs" in page.text
+    url = f"/admin/tenants/{customer.tenant_id}/limits"
+    saved = browser.post(
+        url, headers=admin.headers, data={"max_concurrent_jobs": "2", "max_examples": ""}
+    )
+    assert saved.status_code == 200 and "The caps were saved" in saved.text
+    assert "In force now: 2 unfinished jobs" in saved.text
+    (row,) = read(select(AuditLog).where(AuditLog.action == "tenant.limits.update"))
+    assert row.tenant_id == customer.tenant_id
+    assert row.details["after"]["max_concurrent_jobs"] == 2
+    for value, message in (("two", "whole number"), ("0", "positive")):
+        refused = browser.post(url, headers=admin.headers, data={"max_concurrent_jobs": value})
+        assert refused.status_code == 400 and message in refused.text, value
