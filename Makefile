@@ -17,7 +17,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
+# Browser tests drive Debian's Chromium (never a downloaded browser).
 setup: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -35,4 +37,4 @@ serve: setup
 	$(BIN)/bds serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
