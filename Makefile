@@ -33,6 +33,11 @@ unit: setup
 
 test: lint typecheck unit
 
+# The main job: the embedded service doing a real BDS fine-tune of SmolLM2-135M-Instruct on a
+# small dataset with harmful examples, with its safety report (about 15 minutes on 2 cores).
+demo: setup
+	$(BIN)/python scripts/demo.py
+
 serve: setup
 	$(BIN)/bds serve
 
