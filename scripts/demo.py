@@ -498,9 +498,9 @@ class Demo:
     # steps -----------------------------------------------------------------------------------
     def pull_model(self) -> None:
         """Fetch the base model into the cache, as `bds models pull` does (instant when cached)."""
+        self.step(f"1. Base model: {self.profile.model} (bds models pull {self.profile.model})")
         from bds_core.models import ensure_float_checkpoint, pull_asset
 
-        self.step(f"1. Base model: {self.profile.model} (bds models pull {self.profile.model})")
         with self.console.status(f"pulling {self.profile.model}") as status:
             path = pull_asset(self.profile.model, progress=status.update)
             if path.suffix == ".gguf":
@@ -839,20 +839,19 @@ def run_demo(
     demo = Demo(profile, workdir.resolve(), port or free_port(), console)
     started = time.monotonic()
     try:
-        demo.run()
-    except openai.APIStatusError as error:
-        raise DemoError(
-            f"{error.request.method} {error.request.url.path} answered {error.status_code}: "
-            f"{error.response.text}"
-        ) from error
-    except (openai.APIConnectionError, httpx.HTTPError) as error:
-        raise DemoError(f"could not reach the service: {error}") from error
+        try:
+            demo.run()
+        except openai.APIStatusError as error:
+            raise DemoError(
+                f"{error.request.method} {error.request.url.path} answered "
+                f"{error.status_code}: {error.response.text}"
+            ) from error
+        except (openai.APIConnectionError, httpx.HTTPError) as error:
+            raise DemoError(f"could not reach the service: {error}") from error
     except BaseException:
-        if demo.service is not None:
-            tail = demo.service.log_tail()
-            if tail:
-                console.print("[dim]last lines of the service log:")
-                console.print(escape(tail), style="dim", highlight=False)
+        if demo.service is not None and (tail := demo.service.log_tail()):
+            console.print(f"[dim]last lines of the service log ({demo.service.log_path}):")
+            console.print(escape(tail), style="dim", highlight=False)
         raise
     finally:
         demo.stop()
@@ -874,6 +873,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="data, service and adapter folder"
     )
+    parser.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only write the demo datasets under WORKDIR/data (for the curl and SDK walk-through)",
+    )
     arguments = parser.parse_args(argv)
     profile = PROFILES[arguments.profile]
     if arguments.steps is not None:
@@ -890,6 +894,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
+    if arguments.data_only:
+        Demo(profile, arguments.workdir, 0, console).build_data()
+        return 0
     console.print(
         f"[bold]BDS fine-tuning service demo[/]: {profile.model}, {profile.max_steps} BDS steps, "
         f"working in {arguments.workdir}"
