@@ -499,13 +499,22 @@ class Demo:
     def pull_model(self) -> None:
         """Fetch the base model into the cache, as `bds models pull` does (instant when cached)."""
         self.step(f"1. Base model: {self.profile.model} (bds models pull {self.profile.model})")
-        from bds_core.models import ensure_float_checkpoint, pull_asset
+        from bds_core.models import (
+            AssetError,
+            ModelLoadError,
+            UnknownAssetError,
+            ensure_float_checkpoint,
+            pull_asset,
+        )
 
         with self.console.status(f"pulling {self.profile.model}") as status:
-            path = pull_asset(self.profile.model, progress=status.update)
-            if path.suffix == ".gguf":
-                # The float copy that every later load uses; a minute once, then cached.
-                ensure_float_checkpoint(self.profile.model, progress=status.update)
+            try:
+                path = pull_asset(self.profile.model, progress=status.update)
+                if path.suffix == ".gguf":
+                    # The float copy that every later load uses; a minute once, then cached.
+                    ensure_float_checkpoint(self.profile.model, progress=status.update)
+            except (AssetError, ModelLoadError, UnknownAssetError) as error:
+                raise DemoError(f"could not pull {self.profile.model}: {error}") from error
         self.console.print(f"{self.profile.model} at {escape(str(path))}")
 
     def build_data(self) -> None:
