@@ -49,6 +49,7 @@ DEFAULT_POSTGRES = os.environ.get(
 )
 DEFAULT_REDIS = os.environ.get("BDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "load-test-secret-0123456789abcdef"
+MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Sample:
     kind: str
     seconds: float
     status: int | None  # None: no answer (connection error, timeout)
+    error: str | None = None  # the client's exception when there was no answer
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Outcome:
     """What the clients saw, to be checked against the database."""
 
     samples: list[Sample] = field(default_factory=list)
+    final_statuses: list[int | None] = field(default_factory=list)
     file_ids: set[str] = field(default_factory=set)
     keyless_job_ids: set[str] = field(default_factory=set)
     jobs_by_key: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -97,13 +100,24 @@ def _chat_file(client: int, round_number: int) -> bytes:
 async def _timed(
     outcome: Outcome, kind: str, send: Any, *args: Any, **kwargs: Any
 ) -> httpx.Response | None:
-    started = time.perf_counter()
-    try:
-        response: httpx.Response = await send(*args, **kwargs)
-    except httpx.HTTPError:
-        outcome.samples.append(Sample(kind, time.perf_counter() - started, None))
-        return None
-    outcome.samples.append(Sample(kind, time.perf_counter() - started, response.status_code))
+    """Send one request as a well-behaved client: a 429 is retried after its Retry-After
+    (at most ``MAX_ATTEMPTS`` times). Every attempt is a sample; the last answer is returned."""
+    response: httpx.Response | None = None
+    for _attempt in range(MAX_ATTEMPTS):
+        started = time.perf_counter()
+        try:
+            response = await send(*args, **kwargs)
+        except httpx.HTTPError as error:
+            outcome.samples.append(
+                Sample(kind, time.perf_counter() - started, None, type(error).__name__)
+            )
+            outcome.final_statuses.append(None)
+            return None
+        outcome.samples.append(Sample(kind, time.perf_counter() - started, response.status_code))
+        if response.status_code != 429:
+            break
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    outcome.final_statuses.append(None if response is None else response.status_code)
     return response
 
 
@@ -116,7 +130,12 @@ async def _client(
     outcome: Outcome,
 ) -> None:
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60.0) as http:
+    # Idle connections are dropped before the server's 5 s keep-alive timeout, so a request
+    # never races the server closing the connection it was sent on.
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=60.0, limits=limits
+    ) as http:
         for round_number in range(rounds):
             uploaded = await _timed(
                 outcome,
@@ -324,7 +343,8 @@ def _report(
     args: argparse.Namespace, outcome: Outcome, elapsed: float, database: dict[str, Any]
 ) -> dict[str, Any]:
     answered = [sample for sample in outcome.samples if sample.status is not None]
-    failed = [sample for sample in outcome.samples if sample.status != 200]
+    failed = [status for status in outcome.final_statuses if status != 200]
+    throttled = [sample for sample in outcome.samples if sample.status == 429]
     returned_jobs = outcome.keyless_job_ids | {
         job for jobs in outcome.jobs_by_key.values() for job in jobs
     }
@@ -348,7 +368,8 @@ def _report(
         "clients": args.clients,
         "rounds": args.rounds,
         "broker": args.broker,
-        "requests": len(outcome.samples),
+        "requests": len(outcome.final_statuses),
+        "attempts": len(outcome.samples),
         "elapsed_s": round(elapsed, 2),
         "requests_per_s": round(len(outcome.samples) / elapsed, 1),
         "latency": _latency_summary(answered) if answered else None,
@@ -356,7 +377,11 @@ def _report(
             kind: _latency_summary(items) for kind, items in sorted(by_kind.items())
         },
         "failed_requests": len(failed),
-        "failed_statuses": sorted({str(sample.status) for sample in failed}),
+        "failed_statuses": sorted({str(status) for status in failed}),
+        "retried_after_429": len(throttled),
+        "transport_errors": sorted(
+            {str(sample.error) for sample in outcome.samples if sample.status is None}
+        ),
         "lost_requests": lost,
         "duplicates": duplicate_answers
         + duplicate_creations

@@ -53,12 +53,13 @@ from bds_service.repository import Page
 from bds_service.settings import Settings
 from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB, TaskMessage, enqueue_after_commit
 from bds_service.tenants.limits import limits_for
-from bds_service.tenants.repository import TenantRepository
+from bds_service.tenants.repository import TenantLockTimeoutError, TenantRepository
 
 MethodType = Literal["bds", "supervised"]
 CREATE_ENDPOINT = "POST /v1/fine_tuning/jobs"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_SEED = 2**31 - 1
+TENANT_LOCK_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,17 @@ def create_job(
         )
 
     # The tenant's row lock serialises its creates, so two requests cannot both slip under
-    # the cap on unfinished jobs.
-    tenant = TenantRepository(session).lock(tenant_id)
+    # the cap on unfinished jobs. The wait is bounded: a queue of waiters would hold database
+    # connections that every other request needs.
+    try:
+        tenant = TenantRepository(session).lock(tenant_id, wait_seconds=TENANT_LOCK_WAIT_S)
+    except TenantLockTimeoutError as busy:
+        raise LimitExceededError(
+            "other requests of your organization are creating fine-tuning jobs at this moment; "
+            "retry in a second",
+            code="too_many_concurrent_requests",
+            headers={"Retry-After": "1"},
+        ) from busy
     if idempotency_key is not None:
         # A request with this key may have committed while we waited for the lock: replay it.
         existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))

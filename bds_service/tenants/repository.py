@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.models import ApiKey, Tenant
 from bds_service.repository import TenantScopedRepository
+
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
+
+
+class TenantLockTimeoutError(RuntimeError):
+    """Another transaction held the tenant's lock for longer than the caller would wait."""
 
 
 class TenantRepository:
@@ -21,11 +28,14 @@ class TenantRepository:
         """The tenant with this id, or None."""
         return self.session.get(Tenant, tenant_id)
 
-    def lock(self, tenant_id: str) -> Tenant | None:
+    def lock(self, tenant_id: str, *, wait_seconds: float | None = None) -> Tenant | None:
         """The tenant, locked until the transaction ends, to serialise checks of its caps.
 
         ``FOR NO KEY UPDATE`` (not ``FOR UPDATE``) so that inserting the tenant's other rows,
-        whose foreign keys take a key-share lock on it, does not wait for the holder.
+        whose foreign keys take a key-share lock on it, does not wait for the holder. With
+        ``wait_seconds`` (PostgreSQL), TenantLockTimeoutError if another transaction holds
+        the lock longer than that: a waiter holds a database connection, and a queue of them
+        would starve every other request of connections.
         """
         statement = (
             select(Tenant)
@@ -33,7 +43,21 @@ class TenantRepository:
             .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
-        return self.session.scalars(statement).one_or_none()
+        bounded = wait_seconds is not None and self.session.get_bind().dialect.name == "postgresql"
+        if bounded:
+            milliseconds = max(1, round(1000 * (wait_seconds or 0)))
+            self.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
+        try:
+            tenant = self.session.scalars(statement).one_or_none()
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                raise TenantLockTimeoutError(
+                    f"tenant {tenant_id} stayed locked for more than {wait_seconds} s"
+                ) from error
+            raise
+        if bounded:
+            self.session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+        return tenant
 
     def get_by_name(self, name: str) -> Tenant | None:
         """The tenant with this name, or None."""

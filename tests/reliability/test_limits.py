@@ -296,3 +296,33 @@ def test_examples_cap_of_a_tenant_names_the_first_line_past_it(
     after = client.get(f"/v1/files/{late['id']}", headers=tenant.headers).json()
     assert after["status"] == "error"
     assert after["validation_report"]["issues"][0]["code"] == "too_many_examples"
+
+
+def test_a_create_waits_for_its_tenants_lock_only_briefly(
+    client: TestClient,
+    session_factory: SessionFactory,
+    tenant: TenantKey,
+    upload: Callable[..., Any],
+    read: Callable[..., list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bds_service.tenants.repository import TenantRepository
+
+    monkeypatch.setattr(jobs_service, "TENANT_LOCK_WAIT_S", 0.3)
+    training = upload(tenant).json()["id"]
+    # Another transaction holds the tenant's lock (a create that is slow to commit).
+    with session_factory() as holder:
+        assert TenantRepository(holder).lock(tenant.tenant_id) is not None
+        busy = client.post(
+            "/v1/fine_tuning/jobs", headers=tenant.headers, json=_supervised(training)
+        )
+        assert busy.status_code == 429
+        assert busy.json()["error"]["code"] == "too_many_concurrent_requests"
+        assert busy.headers["Retry-After"] == "1"
+        assert read(select(func.count()).select_from(FineTuningJob)) == [0]
+        # Other requests of the tenant are not held up.
+        assert client.get("/v1/files", headers=tenant.headers).status_code == 200
+    retried = client.post(
+        "/v1/fine_tuning/jobs", headers=tenant.headers, json=_supervised(training)
+    )
+    assert retried.status_code == 200, retried.text
