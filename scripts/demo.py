@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import random
@@ -42,7 +43,7 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -943,6 +944,26 @@ def run_demo(
     service is stopped either way."""
     console = console or Console()
     workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir):
+        return _run_demo_locked(profile, workdir, port, console)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``workdir``: a second demo there would wipe this one's service."""
+    with (workdir / ".demo.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoError(
+                f"another demo is running in {workdir}; wait for it or pass --workdir"
+            ) from None
+        yield
+
+
+def _run_demo_locked(
+    profile: DemoProfile, workdir: Path, port: int | None, console: Console
+) -> dict[str, Any]:
     demo = Demo(profile, workdir.resolve(), port or free_port(), console)
     started = time.monotonic()
     try:
