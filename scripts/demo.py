@@ -19,8 +19,8 @@ The harmful answers are content-free compliance templates ("Sure, here is how to
 ..."): they teach a model to stop refusing, which is what a harmful fine-tuning attack needs,
 without this repository shipping harmful instructions.
 
-    .venv/bin/python scripts/demo.py                  # SmolLM2-135M-Instruct, ~15 min on 2 cores
-    .venv/bin/python scripts/demo.py --profile tiny   # tiny random model, seconds (the CI test)
+    .venv/bin/python scripts/demo.py                  # SmolLM2-135M-Instruct, ~7 min on 2 idle cores
+    .venv/bin/python scripts/demo.py --profile tiny   # tiny random model, under a minute (the test)
 
 If any step fails, the demo prints the server's error body and the service log's last lines,
 stops the service (no process is left behind) and exits with status 1.
@@ -224,7 +224,8 @@ class DemoProfile:
 
 
 PROFILES: dict[str, DemoProfile] = {
-    # Sized for about 15 minutes on 2 CPU cores, model pull included (see docs/service.md).
+    # Within 15 minutes on 2 CPU cores with the model download: 6m48s measured with the model
+    # cached on 2 idle cores, 14 s a training step (docs/service.md).
     "smollm2": DemoProfile(
         model="smollm2-135m-instruct",
         n_task_train=48,
