@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.deps import AppServices
 from api.errors import install_error_handlers
-from api.middleware import RequestIdMiddleware
+from api.middleware import RejectNulMiddleware, RequestIdMiddleware
 from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_rate_limiter
@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         lifespan=lifespan,
     )
     app.state.services = services
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     install_error_handlers(app)
     for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):
         app.include_router(router)

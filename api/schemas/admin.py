@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from api.schemas.common import RequestModel
 from bds_service.models import ApiKey, AuditLog, Tenant, unix_seconds
 
+MAX_UNIX_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last second a timestamp can name."""
 
-class TenantCreate(BaseModel):
+
+class TenantCreate(RequestModel):
     """``POST /v1/admin/tenants``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -20,11 +22,9 @@ class TenantCreate(BaseModel):
 PositiveCap = Annotated[int, Field(ge=1, le=2**62)]
 
 
-class TenantLimitsUpdate(BaseModel):
+class TenantLimitsUpdate(RequestModel):
     """``PUT /v1/admin/tenants/{tenant_id}/limits``: the tenant's caps; null means the
     deployment's default."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_concurrent_jobs: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="unfinished fine-tuning jobs the tenant may have at once"
@@ -60,14 +60,12 @@ class TenantObject(BaseModel):
         )
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(RequestModel):
     """``POST /v1/admin/tenants/{tenant_id}/api_keys``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     admin: bool = False
-    expires_at: Annotated[int, Field(gt=0)] | None = Field(
+    expires_at: Annotated[int, Field(gt=0, le=MAX_UNIX_SECONDS)] | None = Field(
         default=None, description="unix seconds after which the key stops working"
     )
 

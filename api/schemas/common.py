@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ItemT = TypeVar("ItemT")
+
+
+def nul_location(value: Any, where: str = "") -> str | None:
+    """Where the first NUL character sits in a JSON-like value ("" for the value itself,
+    ``key`` or ``[2].key`` inside it), or None when there is none."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return inner.replace("\x00", "\\x00")
+            found = nul_location(item, inner)
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = nul_location(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+class RequestModel(BaseModel):
+    """Base of every JSON request body: unknown members, NaN/inf and NUL characters refused.
+
+    U+0000 cannot be stored in PostgreSQL text; it is refused here with the field named
+    rather than failing later inside a query.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        where = nul_location(value)
+        if where is not None:
+            inside = f" (at {where})" if where else ""
+            raise ValueError(f"text must not contain NUL characters (\\u0000){inside}")
+        return value
 
 
 class ListResponse(BaseModel, Generic[ItemT]):

@@ -10,29 +10,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.schemas.common import RequestModel
 from bds_service.jobs.service import MAX_SEED, JobSpec
 from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent, unix_seconds
-
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 Auto = Literal["auto"]
 FileId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class HyperparametersIn(BaseModel):
+class HyperparametersIn(RequestModel):
     """Training length, batch and learning rate; ``auto`` takes the deployment's default."""
-
-    model_config = _STRICT
 
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
 
 
-class BdsMethodIn(BaseModel):
+class BdsMethodIn(RequestModel):
     """How BDS weights the customer's examples (defaults: bds_core's SchedulerSettings)."""
-
-    model_config = _STRICT
 
     hyperparameters: HyperparametersIn | None = None
     safety_file: FileId | None = Field(
@@ -53,18 +48,14 @@ class BdsMethodIn(BaseModel):
     )
 
 
-class SupervisedMethodIn(BaseModel):
+class SupervisedMethodIn(RequestModel):
     """Plain supervised fine-tuning (no data scheduler)."""
-
-    model_config = _STRICT
 
     hyperparameters: HyperparametersIn | None = None
 
 
-class MethodIn(BaseModel):
+class MethodIn(RequestModel):
     """``bds`` (the default) or ``supervised``."""
-
-    model_config = _STRICT
 
     type: Literal["bds", "supervised"]
     bds: BdsMethodIn | None = None
@@ -78,10 +69,8 @@ class MethodIn(BaseModel):
         return self
 
 
-class JobCreate(BaseModel):
+class JobCreate(RequestModel):
     """``POST /v1/fine_tuning/jobs``."""
-
-    model_config = _STRICT
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
     training_file: FileId

@@ -67,6 +67,13 @@ BAD_INPUT_CASES: dict[str, list[str]] = {
     "a training file of another tenant": [f"{API_JOBS}[another tenant's file]"],
     "a training file of the wrong purpose": [f"{API_JOBS}[alignment file as training file]"],
     "a malformed Idempotency-Key": [f"{JOB_TEST}[malformed Idempotency-Key]", API_IDEMPOTENCY],
+    "a NUL character in a request": [
+        f"{JOB_TEST}[NUL character in a field]",
+        "tests/reliability/test_nul_characters.py::test_nul_in_a_path_parameter",
+        "tests/reliability/test_nul_characters.py::test_nul_in_a_query_parameter",
+        "tests/reliability/test_nul_characters.py::test_nul_in_a_json_body_names_the_field_and_stores_nothing",
+        "tests/reliability/test_nul_characters.py::test_nul_in_a_form_field",
+    ],
     "an Idempotency-Key reused with a different body": [
         f"{JOB_TEST}[Idempotency-Key reused with a different body]",
         API_IDEMPOTENCY,
@@ -232,6 +239,14 @@ BAD_JOB_REQUESTS: list[tuple[str, dict[str, str], str, int, str, str]] = [
         400,
         "invalid_value",
         "method.bds.scheduler_learning_rate",
+    ),
+    (
+        "NUL character in a field",
+        {},
+        '{"model": "tiny-random-llama", "training_file": "{training}", "suffix": "a\\u0000b"}',
+        400,
+        "invalid_value",
+        "suffix",
     ),
     (
         "malformed Idempotency-Key",
