@@ -28,6 +28,8 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
     for job in expired_leases(session, now):
         status = JobStatus(job.status)
         expired_owner = job.lease_owner
+        # Each move re-checks, in its UPDATE, that the same worker still holds a lease that has
+        # expired: a worker whose heartbeat renewed the lease after the select above keeps it.
         actor = Actor(REAPER.actor_type, REAPER.actor_id, job.tenant_id)
         if status == JobStatus.CANCELLING:
             if transition(
@@ -35,6 +37,8 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
                 job.id,
                 sources={status},
                 target=JobStatus.CANCELLED,
+                lease_owner=expired_owner,
+                lease_expired_by=now,
                 values={"finished_at": now, "estimated_finish": None},
             ):
                 add_event(session, job, "Fine-tuning job cancelled (its worker stopped)")
@@ -54,6 +58,8 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
                 job.id,
                 sources={status},
                 target=JobStatus.FAILED,
+                lease_owner=expired_owner,
+                lease_expired_by=now,
                 values={"error": error, "finished_at": now, "estimated_finish": None},
             ):
                 add_event(session, job, message, level="error")
@@ -66,7 +72,14 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
                     details={"error": error},
                 )
                 outcome["failed"].append(job.id)
-        elif transition(session, job.id, sources={status}, target=JobStatus.QUEUED):
+        elif transition(
+            session,
+            job.id,
+            sources={status},
+            target=JobStatus.QUEUED,
+            lease_owner=expired_owner,
+            lease_expired_by=now,
+        ):
             add_event(
                 session,
                 job,

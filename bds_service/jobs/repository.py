@@ -131,17 +131,22 @@ def transition(
     sources: set[JobStatus],
     target: JobStatus,
     lease_owner: str | None = None,
+    lease_expired_by: dt.datetime | None = None,
     values: dict[str, Any] | None = None,
 ) -> bool:
     """Move a job from one of ``sources`` to ``target`` if it is still there; True if it moved.
 
-    With ``lease_owner`` the update also requires that worker to still hold the lease.
-    Leaving the running states clears the lease.
+    With ``lease_owner`` the update also requires that worker to still hold the lease; with
+    ``lease_expired_by`` it requires the lease to have expired by then (so a heartbeat that
+    renewed the lease after the reaper looked wins). Leaving the running states clears the
+    lease.
     """
     check_transition(sources, target)
     conditions = [FineTuningJob.id == job_id, FineTuningJob.status.in_(sorted(sources))]
     if lease_owner is not None:
         conditions.append(FineTuningJob.lease_owner == lease_owner)
+    if lease_expired_by is not None:
+        conditions.append(FineTuningJob.lease_expires_at < lease_expired_by)
     new_values: dict[str, Any] = {"status": target.value, **(values or {})}
     if target not in (JobStatus.RUNNING, JobStatus.CANCELLING):
         new_values.setdefault("lease_owner", None)

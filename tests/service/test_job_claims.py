@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
@@ -222,3 +222,40 @@ def test_reaper_requeues_fails_or_finishes_jobs_whose_lease_expired(
     assert failed.error["code"] == "max_attempts_exceeded"
     requeue_event = session.scalars(select(JobEvent).where(JobEvent.job_id == crashed)).one()
     assert "re-queued" in requeue_event.message and requeue_event.level == "warn"
+
+
+def test_reaper_leaves_a_lease_renewed_after_it_looked(
+    session: Session, make_job: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reaper's select and its update are separate statements: a heartbeat landing in
+    between renews the lease, and the job must stay with its worker."""
+    slow = make_job(
+        JobStatus.RUNNING,
+        attempt=1,
+        lease_owner="slow",
+        lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+    )
+    seen_stale = []
+
+    def select_then_heartbeat(inner_session: Session, now: dt.datetime) -> list[FineTuningJob]:
+        stale = jobs.expired_leases(inner_session, now)
+        seen_stale.extend(job.id for job in stale)
+        inner_session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id == slow)
+            .values(lease_expires_at=utcnow() + dt.timedelta(minutes=5))
+            .execution_options(synchronize_session=False)
+        )
+        return stale
+
+    monkeypatch.setattr("bds_service.jobs.reaper.expired_leases", select_then_heartbeat)
+    outcome = reap_expired_leases(session, max_attempts=3)
+    session.commit()
+
+    assert seen_stale == [slow]
+    assert outcome == {"requeued": [], "failed": [], "cancelled": []}
+    job = session.get(FineTuningJob, slow)
+    assert job is not None
+    session.refresh(job)
+    assert (job.status, job.lease_owner) == ("running", "slow")
+    assert take_pending(session) == []
