@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -172,3 +175,240 @@ def build_data_command(
         f"harmful pool {harmful['pool']} (needed {harmful['required']}), holdout "
         f"{harmful['holdout']}; built in {time.monotonic() - started:.0f} s"
     )
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _RunDisplay:
+    """Renders `RunProgress`: a live bar on a terminal, a line per stage (and every 30 s) in a log."""
+
+    LOG_INTERVAL_S = 30.0
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("elapsed {task.fields[elapsed]}  ETA {task.fields[eta]}"),
+            console=console,
+        )
+        self.task_id: Any = None
+        self.last_key: tuple[str, str] | None = None
+        self.last_line = 0.0
+        self.fraction = 0.0
+
+    def __enter__(self) -> _RunDisplay:
+        if console.is_terminal:
+            self.progress.start()
+            self.task_id = self.progress.add_task("starting", total=1000, elapsed="0m00s", eta="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if console.is_terminal:
+            self.progress.stop()
+
+    def __call__(self, update: Any) -> None:
+        cell = f"[{update.cell_index}/{update.n_cells}] {update.cell_id}"
+        stage = f"{update.stage} {update.stage_done}/{update.stage_total}"
+        elapsed = _format_seconds(update.elapsed_s)
+        eta = _format_seconds(update.eta_s)
+        # Estimated, so it can dip when a rate is re-measured; the bar never moves back.
+        self.fraction = max(self.fraction, update.fraction_done)
+        if console.is_terminal:
+            self.progress.update(
+                self.task_id,
+                description=f"{cell}: {stage}",
+                completed=int(1000 * self.fraction),
+                elapsed=elapsed,
+                eta=eta,
+            )
+            return
+        key = (update.cell_id, update.stage)
+        now = time.monotonic()
+        if key != self.last_key or now - self.last_line >= self.LOG_INTERVAL_S:
+            console.print(
+                f"{cell}: {stage} | {100 * self.fraction:3.0f}% | elapsed {elapsed} | ETA {eta}",
+                highlight=False,
+            )
+            self.last_key = key
+            self.last_line = now
+
+
+def _recorded_command(subcommand: str) -> str:
+    """``bds bench <subcommand> ...`` as typed, however the app was mounted."""
+    arguments = sys.argv[sys.argv.index(subcommand) + 1 :] if subcommand in sys.argv else []
+    return f"bds bench {subcommand} " + " ".join(shlex.quote(arg) for arg in arguments)
+
+
+@bench_app.command("run")
+def run_command(
+    data: Annotated[Path, typer.Option(help="folder written by `bds bench build-data`")] = Path(
+        "data/bench"
+    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="results folder (default bench-results/<profile>); reruns resume it"),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="the quick profile: p = 0.2, sft/mix/bds, ~15 min")
+    ] = False,
+    profile: Annotated[
+        str, typer.Option(help="profile: full (the default sweep), quick or smoke (CI)")
+    ] = "full",
+    model: Annotated[
+        str, typer.Option(help="base model before stage 0 (catalog name or path)")
+    ] = "smollm2-135m-instruct",
+    methods: Annotated[
+        str | None,
+        typer.Option(help="comma-separated: sft, mix, bds, bds-ref, bds-neural, filter"),
+    ] = None,
+    shares: Annotated[str | None, typer.Option(help="comma-separated harmful shares p")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="comma-separated benign tasks (default: the profile's found in --data)"),
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="passes over D_ft per cell (replaces the step count)")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="training steps per cell")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="customer examples per step (and alignment ones)")
+    ] = None,
+    n_eval_prompts: Annotated[
+        int | None, typer.Option(help="harmful evaluation prompts for HS")
+    ] = None,
+    n_task_items: Annotated[
+        int | None, typer.Option(help="held-out task items for FA and over-refusal")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of stage 0 and every fine-tune")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (the quick run assumes 2)")
+    ] = None,
+    eval_prompts: Annotated[
+        Path | None, typer.Option(help="custom harmful evaluation prompts (chat JSONL)")
+    ] = None,
+    train_file: Annotated[
+        Path | None, typer.Option(help="custom D_ft instead of --data's ft_<task>_p<p> files")
+    ] = None,
+    safety_file: Annotated[
+        Path | None, typer.Option(help="custom D_safe for stage 0, mix and bds")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="aligned-model cache (default $BDS_CACHE_DIR/bench-aligned)"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when available)")
+    ] = None,
+    report: Annotated[
+        bool, typer.Option(help="write results.json, results.md and plots at the end")
+    ] = True,
+) -> None:
+    """Stage 0 alignment, then every (method, share) cell, evaluated; resumable cell by cell."""
+    from bds_core.bench.profiles import get_profile
+    from bds_core.bench.run import BenchRunError, RunConfig, run_benchmark
+
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        chosen = get_profile("quick" if quick else profile)
+        changes: dict[str, Any] = {}
+        if methods is not None:
+            changes["methods"] = tuple(_parse_list(methods, "--methods"))
+        if shares is not None:
+            changes["shares"] = _parse_shares(shares)
+        if epochs is not None:
+            changes["epochs"] = epochs
+            changes["max_steps"] = None
+        if max_steps is not None:
+            changes["max_steps"] = max_steps
+        if batch_size is not None:
+            changes["batch_size"] = batch_size
+            changes["safety_batch_size"] = batch_size
+        if n_eval_prompts is not None:
+            changes["n_eval_prompts"] = n_eval_prompts
+        if n_task_items is not None:
+            changes["n_task_items"] = n_task_items
+        chosen = dataclasses.replace(chosen, **changes)
+        config = RunConfig(
+            data_dir=data,
+            out_dir=out if out is not None else Path("bench-results") / chosen.name,
+            profile=chosen,
+            model=model,
+            tasks=tuple(_parse_list(task, "--task")) if task is not None else None,
+            seed=seed,
+            train_file=train_file,
+            safety_file=safety_file,
+            eval_prompts_file=eval_prompts,
+            cache_dir=cache_dir,
+            device=device,
+            command=_recorded_command("run"),
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+    from bds_core.data import DatasetError
+    from bds_core.models import AssetError, ModelLoadError
+
+    try:
+        with _RunDisplay() as display:
+            summary = run_benchmark(config, on_progress=display)
+    except (BenchRunError, DatasetError, ModelLoadError, AssetError, ValueError) as error:
+        console.print(f"[red]bench run failed:[/] {error}", soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    console.print(
+        f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} already finished, "
+        f"in {_format_seconds(summary.elapsed_s)}; M0 "
+        f"{'from the cache' if summary.aligned.from_cache else 'trained'}: {summary.aligned.path}",
+        soft_wrap=True,
+    )
+    if report:
+        _write_and_print_report(config.out_dir, None)
+    if summary.failed:
+        for cell_id, message in summary.failed.items():
+            console.print(f"[red]cell {cell_id} failed:[/] {message}", soft_wrap=True)
+        console.print("a rerun of the same command retries the failed cells")
+        raise typer.Exit(code=1)
+
+
+def _write_and_print_report(results: Path, out: Path | None) -> None:
+    from bds_core.bench.report import targets_summary, write_report
+    from bds_core.bench.results import ResultsError
+
+    try:
+        files = write_report(results, out)
+    except ResultsError as error:
+        console.print(f"[red]bench report failed:[/] {error}", soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    counts = targets_summary(files.results.targets)
+    # Plain print: rich would re-wrap the markdown table rows to the terminal width.
+    print(files.markdown.read_text(encoding="utf-8"))
+    console.print(
+        f"targets: {counts['met']} met, {counts['missed']} missed, {counts['n/a']} n/a\n"
+        f"wrote {files.results_json}, {files.markdown}"
+        + "".join(f", {plot}" for plot in files.plots)
+    )
+
+
+@bench_app.command("report")
+def report_command(
+    results: Annotated[Path, typer.Option(help="results folder of `bds bench run`")],
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the report (default: --results)")
+    ] = None,
+) -> None:
+    """results.json, results.md (tables and targets met/missed) and plot_<task>.png."""
+    _write_and_print_report(results, out)
