@@ -1,4 +1,6 @@
-"""The offline safety benchmark: deterministic datasets (`bds bench build-data`), later runs."""
+"""The offline safety benchmark: deterministic datasets (`bds bench build-data`), the runs of
+every method at every harmful share (`bds_core.bench.run`, `bds bench run`) and their report
+(`bds_core.bench.report`, `bds bench report`). See docs/benchmarks.md."""
 
 from bds_core.bench.build import (
     DEFAULT_SHARES,

@@ -256,7 +256,7 @@ def run_command(
     ),
     out: Annotated[
         Path | None,
-        typer.Option(help="results folder (default bench-results/<profile>); reruns resume it"),
+        typer.Option(help="results folder (default runs/bench/<profile>); reruns resume it"),
     ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="the quick profile: p = 0.2, sft/mix/bds, ~15 min")
@@ -281,7 +281,8 @@ def run_command(
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="training steps per cell")] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="customer examples per step (and alignment ones)")
+        int | None,
+        typer.Option(help="customer examples per step (mix and bds add as many alignment ones)"),
     ] = None,
     n_eval_prompts: Annotated[
         int | None, typer.Option(help="harmful evaluation prompts for HS")
@@ -345,7 +346,7 @@ def run_command(
         chosen = dataclasses.replace(chosen, **changes)
         config = RunConfig(
             data_dir=data,
-            out_dir=out if out is not None else Path("bench-results") / chosen.name,
+            out_dir=out if out is not None else Path("runs") / "bench" / chosen.name,
             profile=chosen,
             model=model,
             tasks=tuple(_parse_list(task, "--task")) if task is not None else None,
