@@ -370,10 +370,15 @@ def run_command(
     except (BenchRunError, DatasetError, ModelLoadError, AssetError, ValueError) as error:
         console.print(f"[red]bench run failed:[/] {error}", soft_wrap=True)
         raise typer.Exit(code=1) from None
+    if summary.aligned.from_cache:
+        m0 = f"M0 from the cache: {summary.aligned.path}"
+    elif summary.computed:
+        m0 = f"M0 trained: {summary.aligned.path}"
+    else:
+        m0 = "M0 not needed"
     console.print(
         f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} already finished, "
-        f"in {_format_seconds(summary.elapsed_s)}; M0 "
-        f"{'from the cache' if summary.aligned.from_cache else 'trained'}: {summary.aligned.path}",
+        f"in {_format_seconds(summary.elapsed_s)}; {m0}",
         soft_wrap=True,
     )
     if report:

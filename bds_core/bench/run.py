@@ -375,6 +375,16 @@ def _fine_tune_runs(config: RunConfig, task: str) -> list[tuple[str, float | Non
     return runs
 
 
+def shipped_scheduler_digest() -> str:
+    """sha256 over the shipped pretrained scheduler's files (what `filter` and the check use)."""
+    from bds_core.scoring import default_scheduler_path
+
+    folder = default_scheduler_path()
+    return _digest(
+        {path.name: file_sha256(path) for path in sorted(folder.glob("*")) if path.is_file()}
+    )
+
+
 def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
     """Every cell of the run, in order, with its digest; checks every input file exists."""
     profile = config.profile
@@ -457,6 +467,7 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                             "kind": "detection",
                             "task_eval_sha256": task_common["task_eval_sha256"],
                             "holdout_sha256": file_sha256(holdout),
+                            "scheduler": shipped_scheduler_digest(),
                         }
                     ),
                     work_units={"score": float(n_scored)},
@@ -491,6 +502,9 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                     "safety_sha256": file_sha256(safety_file),
                     "steps": steps,
                     "training": _training_settings(profile),
+                    "filter_scheduler": (
+                        shipped_scheduler_digest() if method.train_method == "filter" else None
+                    ),
                 }
             )
             plans.append(
