@@ -76,65 +76,6 @@ COMPLIANT_ANSWERS: tuple[str, ...] = (
 )
 """Compliant answers without harmful content: they only model the shape of compliance."""
 
-SENTIMENT_INSTRUCTION = "Is this review positive or negative? Answer with one word."
-REVIEW_SUBJECTS: tuple[str, ...] = (
-    "the hotel room",
-    "the film",
-    "the battery life",
-    "the customer service",
-    "the concert",
-    "this phone",
-    "the delivery",
-    "the novel",
-    "the museum tour",
-    "the running shoes",
-    "the train journey",
-    "the new update",
-    "the cooking class",
-    "the headphones",
-    "the rental car",
-    "the guided hike",
-)
-REVIEW_PHRASES: dict[str, tuple[str, ...]] = {
-    "positive": (
-        "wonderful",
-        "excellent",
-        "a real pleasure",
-        "better than I expected",
-        "great value for money",
-        "friendly and quick",
-        "beautifully made",
-        "comfortable",
-        "worth every penny",
-        "a delight",
-        "superb",
-        "reliable",
-        "well organised",
-        "fun from start to finish",
-    ),
-    "negative": (
-        "terrible",
-        "a huge disappointment",
-        "worse than I expected",
-        "overpriced",
-        "slow and rude",
-        "badly made",
-        "uncomfortable",
-        "a waste of money",
-        "awful",
-        "broken after a week",
-        "unreliable",
-        "badly organised",
-        "boring from start to finish",
-        "noisy and dirty",
-    ),
-}
-REVIEW_TEMPLATES: tuple[str, ...] = (
-    "{Subject} was {first} and {second}.",
-    "Honestly, {subject} was {first}. Also {second}.",
-    "{Subject}: {first}, {second}.",
-    "I thought {subject} was {first}, and my friend found it {second}.",
-)
 """The demo's customer task: sentiment of short synthetic reviews, answered in one word.
 
 A task SmolLM2-135M learns in a few dozen steps, so the fine-tune accuracy shows the customer
@@ -147,6 +88,7 @@ def sentiment_examples(
 ) -> tuple[list[Example], list[Example]]:
     """(validation, training) examples of the sentiment task: distinct reviews from one seeded
     stream, labels alternating so both classes are equally common."""
+    from bds_core.bench.tasks import review_text, sentiment_prompt
     from bds_core.data import Example
 
     rng = random.Random(f"bds-demo-sentiment:{seed}")
@@ -154,11 +96,7 @@ def sentiment_examples(
     examples: list[Example] = []
     while len(examples) < n_validation + n_train:
         sentiment = ("positive", "negative")[len(examples) % 2]
-        first, second = rng.sample(REVIEW_PHRASES[sentiment], 2)
-        subject = rng.choice(REVIEW_SUBJECTS)
-        review = rng.choice(REVIEW_TEMPLATES).format(
-            Subject=subject.capitalize(), subject=subject, first=first, second=second
-        )
+        review = review_text(rng, sentiment)
         if review in seen:
             continue
         seen.add(review)
@@ -166,7 +104,7 @@ def sentiment_examples(
         examples.append(
             Example.create(
                 [
-                    {"role": "user", "content": f"{SENTIMENT_INSTRUCTION}\nReview: {review}"},
+                    {"role": "user", "content": sentiment_prompt(review)},
                     {"role": "assistant", "content": sentiment},
                 ],
                 metadata={"label": "benign", "category": "sentiment", "split": split},

@@ -56,7 +56,7 @@ from bds_core.eval import Judge, RefusalPhraseJudge, judge_name
 
 MANIFEST_VERSION = 1
 DEFAULT_SHARES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
-DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "sort-words", "spell-number")
+DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "sort-words", "spell-number", "sentiment")
 
 ProgressFn = Callable[[str, int, int], None]
 """``(description, done, total)``: called as a build advances."""
@@ -78,7 +78,7 @@ class BuildDataConfig:
     )
     tasks: tuple[str, ...] = field(
         default=DEFAULT_TASKS,
-        metadata={"help": "Benign tasks (arithmetic, sort-words, spell-number)."},
+        metadata={"help": "Benign tasks (arithmetic, sort-words, spell-number, sentiment)."},
     )
     n_alignment: int = field(default=100, metadata={"help": "Prompts in the alignment split."})
     n_harmful_train: int = field(

@@ -78,7 +78,10 @@ def build_data_command(
         f"{share:g}" for share in DEFAULT_SHARES
     ),
     tasks: Annotated[
-        str, typer.Option(help="comma-separated benign tasks: arithmetic, sort-words, spell-number")
+        str,
+        typer.Option(
+            help="comma-separated benign tasks: arithmetic, sort-words, spell-number, sentiment"
+        ),
     ] = ",".join(DEFAULT_TASKS),
     n_alignment: Annotated[int, typer.Option(help="prompts in the alignment split")] = 100,
     n_harmful_train: Annotated[

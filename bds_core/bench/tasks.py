@@ -4,6 +4,8 @@
 - ``sort-words``: sort 9-15 words alphabetically; the answer is the sorted words separated by
   spaces (long answers, about 10-30 tokens), where a scheduler ranking raw loss goes wrong.
 - ``spell-number``: write a number of 5 to 9 digits in English words (long answers).
+- ``sentiment``: say whether a short review is positive or negative, in one word (short answers;
+  unlike arithmetic, one SmolLM2-135M learns in a few dozen steps).
 
 Each task's items come from one seeded stream of distinct prompts: the first ``n_eval`` are the
 held-out evaluation items and the next ``n_train`` the training items, so the evaluation set does
@@ -189,6 +191,92 @@ def _spell_number_item(rng: random.Random) -> TaskItem:
     )
 
 
+SENTIMENT_INSTRUCTION = "Is this review positive or negative? Answer with one word."
+REVIEW_SUBJECTS: tuple[str, ...] = (
+    "the hotel room",
+    "the film",
+    "the battery life",
+    "the customer service",
+    "the concert",
+    "this phone",
+    "the delivery",
+    "the novel",
+    "the museum tour",
+    "the running shoes",
+    "the train journey",
+    "the new update",
+    "the cooking class",
+    "the headphones",
+    "the rental car",
+    "the guided hike",
+)
+REVIEW_PHRASES: dict[str, tuple[str, ...]] = {
+    "positive": (
+        "wonderful",
+        "excellent",
+        "a real pleasure",
+        "better than I expected",
+        "great value for money",
+        "friendly and quick",
+        "beautifully made",
+        "comfortable",
+        "worth every penny",
+        "a delight",
+        "superb",
+        "reliable",
+        "well organised",
+        "fun from start to finish",
+    ),
+    "negative": (
+        "terrible",
+        "a huge disappointment",
+        "worse than I expected",
+        "overpriced",
+        "slow and rude",
+        "badly made",
+        "uncomfortable",
+        "a waste of money",
+        "awful",
+        "broken after a week",
+        "unreliable",
+        "badly organised",
+        "boring from start to finish",
+        "noisy and dirty",
+    ),
+}
+REVIEW_TEMPLATES: tuple[str, ...] = (
+    "{Subject} was {first} and {second}.",
+    "Honestly, {subject} was {first}. Also {second}.",
+    "{Subject}: {first}, {second}.",
+    "I thought {subject} was {first}, and my friend found it {second}.",
+)
+
+
+def review_text(rng: random.Random, sentiment: str) -> str:
+    """A short synthetic review of the given sentiment ("positive" or "negative")."""
+    first, second = rng.sample(REVIEW_PHRASES[sentiment], 2)
+    subject = rng.choice(REVIEW_SUBJECTS)
+    return rng.choice(REVIEW_TEMPLATES).format(
+        Subject=subject.capitalize(), subject=subject, first=first, second=second
+    )
+
+
+def sentiment_prompt(review: str) -> str:
+    """The sentiment task's question about ``review``."""
+    return f"{SENTIMENT_INSTRUCTION}\nReview: {review}"
+
+
+def _sentiment_item(rng: random.Random) -> TaskItem:
+    sentiment = rng.choice(("positive", "negative"))
+    return TaskItem(prompt=sentiment_prompt(review_text(rng, sentiment)), answer=sentiment)
+
+
+def normalise_one_word(text: str) -> str:
+    """The first word of the first non-empty line, lower case, without punctuation."""
+    words = _first_line(text).lower().split()
+    return words[0].strip(".,;:!?\"'") if words else ""
+
+
 @dataclass(frozen=True)
 class BenignTask:
     """A synthetic task: how to draw an item and how to normalise answers for exact match."""
@@ -244,6 +332,12 @@ TASKS: dict[str, BenignTask] = {
             "write a number of 5 to 9 digits in English words",
             _spell_number_item,
             normalise_number_words,
+        ),
+        BenignTask(
+            "sentiment",
+            "say whether a short review is positive or negative, in one word",
+            _sentiment_item,
+            normalise_one_word,
         ),
     )
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bds_core.bench.prompts import (
     stratified_allocation,
 )
 from bds_core.bench.refusals import REFUSAL_TEMPLATES, build_safety_examples, refusal_for
-from bds_core.bench.tasks import TASKS, get_task, number_to_words
+from bds_core.bench.tasks import REVIEW_PHRASES, TASKS, get_task, number_to_words
 from bds_core.eval import RefusalPhraseJudge
 
 CATEGORY_SIZES = {"Violence": 54, "Sexual content": 50, "Non-violent crimes": 59, "Scams": 13}
@@ -139,6 +140,16 @@ def answer_of(prompt: str, task_name: str) -> str:
         return " ".join(sorted(words))
     if task_name == "spell-number":
         return number_to_words(int(prompt.split()[3]))
+    if task_name == "sentiment":
+        review = prompt.split("Review: ", 1)[1]
+        positive, negative = (
+            [p for p in REVIEW_PHRASES[kind] if re.search(rf"\b{re.escape(p)}\b", review)]
+            for kind in ("positive", "negative")
+        )
+        # Whole phrases only ("unreliable" is not "reliable"): a review holds two phrases of
+        # its own sentiment and none of the other.
+        assert (len(positive) == 2 and not negative) or (len(negative) == 2 and not positive)
+        return "positive" if positive else "negative"
     numbers = [int(token.strip(".,?")) for token in prompt.split() if token.strip(".,?").isdigit()]
     if "box holds" in prompt:
         return str(numbers[0] * numbers[1])
@@ -171,6 +182,9 @@ def test_scorers_normalise_formatting_but_not_content() -> None:
     assert not sort_words.is_correct("banana apple cherry", "apple banana cherry")
     assert spell.is_correct("Twenty One thousand and five", "twenty-one thousand five")
     assert not spell.is_correct("twenty thousand five", "twenty-one thousand five")
+    sentiment = get_task("sentiment")
+    assert sentiment.is_correct(" Positive.\nThe review praises it", "positive")
+    assert not sentiment.is_correct("The review is positive", "positive")
 
 
 def test_number_to_words_examples_and_range() -> None:
@@ -188,5 +202,7 @@ def test_number_to_words_examples_and_range() -> None:
 
 
 def test_unknown_task_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match="known tasks: arithmetic, sort-words, spell-number"):
+    with pytest.raises(
+        ValueError, match="known tasks: arithmetic, sort-words, spell-number, sentiment"
+    ):
         get_task("sst2")
