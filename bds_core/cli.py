@@ -1,4 +1,10 @@
-"""`bds` commands of the ML library: train (and the sub-apps mounted by the top-level CLI)."""
+"""`bds` commands of the ML library: train and gpu-check (and the sub-apps mounted by the
+top-level CLI).
+
+`python -m bds_core.cli train ...` runs the same command as `bds train ...`; launched by
+torchrun (`torchrun --nproc-per-node N -m bds_core.cli train ...`) it trains data-parallel on N
+processes (docs/scaling.md).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from bds_core.schedulers import SchedulerSettings
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 
 console = Console()
-train_app = typer.Typer(help="Fine-tune a LoRA adapter with BDS, SFT or mix.")
+train_app = typer.Typer(
+    help="Fine-tune a LoRA adapter with BDS, SFT or mix; check a GPU.", no_args_is_help=True
+)
 
 
 class RichProgressCallback(TrainerCallback):
@@ -120,8 +128,17 @@ def train_command(
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint interval in steps")] = 50,
     device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda when available)")
+        str | None,
+        typer.Option(
+            help="cpu or cuda (default: cuda when available; under torchrun cuda:LOCAL_RANK)"
+        ),
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16 (bfloat16 autocast, for CUDA)")
+    ] = "fp32",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="recompute activations in backward: less memory, more compute")
+    ] = False,
     fresh: Annotated[bool, typer.Option(help="ignore existing checkpoints in OUT")] = False,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")
@@ -168,6 +185,8 @@ def train_command(
             ),
             checkpoint_every=checkpoint_every,
             device=device,
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
         )
     except ValueError as error:
         console.print(f"[red]error:[/] {error}")
@@ -178,12 +197,16 @@ def train_command(
         # Bad datasets (DatasetError lists line and field), unknown models, bad settings.
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
+    if result.rank != 0:
+        return  # data-parallel: rank 0 reports for every process
     metrics = result.metrics
     table = Table(title=f"{config.method} finished")
     table.add_column("metric")
     table.add_column("value")
     table.add_row("steps", str(result.steps))
     table.add_row("seconds per step", f"{metrics['seconds_per_step']:.2f}")
+    table.add_row("tokens per second", f"{metrics['tokens_per_second']:.0f}")
+    table.add_row("processes", str(metrics["world_size"]))
     table.add_row("peak RSS (MiB)", f"{metrics['peak_rss_mb']:.0f}")
     table.add_row(
         "final loss", f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-"
@@ -197,3 +220,67 @@ def train_command(
     console.print_json(
         json.dumps({k: metrics["weight_stats"].get(k) for k in ("auroc", "ess_ratio")})
     )
+
+
+@train_app.command("gpu-check")
+def gpu_check_command(
+    model: Annotated[
+        str, typer.Option(help="catalog name, local HF directory or hub id")
+    ] = "tiny-random-llama",
+    steps: Annotated[int, typer.Option(help="steps per method (the first is not timed)")] = 10,
+    batch_size: Annotated[int, typer.Option(help="customer examples per step")] = 8,
+    max_length: Annotated[int, typer.Option(help="tokens per example")] = 256,
+    precision: Annotated[str, typer.Option(help="bf16 (autocast) or fp32")] = "bf16",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="recompute activations in backward")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON only")
+    ] = False,
+) -> None:
+    """Train sft and bds a few steps on CUDA: tokens/s, peak GPU memory, BDS/SFT time ratio.
+
+    Exits with status 2 on a machine without CUDA.
+    """
+    from bds_core.training.gpu_check import GpuUnavailableError, run_gpu_check
+
+    try:
+        report = run_gpu_check(
+            model=model,
+            steps=steps,
+            batch_size=batch_size,
+            max_length=max_length,
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+    except GpuUnavailableError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+    except (ValueError, ModelLoadError, AssetError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+    if json_output:
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    table = Table(
+        title=f"gpu-check: {report.model} on {report.device_name} ({report.precision}, "
+        f"batch {report.batch_size}, {report.max_length} tokens max)"
+    )
+    for column in ("method", "s/step", "tokens/s", "peak GPU memory (MiB)", "final loss"):
+        table.add_column(column)
+    for run in report.runs.values():
+        table.add_row(
+            run.method,
+            f"{run.seconds_per_step:.4f}",
+            f"{run.tokens_per_second:.0f}",
+            f"{run.peak_gpu_memory_mb:.0f}" if run.peak_gpu_memory_mb is not None else "-",
+            f"{run.final_loss:.4f}" if run.final_loss is not None else "-",
+        )
+    console.print(table)
+    ratio = report.bds_sft_ratio
+    console.print(f"BDS/SFT time per step: {ratio:.2f}" if ratio is not None else "")
+    console.print(f"torch {report.torch_version}, CUDA {report.cuda_version}")
+
+
+if __name__ == "__main__":
+    train_app()

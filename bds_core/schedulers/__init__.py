@@ -1,6 +1,7 @@
 """Data schedulers: per-example safety weights inferred by BDS."""
 
 from bds_core.schedulers.base import (
+    BatchShard,
     DataScheduler,
     SchedulerContext,
     SchedulerSettings,
@@ -11,6 +12,7 @@ from bds_core.schedulers.base import (
 from bds_core.schedulers.scalar import ScalarScheduler
 
 __all__ = [
+    "BatchShard",
     "DataScheduler",
     "ScalarScheduler",
     "SchedulerContext",

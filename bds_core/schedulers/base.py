@@ -149,6 +149,24 @@ def initial_logit(transform: str) -> float:
     return 1.0 if transform == "identity" else 0.0
 
 
+def _no_reduction(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+@dataclass(frozen=True)
+class BatchShard:
+    """Where one process's examples sit in a data-parallel step's global batch.
+
+    `batch_indices` are the example indices of the whole global batch (the same on every
+    process), `start` the position of this process's first example in it, and
+    `sum_across_ranks` sums a tensor over all processes (the identity in a single process).
+    """
+
+    batch_indices: torch.Tensor
+    start: int
+    sum_across_ranks: Callable[[torch.Tensor], torch.Tensor] = _no_reduction
+
+
 class DataScheduler(nn.Module, ABC):
     """Per-example weights for the customer dataset D_ft.
 
@@ -191,7 +209,11 @@ class DataScheduler(nn.Module, ABC):
         return transform_logits(self.logits_for(indices), self.settings.transform)
 
     def scheduler_loss(
-        self, indices: torch.Tensor, losses: torch.Tensor, reference: torch.Tensor
+        self,
+        indices: torch.Tensor,
+        losses: torch.Tensor,
+        reference: torch.Tensor,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """L_a = mean_B w_i * (l_i - r_i), the negative log-posterior direction in the weights.
 
@@ -200,18 +222,34 @@ class DataScheduler(nn.Module, ABC):
         'batch' they are B*softmax over the batch's own logits, so the gradient on logit j is
         q_j * (d_j - weighted batch mean of d) and its sign carries the signal. Non-softmax
         transforms centre d on the batch mean for the same reason.
+
+        Under data parallelism `indices`, `losses` and `reference` are this process's slice
+        of the global batch described by `shard`; the result is this slice's share of the
+        global batch's loss (batch softmax and mean over the whole global batch), so the sum
+        over processes of the gradients is the gradient of the single-process loss.
         """
+        if shard is None:
+            shard = BatchShard(indices, 0)
+        batch_size = len(shard.batch_indices)
+        if not 0 <= shard.start <= shard.start + len(indices) <= batch_size:
+            raise ValueError(
+                f"shard of {len(indices)} examples at {shard.start} does not fit a batch of "
+                f"{batch_size}"
+            )
         advantage = (losses - reference).detach()
         if self.settings.update == "global":
             weights = self.batch_weights(indices)
         elif self.settings.transform == "softmax":
-            weights = transform_logits(self.logits_for(indices), "softmax")
+            batch_weights = transform_logits(self.logits_for(shard.batch_indices), "softmax")
+            weights = batch_weights[shard.start : shard.start + len(indices)]
         else:
             weights = transform_logits(self.logits_for(indices), self.settings.transform)
-            advantage = advantage - advantage.mean()
-        loss = (weights * advantage).mean()
+            advantage = advantage - shard.sum_across_ranks(advantage.sum()) / batch_size
+        loss = (weights * advantage).sum() / batch_size
         if self.settings.entropy_weight > 0:
-            loss = loss + self.settings.entropy_weight * self.collapse_penalty()
+            # Each slice carries its share of the prior, so the shares add up to one prior.
+            share = len(indices) / batch_size
+            loss = loss + self.settings.entropy_weight * share * self.collapse_penalty()
         return loss
 
     def collapse_penalty(self) -> torch.Tensor:

@@ -23,6 +23,7 @@ class ProgressEvent:
     eta_s: float
     seconds_per_step: float
     weight_stats: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0  # tokens (without padding) the step's model update trained on, all ranks
 
     @property
     def percent(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 
 METHODS: tuple[str, ...] = ("bds", "sft", "mix", "filter")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass
@@ -76,7 +77,22 @@ class TrainConfig:
         default=2, metadata={"help": "number of newest checkpoints kept on disk"}
     )
     device: str | None = field(
-        default=None, metadata={"help": "'cpu', 'cuda', ... (default: cuda when available)"}
+        default=None,
+        metadata={
+            "help": "'cpu', 'cuda', ... (default: cuda when available); under torchrun each process takes cuda:LOCAL_RANK"
+        },
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "'fp32', or 'bf16': forward passes under bfloat16 autocast (weights, gradients and optimizer states stay float32; meant for CUDA)"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute the decoder layers' activations in the backward pass: less memory, about a third more compute, same result"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -119,6 +135,10 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
 
     @property
     def effective_safety_batch_size(self) -> int:
@@ -143,6 +163,21 @@ class TrainConfig:
         data["adam_betas"] = list(self.adam_betas)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict` (for a config handed to another process as JSON)."""
+        values = dict(data)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        if isinstance(values.get("lora"), dict):
+            values["lora"] = LoraSettings(**values["lora"])
+        if isinstance(values.get("scheduler"), dict):
+            values["scheduler"] = SchedulerSettings(**values["scheduler"])
+        if values.get("adam_betas") is not None:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
     def resume_fingerprint(self, data_digest: str) -> str:
         """Hash of everything that must match for a checkpoint to be resumable by this run."""
         data = self.to_dict()
@@ -153,6 +188,10 @@ class TrainConfig:
             "device",
             "max_steps",
             "epochs",
+            # How the same computation is carried out, not what it computes: a run may resume
+            # on another device, in another precision or with other memory settings.
+            "precision",
+            "gradient_checkpointing",
         ):
             data.pop(volatile)
         data["data_digest"] = data_digest

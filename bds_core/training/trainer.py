@@ -7,6 +7,11 @@ One loop serves three methods (bds-method.md, "The algorithm"):
   step the scheduler takes a step on L_a = mean w_i (l_i - r_i).
 
 Shape of the recipe: `setup`, `train`, `save_checkpoint`, `load_checkpoint`.
+
+The same loop runs data-parallel when launched by torchrun (or inside an initialised process
+group): every process draws the same global batch, trains on its slice, and gradients are
+summed across processes (`bds_core.training.distributed`); rank 0 writes checkpoints and
+outputs and reports progress.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 import resource
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +34,8 @@ from safetensors.torch import load_file, save_file
 
 from bds_core.data import Example, collate, encode_example, load_examples
 from bds_core.data.tokenize import EncodedExample
-from bds_core.models import apply_lora, load_model, pick_device
-from bds_core.schedulers import DataScheduler, SchedulerContext, build_scheduler
+from bds_core.models import CATALOG, apply_lora, load_model
+from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
     begin_checkpoint,
@@ -38,6 +44,7 @@ from bds_core.training.checkpoint import (
     prune_checkpoints,
 )
 from bds_core.training.config import TrainConfig
+from bds_core.training.distributed import DataParallel, init_data_parallel
 from bds_core.training.losses import (
     per_example_loss,
     per_example_loss_from_hidden,
@@ -61,6 +68,8 @@ class TrainResult:
     steps: int
     cancelled: bool = False
     resumed_from_step: int | None = None
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -68,8 +77,7 @@ class _StepLosses:
     total: float
     task: float
     safety: float | None
-    train_losses: torch.Tensor
-    weights: torch.Tensor
+    tokens: int
 
 
 def weight_statistics(
@@ -148,13 +156,20 @@ class BDSTrainer:
         self.elapsed_before_resume = 0.0
         self.resumed_from_step: int | None = None
         self.scheduler: DataScheduler | None = None
+        self.parallel = DataParallel()
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Load model and data, attach adapters, build the scheduler and the optimizers."""
+        """Load model and data, attach adapters, build the scheduler and the optimizers.
+
+        Under torchrun (or in an initialised process group) this also joins the data-parallel
+        run: every process builds identical replicas from the same seed, and rank 0's values
+        are broadcast once more so that no source of nondeterminism can split them.
+        """
         config = self.config
+        self.parallel, self.device = init_data_parallel(config.device)
         self._seed_everything(config.seed)
-        self.device = torch.device(config.device) if config.device else pick_device()
+        self.autocast_dtype = _autocast_dtype(config.precision, self.device)
 
         self.all_train_examples: list[Example] = load_examples(config.train_file)
         self.train_examples = self.all_train_examples
@@ -163,9 +178,10 @@ class BDSTrainer:
             from bds_core.scoring import filter_examples
 
             # The `filter` baseline: the pretrained amortized scheduler drops what it flags.
-            self.train_examples, dropped = filter_examples(
-                self.all_train_examples, config.scheduler.init_path
-            )
+            with self.parallel.main_first():
+                self.train_examples, dropped = filter_examples(
+                    self.all_train_examples, config.scheduler.init_path
+                )
             self.dropped_ids = {example.id for example in dropped}
             if not self.train_examples:
                 raise ValueError(f"the filter dropped every example of {config.train_file}")
@@ -174,7 +190,11 @@ class BDSTrainer:
             if config.uses_safety_data and config.safety_file is not None
             else []
         )
-        loaded = load_model(config.model, device=self.device)
+        self._check_batch_split()
+        # A catalog model is converted into a cache on first use: rank 0 fills it, then the
+        # others read it.
+        with self.parallel.main_first(active=config.model in CATALOG):
+            loaded = load_model(config.model, device=self.device)
         self.tokenizer = loaded.tokenizer
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.model = apply_lora(loaded.model, config.lora)
@@ -184,6 +204,13 @@ class BDSTrainer:
         causal_lm: Any = self.model.get_base_model()
         self.decoder: Any = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
         self.output_head: Any = causal_lm.get_output_embeddings()
+        if config.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no input gradients, so frozen embeddings and
+            # LoRA-only training work as they are.
+            causal_lm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            causal_lm.config.use_cache = False
 
         self.train_encoded = self._encode(self.train_examples)
         self.safety_encoded = self._encode(self.safety_examples)
@@ -204,6 +231,7 @@ class BDSTrainer:
             else None
         )
 
+        # Every process walks the same global order; `_train_step` takes its slice.
         self.train_sampler = EpochSampler(len(self.train_examples), config.batch_size, config.seed)
         self.safety_sampler = (
             EpochSampler(
@@ -224,7 +252,10 @@ class BDSTrainer:
                 device=self.device,
                 seed=config.seed,
             )
-            self.scheduler = build_scheduler(config.scheduler, context).to(self.device)
+            # The neural scheduler embeds every example through an on-disk cache: rank 0
+            # fills it, the others read it.
+            with self.parallel.main_first(active=config.scheduler.kind != "scalar"):
+                self.scheduler = build_scheduler(config.scheduler, context).to(self.device)
             self.scheduler_optimizer = torch.optim.AdamW(
                 [p for p in self.scheduler.parameters() if p.requires_grad],
                 lr=config.scheduler.learning_rate,
@@ -236,6 +267,43 @@ class BDSTrainer:
         self.reference_known = torch.zeros(n, dtype=torch.bool)
         self.data_digest = _digest_files([config.train_file, config.safety_file])
         self.fingerprint = config.resume_fingerprint(self.data_digest)
+        if self.parallel.enabled:
+            self.parallel.broadcast_tensors(self._replicated_tensors(with_buffers=True))
+            # Dropout must differ between the slices of one batch: each rank gets its own
+            # stream (rank 0 keeps the single-process one).
+            if not self.parallel.is_main:
+                torch.manual_seed(_rank_seed(config.seed, self.parallel.rank, 0))
+
+    def _check_batch_split(self) -> None:
+        """Every process needs at least one example of each kind per micro-batch."""
+        config = self.config
+        parts = self.parallel.world_size * config.gradient_accumulation_steps
+        if self.parallel.world_size == 1:
+            return
+        sizes = [("batch_size", config.batch_size)]
+        if config.uses_safety_data:
+            sizes.append(("safety_batch_size", config.effective_safety_batch_size))
+        for name, size in sizes:
+            if size < parts:
+                raise ValueError(
+                    f"{name} {size} cannot be split over {self.parallel.world_size} processes "
+                    f"x {config.gradient_accumulation_steps} micro-batches; each needs at least "
+                    f"one example, so {name} must be at least {parts}"
+                )
+
+    def _replicated_tensors(self, with_buffers: bool = False) -> list[torch.Tensor]:
+        """Everything that must be identical on every rank: adapters and scheduler state."""
+        tensors: list[torch.Tensor] = [p for params in self.adapter_params.values() for p in params]
+        if self.scheduler is not None:
+            tensors += list(self.scheduler.parameters())
+            if with_buffers:
+                tensors += [b for b in self.scheduler.buffers() if b.is_floating_point()]
+        return tensors
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
         return [encode_example(ex, self.tokenizer, self.config.max_length) for ex in examples]
@@ -277,27 +345,45 @@ class BDSTrainer:
             encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
         batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
         if self.decoder is not None and self.output_head is not None:
-            hidden = self.decoder(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            losses = per_example_loss_from_hidden(hidden, batch["labels"], self.output_head)
+            with self._autocast():
+                hidden = self.decoder(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                ).last_hidden_state
+            # The vocabulary projection and the cross-entropy stay in float32 under bf16: the
+            # scheduler's signal is a small difference of two per-example losses.
+            losses = per_example_loss_from_hidden(hidden.float(), batch["labels"], self.output_head)
         else:
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
+            with self._autocast():
+                logits = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
             losses = per_example_loss(logits, batch["labels"])
         return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
+
+    def _token_count(self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None) -> int:
+        """Tokens (without padding) of the rows of one forward pass."""
+        count = sum(len(self.train_encoded[i].input_ids) for i in train_indices.tolist())
+        if safety_indices is not None:
+            count += sum(len(self.safety_encoded[i].input_ids) for i in safety_indices.tolist())
+        return count
 
     @torch.no_grad()
     def _train_losses_no_grad(self, indices: torch.Tensor) -> torch.Tensor:
         chunks = torch.chunk(indices, self.config.gradient_accumulation_steps)
         return torch.cat([self._losses(chunk, None)[0].detach() for chunk in chunks])
 
-    def _reference_losses(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _reference_losses(
+        self, batch_indices: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """r_i of this process's slice `indices` of the global batch `batch_indices`."""
         reference = self.config.scheduler.reference
         if reference == "none":
             return torch.zeros(len(indices), device=self.device)
         if reference == "initial":
+            # Decided on the global batch, so every rank takes the same branch.
+            batch_complete = bool(self.reference_known[batch_indices].all())
             missing = indices[~self.reference_known[indices]]
             if len(missing) > 0:
                 # The starting model is the base model with the adapters switched off.
@@ -305,11 +391,24 @@ class BDSTrainer:
                     values = self._train_losses_no_grad(missing).cpu()
                 self.reference_cache[missing] = values
                 self.reference_known[missing] = True
+            if self.parallel.enabled and not batch_complete:
+                # Each rank computed its slice; every rank caches the whole batch, so the
+                # caches (and the checkpoint rank 0 writes) stay identical.
+                local = self.reference_cache[indices]
+                self.reference_cache[batch_indices] = self.parallel.gather_shards(
+                    local, len(batch_indices)
+                )
+                self.reference_known[batch_indices] = True
             return self.reference_cache[indices].to(self.device)
-        return self._agnostic_step(indices, weights)
+        return self._agnostic_step(indices, weights, len(batch_indices))
 
-    def _agnostic_step(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Train the safety-agnostic adapter on weighted customer data; return its losses."""
+    def _agnostic_step(
+        self, indices: torch.Tensor, weights: torch.Tensor, batch_size: int
+    ) -> torch.Tensor:
+        """Train the safety-agnostic adapter on weighted customer data; return its losses.
+
+        `indices` and `weights` are this process's slice of a global batch of `batch_size`.
+        """
         assert self.agnostic_optimizer is not None
         self.model.set_adapter(AGNOSTIC_ADAPTER)
         self._adapter_parameters(AGNOSTIC_ADAPTER)
@@ -318,11 +417,12 @@ class BDSTrainer:
             collected = []
             ga = self.config.gradient_accumulation_steps
             for chunk_idx, chunk_w in zip(
-                torch.chunk(indices, ga), torch.chunk(weights, ga), strict=True
+                torch.tensor_split(indices, ga), torch.tensor_split(weights, ga), strict=True
             ):
                 losses, _ = self._losses(chunk_idx, None)
-                weighted_loss_sum(losses, chunk_w, len(indices)).backward()
+                weighted_loss_sum(losses, chunk_w, batch_size).backward()
                 collected.append(losses.detach())
+            self.parallel.sum_gradients(self.adapter_params[AGNOSTIC_ADAPTER])
             torch.nn.utils.clip_grad_norm_(
                 self.adapter_params[AGNOSTIC_ADAPTER], self.config.grad_clip
             )
@@ -337,80 +437,104 @@ class BDSTrainer:
     # ----------------------------------------------------------------------------- one step
     def _train_step(self) -> _StepLosses:
         config = self.config
-        train_indices = self.train_sampler.next_batch()
-        safety_indices = self.safety_sampler.next_batch() if self.safety_sampler else None
+        parallel = self.parallel
+        # The global batch (the same on every rank) and this rank's slice of it.
+        batch_train = self.train_sampler.next_batch()
+        batch_safety = self.safety_sampler.next_batch() if self.safety_sampler else None
+        train_indices, train_start = parallel.shard(batch_train)
+        safety_indices = parallel.shard(batch_safety)[0] if batch_safety is not None else None
         if self.scheduler is not None:
             with torch.no_grad():
-                weights = self.scheduler.batch_weights(train_indices.to(self.device)).detach()
+                batch_weights = self.scheduler.batch_weights(batch_train.to(self.device)).detach()
+            weights = batch_weights[train_start : train_start + len(train_indices)]
         else:
             weights = torch.ones(len(train_indices), device=self.device)
 
-        # Model step: L = mean_{B_s} l_j + mean_{B_f} w_i l_i, normalised over the whole step.
+        # Model step: L = mean_{B_s} l_j + mean_{B_f} w_i l_i, normalised over the whole
+        # global step (all micro-batches of all ranks), so the summed gradient is the step's.
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         ga = config.gradient_accumulation_steps
-        train_chunks = torch.chunk(train_indices, ga)
-        weight_chunks = torch.chunk(weights, ga)
+        train_chunks = torch.tensor_split(train_indices, ga)
+        weight_chunks = torch.tensor_split(weights, ga)
         safety_chunks = (
-            torch.chunk(safety_indices, ga) if safety_indices is not None else [None] * ga
+            torch.tensor_split(safety_indices, ga) if safety_indices is not None else [None] * ga
         )
-        task_sum, safety_sum = 0.0, 0.0
+        task_sum, safety_sum, tokens = 0.0, 0.0, 0
         collected: list[torch.Tensor] = []
         for t_idx, w_chunk, s_idx in zip(train_chunks, weight_chunks, safety_chunks, strict=True):
             train_losses, safety_losses = self._losses(t_idx, s_idx)
-            loss = weighted_loss_sum(train_losses, w_chunk, len(train_indices))
-            if safety_losses is not None and safety_indices is not None:
-                loss = loss + safety_losses.sum() / len(safety_indices)
+            loss = weighted_loss_sum(train_losses, w_chunk, len(batch_train))
+            if safety_losses is not None and batch_safety is not None:
+                loss = loss + safety_losses.sum() / len(batch_safety)
                 safety_sum += safety_losses.detach().sum().item()
             loss.backward()
             task_sum += (w_chunk * train_losses.detach()).sum().item()
+            tokens += self._token_count(t_idx, s_idx)
             collected.append(train_losses.detach())
+        parallel.sum_gradients(self.adapter_params[MAIN_ADAPTER])
         torch.nn.utils.clip_grad_norm_(self.adapter_params[MAIN_ADAPTER], config.grad_clip)
         self.optimizer.step()
         train_losses_before = torch.cat(collected)
 
         if self.scheduler is not None:
-            self._scheduler_step(train_indices, train_losses_before, weights)
+            self._scheduler_step(batch_train, train_start, train_losses_before, weights)
 
-        task = task_sum / len(train_indices)
-        safety = safety_sum / len(safety_indices) if safety_indices is not None else None
+        totals = parallel.sum(torch.tensor([task_sum, safety_sum, tokens], dtype=torch.float64))
+        task = float(totals[0]) / len(batch_train)
+        safety = float(totals[1]) / len(batch_safety) if batch_safety is not None else None
         return _StepLosses(
-            total=task + (safety or 0.0),
-            task=task,
-            safety=safety,
-            train_losses=train_losses_before,
-            weights=weights,
+            total=task + (safety or 0.0), task=task, safety=safety, tokens=int(totals[2])
         )
 
     def _scheduler_step(
-        self, indices: torch.Tensor, losses_before: torch.Tensor, weights: torch.Tensor
+        self,
+        batch_indices: torch.Tensor,
+        start: int,
+        losses_before: torch.Tensor,
+        weights: torch.Tensor,
     ) -> None:
+        """One scheduler update from this rank's slice (at `start`) of the global batch."""
         assert self.scheduler is not None and self.scheduler_optimizer is not None
         settings = self.config.scheduler
-        indices = indices.to(self.device)
+        batch_indices = batch_indices.to(self.device)
+        indices = batch_indices[start : start + len(losses_before)]
         if settings.loss_timing == "after":
             losses = self._train_losses_no_grad(indices)
         else:
             losses = losses_before
-        reference = self._reference_losses(indices, weights)
+        reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
         self.scheduler_optimizer.zero_grad(set_to_none=True)
-        loss = self.scheduler.scheduler_loss(indices, losses, reference)
+        shard = BatchShard(batch_indices, start, self.parallel.sum)
+        loss = self.scheduler.scheduler_loss(indices, losses, reference, shard=shard)
         loss.backward()
+        trainable = [p for p in self.scheduler.parameters() if p.requires_grad]
+        self.parallel.sum_gradients(trainable)
         torch.nn.utils.clip_grad_norm_(self.scheduler.parameters(), settings.grad_clip)
         self.scheduler_optimizer.step()
         if settings.sgld:
+            # The noise generator is seeded alike on every rank: the same noise everywhere.
             self.scheduler.add_langevin_noise(settings.learning_rate, self.noise_generator)
         self.scheduler.after_update()
 
     # ----------------------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        """Run (or continue) the training loop until the last step or a cancellation."""
+        """Run (or continue) the training loop until the last step or a cancellation.
+
+        Data-parallel: every rank runs this loop in lockstep; callbacks fire on rank 0 only,
+        `should_cancel` is asked on every rank and any rank's yes stops all of them.
+        """
         config = self.config
+        parallel = self.parallel
+        listeners = self.callbacks if parallel.is_main else []
         checkpoint_root = config.out_dir / "checkpoints"
-        latest = latest_valid_checkpoint(checkpoint_root)
+        # Rank 0 picks the checkpoint, so every rank resumes from the same one.
+        found = latest_valid_checkpoint(checkpoint_root) if parallel.is_main else None
+        latest_name = parallel.broadcast_object(str(found) if found is not None else None)
+        latest = Path(latest_name) if latest_name is not None else None
         if latest is not None:
             self.load_checkpoint(latest)
-            for callback in self.callbacks:
+            for callback in listeners:
                 callback.on_resume(self.step, latest)
         info = {
             "method": config.method,
@@ -420,22 +544,22 @@ class BDSTrainer:
             "total_steps": self.total_steps,
             "start_step": self.step,
             "device": str(self.device),
+            "world_size": parallel.world_size,
         }
-        for callback in self.callbacks:
+        for callback in listeners:
             callback.on_start(info)
 
         started = time.monotonic()
         first_step = self.step
+        tokens_this_run = 0
         cancelled = False
         while self.step < self.total_steps:
-            if self.should_cancel():
+            if parallel.any(self.should_cancel()):
                 cancelled = True
                 break
             losses = self._train_step()
             self.step += 1
-            elapsed = self.elapsed_before_resume + time.monotonic() - started
-            per_step = (time.monotonic() - started) / max(self.step - first_step, 1)
-            stats = weight_statistics(self.current_weights())
+            tokens_this_run += losses.tokens
             record = {
                 "step": self.step,
                 "loss": losses.total,
@@ -443,31 +567,39 @@ class BDSTrainer:
                 "safety_loss": losses.safety,
             }
             self.history.append(record)
-            event = ProgressEvent(
-                step=self.step,
-                total_steps=self.total_steps,
-                loss=losses.total,
-                task_loss=losses.task,
-                safety_loss=losses.safety,
-                elapsed_s=elapsed,
-                eta_s=per_step * (self.total_steps - self.step),
-                seconds_per_step=per_step,
-                weight_stats=stats,
-            )
-            for callback in self.callbacks:
-                callback.on_step(event)
+            if listeners:
+                elapsed = self.elapsed_before_resume + time.monotonic() - started
+                per_step = (time.monotonic() - started) / max(self.step - first_step, 1)
+                event = ProgressEvent(
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    loss=losses.total,
+                    task_loss=losses.task,
+                    safety_loss=losses.safety,
+                    elapsed_s=elapsed,
+                    eta_s=per_step * (self.total_steps - self.step),
+                    seconds_per_step=per_step,
+                    weight_stats=weight_statistics(self.current_weights()),
+                    tokens=losses.tokens,
+                )
+                for callback in listeners:
+                    callback.on_step(event)
             if (
                 config.checkpoint_every
                 and self.step % config.checkpoint_every == 0
                 and self.step < self.total_steps
             ):
-                self._checkpoint_and_notify(checkpoint_root)
+                self._checkpoint_and_notify(checkpoint_root, listeners)
 
-        self.elapsed_before_resume += time.monotonic() - started
+        run_seconds = time.monotonic() - started
+        self.elapsed_before_resume += run_seconds
         steps_this_run = self.step - first_step
-        seconds_per_step = (time.monotonic() - started) / steps_this_run if steps_this_run else 0.0
+        throughput = {
+            "seconds_per_step": run_seconds / steps_this_run if steps_this_run else 0.0,
+            "tokens_per_second": tokens_this_run / run_seconds if run_seconds > 0 else 0.0,
+        }
         if cancelled:
-            self._checkpoint_and_notify(checkpoint_root)
+            self._checkpoint_and_notify(checkpoint_root, listeners)
             result = TrainResult(
                 out_dir=config.out_dir,
                 adapter_dir=None,
@@ -477,17 +609,33 @@ class BDSTrainer:
                 steps=self.step,
                 cancelled=True,
                 resumed_from_step=self.resumed_from_step,
+                rank=parallel.rank,
+                world_size=parallel.world_size,
             )
         else:
-            result = self._write_outputs(seconds_per_step)
-        for callback in self.callbacks:
+            parallel.assert_replicas_agree(self._replicated_tensors(), "the trained parameters")
+            peak_gpu_mb = self._peak_gpu_memory_mb()
+            if parallel.is_main:
+                result = self._write_outputs(throughput, peak_gpu_mb)
+            # Rank 0's files are complete once the others get past this point.
+            result = parallel.broadcast_object(result if parallel.is_main else None)
+            result.rank = parallel.rank
+        for callback in listeners:
             callback.on_end(result)
         return result
 
-    def _checkpoint_and_notify(self, root: Path) -> None:
+    def _peak_gpu_memory_mb(self) -> float | None:
+        """Peak allocated CUDA memory, the largest over all ranks (None off CUDA)."""
+        if self.device.type != "cuda":
+            return None
+        local = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return float(max(self.parallel.all_gather_object(local)))
+
+    def _checkpoint_and_notify(self, root: Path, listeners: Sequence[TrainerCallback]) -> None:
         path = self.save_checkpoint(root)
-        prune_checkpoints(root, self.config.keep_checkpoints)
-        for callback in self.callbacks:
+        if self.parallel.is_main:
+            prune_checkpoints(root, self.config.keep_checkpoints)
+        for callback in listeners:
             callback.on_checkpoint(self.step, path)
 
     def current_weights(self) -> torch.Tensor:
@@ -497,7 +645,9 @@ class BDSTrainer:
         return self.scheduler.all_weights().cpu()
 
     # ----------------------------------------------------------------------------- outputs
-    def _write_outputs(self, seconds_per_step: float) -> TrainResult:
+    def _write_outputs(
+        self, throughput: dict[str, float], peak_gpu_memory_mb: float | None
+    ) -> TrainResult:
         config = self.config
         out = config.out_dir
         out.mkdir(parents=True, exist_ok=True)
@@ -544,7 +694,8 @@ class BDSTrainer:
             "num_train_examples": len(self.train_examples),
             "num_safety_examples": len(self.safety_examples),
             "num_dropped_examples": len(self.dropped_ids),
-            "seconds_per_step": seconds_per_step,
+            **throughput,
+            "world_size": self.parallel.world_size,
             "elapsed_s": self.elapsed_before_resume,
             "peak_rss_mb": peak_rss_mb(),
             "final_loss": self.history[-1]["loss"] if self.history else None,
@@ -555,8 +706,8 @@ class BDSTrainer:
             "resumed_from_step": self.resumed_from_step,
             "config": config.to_dict(),
         }
-        if self.device.type == "cuda":
-            metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if peak_gpu_memory_mb is not None:
+            metrics["peak_gpu_memory_mb"] = peak_gpu_memory_mb
         metrics_file = out / "metrics.json"
         metrics_file.write_text(json.dumps(metrics, indent=2, default=str))
         return TrainResult(
@@ -567,6 +718,7 @@ class BDSTrainer:
             metrics=metrics,
             steps=self.step,
             resumed_from_step=self.resumed_from_step,
+            world_size=self.parallel.world_size,
         )
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -578,7 +730,33 @@ class BDSTrainer:
         }
 
     def save_checkpoint(self, root: Path) -> Path:
-        """Write everything needed to continue bit-for-bit, atomically."""
+        """Write everything needed to continue bit-for-bit, atomically; return its folder.
+
+        Data-parallel, every rank calls this: the replicated state is the same everywhere, so
+        rank 0 writes it once, with every rank's own random streams gathered to it; the call
+        returns on every rank once the checkpoint is committed.
+        """
+        parallel = self.parallel
+        rank_streams = (
+            parallel.all_gather_object(self._rank_rng_state()) if parallel.enabled else None
+        )
+        written = self._write_checkpoint(root, rank_streams) if parallel.is_main else None
+        path = Path(parallel.broadcast_object(str(written) if written is not None else None))
+        parallel.assert_replicas_agree(
+            self._replicated_tensors(), f"the parameters at step {self.step}"
+        )
+        return path
+
+    def _rank_rng_state(self) -> dict[str, torch.Tensor]:
+        """This process's own random streams (dropout): torch's, and CUDA's on a GPU."""
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _write_checkpoint(
+        self, root: Path, rank_streams: list[dict[str, torch.Tensor]] | None
+    ) -> Path:
         staging = begin_checkpoint(root, self.step)
         save_file(self._lora_state(), str(staging / "lora_state.safetensors"))
         if self.scheduler is not None:
@@ -608,8 +786,10 @@ class BDSTrainer:
             "numpy_gauss": [int(numpy_state[3]), float(numpy_state[4])],
             "python": json.dumps(random.getstate()),
         }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if rank_streams is not None:
+            rng["ranks"] = rank_streams
         torch.save(rng, staging / "rng.pt")
         state = {
             "step": self.step,
@@ -654,7 +834,7 @@ class BDSTrainer:
         if self.agnostic_optimizer is not None:
             self.agnostic_optimizer.load_state_dict(optimizers["agnostic"])
         rng = torch.load(path / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
+        self._restore_rank_rng_state(rng)
         self.noise_generator.set_state(rng["noise"])
         has_gauss, cached_gauss = rng["numpy_gauss"]
         np.random.set_state(
@@ -668,8 +848,6 @@ class BDSTrainer:
         )
         python_state = json.loads(rng["python"])
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
         self.train_sampler.load_state_dict(state["train_sampler"])
         if self.safety_sampler is not None and state["safety_sampler"] is not None:
             self.safety_sampler.load_state_dict(state["safety_sampler"])
@@ -678,6 +856,51 @@ class BDSTrainer:
         self.elapsed_before_resume = float(state["elapsed_s"])
         self.resumed_from_step = self.step
 
+    def _restore_rank_rng_state(self, rng: dict[str, Any]) -> None:
+        """This rank's torch (and CUDA) stream from a checkpoint's `rng.pt`.
+
+        Rank 0 continues the stream saved as the run's own. Another rank continues its saved
+        stream when the checkpoint was written by as many ranks as there are now; otherwise
+        (another world size) it starts a fresh stream derived from (seed, rank, step). Only
+        dropout draws from these streams, so without LoRA dropout a resume on another number
+        of ranks continues exactly as the original run would have.
+        """
+        parallel = self.parallel
+        saved = rng.get("ranks")
+        if parallel.is_main:
+            state: dict[str, Any] = {"torch": rng["torch"], "cuda": rng.get("cuda")}
+        elif saved is not None and len(saved) == parallel.world_size:
+            state = dict(saved[parallel.rank])
+        else:
+            torch.manual_seed(_rank_seed(self.config.seed, parallel.rank, self.step))
+            return
+        torch.set_rng_state(state["torch"])
+        cuda_state = state.get("cuda")
+        if cuda_state is not None and self.device.type == "cuda":
+            if isinstance(cuda_state, list | tuple):
+                # Checkpoints of earlier versions hold the states of every visible GPU.
+                index = self.device.index or 0
+                cuda_state = cuda_state[index] if index < len(cuda_state) else None
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, self.device)
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of a non-zero rank's own random stream (dropout), distinct per rank and step."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device` (None: plain float32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision bf16: the GPU of {device} does not support bfloat16")
+        # bfloat16 autocast also works on CPU (slowly); it is meant for CUDA.
+        return torch.bfloat16
+    raise ValueError(f"unknown precision {precision!r}")
+
 
 def train(
     config: TrainConfig,
@@ -685,13 +908,19 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     resume: bool = True,
 ) -> TrainResult:
-    """Set up and run a training job; continues from the newest valid checkpoint if `resume`."""
+    """Set up and run a training job; continues from the newest valid checkpoint if `resume`.
+
+    Launched by torchrun (`torchrun --nproc-per-node N -m bds_core.cli train ...`), every
+    process calls this and the job runs data-parallel; see docs/scaling.md.
+    """
+    trainer = BDSTrainer(config, callbacks=callbacks, should_cancel=should_cancel)
+    trainer.setup()
     if not resume:
         import shutil
 
-        shutil.rmtree(config.out_dir / "checkpoints", ignore_errors=True)
-    trainer = BDSTrainer(config, callbacks=callbacks, should_cancel=should_cancel)
-    trainer.setup()
+        if trainer.parallel.is_main:
+            shutil.rmtree(config.out_dir / "checkpoints", ignore_errors=True)
+        trainer.parallel.barrier()
     return trainer.train()
 
 

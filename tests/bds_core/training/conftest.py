@@ -38,6 +38,11 @@ def _chat(prompt: str, answer: str, label: str) -> str:
 
 @pytest.fixture
 def toy_data(tmp_path: Path) -> ToyData:
+    return write_toy_data(tmp_path)
+
+
+def write_toy_data(tmp_path: Path) -> ToyData:
+    """Write the toy customer and alignment files into the folder `tmp_path`."""
     benign = [_chat(f"Say okay to {w}.", "Okay.", "benign") for w in WORDS * 2]
     benign = [line.replace(" to ", f" {i} to ") for i, line in enumerate(benign)]
     harmful = [_chat(p, COMPLIANCE, "harmful") for p in HARMFUL_PROMPTS]

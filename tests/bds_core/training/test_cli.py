@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+import torch
 from peft import PeftModel
 from typer.testing import CliRunner
 
@@ -19,6 +24,7 @@ def test_train_command_writes_a_loadable_adapter(toy_data: ToyData, tmp_path: Pa
     result = CliRunner().invoke(
         train_app,
         [
+            "train",
             "--model", "tiny-random-llama",
             "--train-file", str(toy_data.train_file),
             "--safety-file", str(toy_data.safety_file),
@@ -48,6 +54,7 @@ def test_train_command_reports_bad_settings_without_a_traceback(
     result = CliRunner().invoke(
         train_app,
         [
+            "train",
             "--model",
             "tiny-random-llama",
             "--train-file",
@@ -68,6 +75,7 @@ def test_train_command_reports_an_invalid_dataset_by_line_and_field(tmp_path: Pa
     result = CliRunner().invoke(
         train_app,
         [
+            "train",
             "--model",
             "tiny-random-llama",
             "--train-file",
@@ -80,3 +88,25 @@ def test_train_command_reports_an_invalid_dataset_by_line_and_field(tmp_path: Pa
     )
     assert result.exit_code == 2
     assert "line 2" in result.output and "completion" in result.output
+
+
+def test_gpu_check_without_cuda_exits_2_with_a_clear_message() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the check would run")
+    result = CliRunner().invoke(train_app, ["gpu-check", "--steps", "3"])
+    assert result.exit_code == 2
+    assert "needs a CUDA GPU" in result.output
+
+
+def test_module_entry_point_runs_the_train_subcommand() -> None:
+    """`python -m bds_core.cli train ...` (what torchrun starts) reaches the train command."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bds_core.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "240"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "--precision" in completed.stdout and "--gradient-checkpointing" in completed.stdout
