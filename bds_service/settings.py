@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # Queues: names are settings so that several deployments (or test runs) can share a broker.
     cpu_queue: str = Field(default="cpu", description="queue for validation and scoring tasks")
     gpu_queue: str = Field(default="gpu", description="queue for training tasks")
+    multi_gpu_queue: str | None = Field(
+        default=None,
+        description="queue for training jobs with n_gpus > 1, taken by workers with several "
+        "GPUs; None sends them to gpu_queue (every GPU worker must then have enough GPUs)",
+    )
     broker_visibility_timeout_s: int = Field(
         default=6 * 3600,
         gt=0,
@@ -80,6 +85,14 @@ class Settings(BaseSettings):
     default_batch_size: int = Field(default=8, gt=0, description="batch size for auto")
     max_length: int = Field(default=512, gt=0, description="token cap per training example")
     checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints")
+    train_precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="fp32, or bf16 (bfloat16 autocast; for GPU workers whose GPUs support it)",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute activations in the backward pass: less GPU memory, more compute",
+    )
     safety_alignment_file: Path | None = Field(
         default=None,
         description="provider's alignment data (JSONL of harmful prompts with refusals) used by "

@@ -24,7 +24,9 @@ PREPARE_JOB = "bds.prepare_job"
 RUN_FINETUNE_JOB = "bds.run_finetune_job"
 REAP_JOBS = "bds.reap_jobs"
 
-QueueKind = Literal["cpu", "gpu"]
+# gpu_multi: training of a job that asks for several GPUs (its own queue where the
+# deployment names one, so only workers with enough GPUs take it; else the gpu queue).
+QueueKind = Literal["cpu", "gpu", "gpu_multi"]
 
 TASK_QUEUE_KIND: dict[str, QueueKind] = {
     VALIDATE_FILE: "cpu",
@@ -43,11 +45,12 @@ class TaskMessage:
 
     name: str
     args: tuple[str, ...]
+    queue: QueueKind | None = None  # overrides the task's usual queue kind
 
     @property
     def queue_kind(self) -> QueueKind:
-        """Which queue (cpu or gpu) the task belongs on."""
-        return TASK_QUEUE_KIND[self.name]
+        """Which queue (cpu, gpu or gpu_multi) the task belongs on."""
+        return self.queue or TASK_QUEUE_KIND[self.name]
 
 
 class TaskSender(Protocol):
@@ -73,7 +76,11 @@ def take_pending(session: Session) -> list[TaskMessage]:
 
 def queue_name(kind: QueueKind, settings: Settings) -> str:
     """The broker queue of a queue kind in this deployment."""
-    return settings.cpu_queue if kind == "cpu" else settings.gpu_queue
+    if kind == "cpu":
+        return settings.cpu_queue
+    if kind == "gpu_multi":
+        return settings.multi_gpu_queue or settings.gpu_queue
+    return settings.gpu_queue
 
 
 def broker_settings(settings: Settings) -> dict[str, Any]:

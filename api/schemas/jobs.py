@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.schemas.common import RequestModel
-from bds_service.jobs.service import MAX_SEED, JobSpec
+from bds_service.jobs.service import MAX_GPUS_PER_JOB, MAX_SEED, JobSpec
 from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent, unix_seconds
 
 Auto = Literal["auto"]
@@ -45,6 +45,11 @@ class BdsMethodIn(RequestModel):
     safety_batch_size: Annotated[int, Field(ge=1, le=256)] | None = None
     max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="stop after this many steps (overrides n_epochs)"
+    )
+    n_gpus: Annotated[int, Field(ge=1, le=MAX_GPUS_PER_JOB, strict=True)] | None = Field(
+        default=None,
+        description=f"GPUs for this one job, 1-{MAX_GPUS_PER_JOB} (data-parallel under torchrun "
+        "on one worker; each step's batch is split between them). Default 1",
     )
 
 

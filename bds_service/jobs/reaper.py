@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.jobs.repository import expired_leases, transition
-from bds_service.jobs.service import add_event
+from bds_service.jobs.service import add_event, training_message
 from bds_service.jobs.states import JobStatus
 from bds_service.models import utcnow
-from bds_service.tasks import RUN_FINETUNE_JOB, TaskMessage, enqueue_after_commit
+from bds_service.tasks import enqueue_after_commit
 
 REAPER = Actor("system", "lease_reaper")
 
@@ -95,6 +95,6 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
                 target_id=job.id,
                 details={"expired_owner": expired_owner},
             )
-            enqueue_after_commit(session, TaskMessage(RUN_FINETUNE_JOB, (job.id,)))
+            enqueue_after_commit(session, training_message(job))
             outcome["requeued"].append(job.id)
     return outcome

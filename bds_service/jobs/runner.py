@@ -7,7 +7,10 @@ a result. No transaction stays open while the model trains; each event, checkpoi
 change is its own short transaction.
 
 bds_core calls made here (the contract in the design notes):
-``bds_core.training.train(TrainConfig(...), callbacks=[...], should_cancel=...)``,
+``bds_core.training.train(TrainConfig(...), callbacks=[...], should_cancel=...)``, or for a
+job that asks for several GPUs (``method.bds.n_gpus``)
+``bds_core.training.launch.train_with_torchrun(config, n_gpus, ...)``, which runs torchrun
+children on this worker's GPUs while this process keeps the lease and reads the cancellation,
 ``bds_core.schedulers.SchedulerSettings``, and for the evaluation ``bds_core.models.load_model``,
 ``bds_core.eval.harmful_score`` / ``exact_match_accuracy`` (see :mod:`.evaluation`).
 """
@@ -29,6 +32,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
+from bds_core.training.launch import train_with_torchrun, visible_gpu_count
 from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.dataset_reviews.training import training_file_under_policy
@@ -123,6 +127,8 @@ def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
         seed=plan.seed,
         scheduler=SchedulerSettings(**scheduler_options),
         checkpoint_every=settings.checkpoint_every,
+        precision=settings.train_precision,
+        gradient_checkpointing=settings.gradient_checkpointing,
     )
 
 
@@ -216,9 +222,11 @@ class JobProgress(TrainerCallback):
     # TrainerCallback hooks ---------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
         """Announce the run's size."""
+        world_size = int(info.get("world_size", 1))
+        where = f"device {info['device']}" if world_size == 1 else f"{world_size} GPUs"
         self._event(
             f"Training {info['total_steps']} steps on {info['num_train_examples']} examples "
-            f"(method {info['method']}, device {info['device']})",
+            f"(method {info['method']}, {where})",
             data={
                 key: info[key]
                 for key in (
@@ -226,7 +234,9 @@ class JobProgress(TrainerCallback):
                     "num_train_examples",
                     "num_safety_examples",
                     "start_step",
+                    "world_size",
                 )
+                if key in info
             },
         )
 
@@ -570,12 +580,29 @@ def run_job(context: RunContext, job_id: str) -> str:
                     "safety_data_unavailable",
                     "method bds needs alignment data and none is stored",
                 )
+            n_gpus = int(plan.bds.get("n_gpus", 1))
+            if n_gpus > 1 and (available := visible_gpu_count()) < n_gpus:
+                return _fail(
+                    context,
+                    plan,
+                    "insufficient_gpus",
+                    f"the job asks for {n_gpus} GPUs (method.bds.n_gpus) but worker "
+                    f"{context.worker_id} has {available}; multi-GPU jobs need a worker with "
+                    f"at least {n_gpus} GPUs on the gpu queue (docs/scaling.md)",
+                )
             # The provider's drop_flagged policy trains on a copy without flagged examples.
             train_file = training_file_under_policy(
                 context.uow, plan.job_id, plan.train_file, plan.run_dir.parent
             )
             config = build_train_config(replace(plan, train_file=train_file), context.settings)
-            result = train(config, callbacks=[progress], should_cancel=progress.should_cancel)
+            if n_gpus > 1:
+                # torchrun children inside this lease: the heartbeat thread keeps renewing it,
+                # progress and cancellation pass through the run folder.
+                result = train_with_torchrun(
+                    config, n_gpus, callbacks=[progress], should_cancel=progress.should_cancel
+                )
+            else:
+                result = train(config, callbacks=[progress], should_cancel=progress.should_cancel)
         except ClaimLostError as lost:
             logger.warning("%s", lost)
             return "claim_lost"

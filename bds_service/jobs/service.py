@@ -59,6 +59,7 @@ MethodType = Literal["bds", "supervised"]
 CREATE_ENDPOINT = "POST /v1/fine_tuning/jobs"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_SEED = 2**31 - 1
+MAX_GPUS_PER_JOB = 8
 TENANT_LOCK_WAIT_S = 3.0
 
 
@@ -184,6 +185,35 @@ def _replay(
     return CreatedJob(job=job, created=False)
 
 
+def training_message(job: FineTuningJob) -> TaskMessage:
+    """The task message that trains `job`: on the multi-GPU queue when it asks for several."""
+    n_gpus = int(job.method.get("bds", {}).get("n_gpus", 1))
+    return TaskMessage(RUN_FINETUNE_JOB, (job.id,), queue="gpu_multi" if n_gpus > 1 else None)
+
+
+def _check_gpu_split(spec: JobSpec, settings: Settings) -> None:
+    """A job on n GPUs splits every step's batch n ways: each GPU needs an example of each kind."""
+    n_gpus = int(spec.bds.get("n_gpus", 1))
+    if n_gpus == 1:
+        return
+    if spec.method_type != "bds":
+        raise InvalidRequestError(
+            "n_gpus is a setting of method bds", code="invalid_value", param="method.bds.n_gpus"
+        )
+    batch_size = _resolve_hyperparameters(spec.hyperparameters, settings)["batch_size"]
+    for name, size in (
+        ("batch_size", batch_size),
+        ("safety_batch_size", spec.bds.get("safety_batch_size") or batch_size),
+    ):
+        if size < n_gpus:
+            raise InvalidRequestError(
+                f"n_gpus {n_gpus} splits every step's batch between {n_gpus} GPUs, but "
+                f"{name} is {size}; use a {name} of at least {n_gpus} or fewer GPUs",
+                code="invalid_value",
+                param="method.bds.n_gpus",
+            )
+
+
 def create_job(
     session: Session,
     spec: JobSpec,
@@ -250,6 +280,8 @@ def create_job(
             code="safety_data_unavailable",
             param="method.bds.safety_file",
         )
+
+    _check_gpu_split(spec, settings)
 
     # The tenant's row lock serialises its creates, so two requests cannot both slip under
     # the cap on unfinished jobs. The wait is bounded: a queue of waiters would hold database
@@ -330,7 +362,7 @@ def create_job(
     add_event(session, job, f"Created fine-tuning job: {job.id}")
     if all_processed:
         add_event(session, job, "Files validated, job queued")
-        enqueue_after_commit(session, TaskMessage(RUN_FINETUNE_JOB, (job.id,)))
+        enqueue_after_commit(session, training_message(job))
     else:
         add_event(session, job, f"Validating training file: {spec.training_file}")
         # Also covers a file that finished validating while this transaction was open.
@@ -529,6 +561,6 @@ def prepare_job(session: Session, job_id: str) -> str:
             target_type="fine_tuning_job",
             target_id=job.id,
         )
-        enqueue_after_commit(session, TaskMessage(RUN_FINETUNE_JOB, (job.id,)))
+        enqueue_after_commit(session, training_message(job))
         return JobStatus.QUEUED.value
     return "changed"

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from bds_service.jobs import repository as job_repository
 from bds_service.models import AuditLog, FineTuningJob, utcnow
 from bds_service.settings import Settings
-from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB
+from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB, queue_name
 
 TenantKey = Any  # fixture types from tests/api/conftest.py
 RecordingPublisher = Any
@@ -51,6 +51,13 @@ def _bds_body(training: str, safety: str, **extra: Any) -> dict[str, Any]:
         "method": {"type": "bds", "bds": {"safety_file": safety, "max_steps": 2}},
         **extra,
     }
+
+
+def _gpus_body(training: str, safety: str, n_gpus: Any) -> dict[str, Any]:
+    """A BDS job body asking for `n_gpus` GPUs."""
+    body = _bds_body(training, safety)
+    body["method"]["bds"]["n_gpus"] = n_gpus
+    return body
 
 
 def test_create_queues_the_job_and_enqueues_training_after_commit(
@@ -91,6 +98,40 @@ def test_create_queues_the_job_and_enqueues_training_after_commit(
     (audit_row,) = read(select(AuditLog).where(AuditLog.action == "fine_tuning_job.create"))
     assert audit_row.target_id == job["id"] and audit_row.actor_type == "api_key"
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=tenant.headers).json() == job
+
+
+def test_n_gpus_is_carried_into_the_job_and_routes_its_training(
+    client: TestClient,
+    tenant: TenantKey,
+    files_of: Callable[..., Any],
+    publisher: RecordingPublisher,
+    service_settings: Settings,
+) -> None:
+    training, safety = files_of(tenant)
+    publisher.take()
+    response = client.post(
+        "/v1/fine_tuning/jobs", headers=tenant.headers, json=_gpus_body(training, safety, 2)
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["method"]["bds"]["n_gpus"] == 2
+    (message,) = publisher.take()
+    assert (message.name, message.args, message.queue_kind) == (
+        RUN_FINETUNE_JOB,
+        (job["id"],),
+        "gpu_multi",
+    )
+    # Without a multi-GPU queue of its own, the deployment's gpu queue takes it.
+    assert queue_name(message.queue_kind, service_settings) == service_settings.gpu_queue
+    routed = service_settings.model_copy(update={"multi_gpu_queue": "gpu-x2"})
+    assert queue_name(message.queue_kind, routed) == "gpu-x2"
+
+    single = client.post(
+        "/v1/fine_tuning/jobs", headers=tenant.headers, json=_bds_body(training, safety)
+    ).json()
+    assert "n_gpus" not in single["method"]["bds"]  # absent means one GPU
+    (message,) = publisher.take()
+    assert queue_name(message.queue_kind, routed) == service_settings.gpu_queue
 
 
 def test_job_waits_in_validating_files_until_its_file_is_processed(
@@ -218,6 +259,30 @@ BAD_JOB_REQUESTS: list[tuple[str, Callable[[str, str, str], dict[str, Any]], str
         lambda t, s, f: {**_bds_body(t, s), "metadata": {str(i): "x" for i in range(17)}},
         "invalid_value",
         "metadata",
+    ),
+    (
+        "n_gpus zero",
+        lambda t, s, f: _gpus_body(t, s, 0),
+        "invalid_value",
+        "method.bds.n_gpus",
+    ),
+    (
+        "n_gpus above 8",
+        lambda t, s, f: _gpus_body(t, s, 9),
+        "invalid_value",
+        "method.bds.n_gpus",
+    ),
+    (
+        "n_gpus as text",
+        lambda t, s, f: _gpus_body(t, s, "2"),
+        "invalid_value",
+        "method.bds.n_gpus",
+    ),
+    (
+        "n_gpus more than the batch splits into",
+        lambda t, s, f: _gpus_body(t, s, 4),  # the deployment's batch size is 2
+        "invalid_value",
+        "method.bds.n_gpus",
     ),
     (
         "missing training file",

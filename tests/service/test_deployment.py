@@ -28,7 +28,15 @@ def _setting_names() -> set[str]:
 
 def test_compose_has_the_production_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "api",
+        "worker-cpu",
+        "worker-gpu",
+        "worker-gpu-multi",
+    }
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("api", "worker-cpu", "worker-gpu"):
@@ -38,6 +46,25 @@ def test_compose_has_the_production_services(compose: dict[str, Any]) -> None:
     (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert "cu" in services["worker-gpu"]["build"]["args"]["TORCH_INDEX_URL"]
+
+
+def test_compose_shows_a_multi_gpu_worker_that_starts_only_on_request(
+    compose: dict[str, Any],
+) -> None:
+    """`docker compose up` stays as it was; `--profile multi-gpu` adds a worker that reserves
+    several GPUs and takes the multi-GPU queue (and the gpu queue)."""
+    multi = compose["services"]["worker-gpu-multi"]
+    assert multi["profiles"] == ["multi-gpu"]
+    assert all(
+        "profiles" not in service or service is multi for service in compose["services"].values()
+    )
+    (device,) = multi["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] > 1
+    assert multi["command"][3:5] == ["worker", "--queues"]
+    assert multi["command"][5].split(",") == ["${BDS_MULTI_GPU_QUEUE:-gpu-multi}", "gpu"]
+    assert multi["command"][6:8] == ["--concurrency", "1"]
+    assert multi["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert compose["x-bds-environment"]["BDS_MULTI_GPU_QUEUE"] == "${BDS_MULTI_GPU_QUEUE:-}"
 
 
 def test_compose_commands_are_commands_of_the_service_cli(compose: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from bds_service.jobs import service as jobs_service
 from bds_service.jobs.runner import RunContext, run_job
 from bds_service.models import AuditLog, FineTuningJob, JobCheckpoint, JobEvent
 from bds_service.settings import Settings
-from bds_service.storage import LocalStorage, file_key
+from bds_service.storage import LocalStorage, file_key, job_key
 from bds_service.tasks import TaskMessage
 from bds_service.tenants.service import create_tenant
 
@@ -256,3 +256,52 @@ def test_a_worker_that_loses_its_lease_stops_without_writing_a_result(
         "another-worker",
         None,
     )
+
+
+def test_a_job_asking_for_more_gpus_than_the_worker_has_fails_clearly(
+    context: RunContext,
+    create_job: Callable[..., str],
+    session_factory_pg: SessionFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bds_service.jobs.runner.visible_gpu_count", lambda: 1)
+    job_id = create_job(max_steps=2, reference="none", n_gpus=2)
+    assert run_job(context, job_id) == "failed"
+    job = _job(session_factory_pg, job_id)
+    error = job.error or {}
+    assert error["code"] == "insufficient_gpus"
+    assert "asks for 2 GPUs" in error["message"] and "has 1" in error["message"]
+    assert not context.storage.path(f"{job_key(job.tenant_id, job_id)}/run").exists()
+
+
+def test_a_multi_gpu_job_trains_under_torchrun_inside_its_lease(
+    context: RunContext,
+    create_job: Callable[..., str],
+    session_factory_pg: SessionFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """n_gpus 2 on a CPU machine: the same launch as on GPUs, with gloo instead of NCCL."""
+    monkeypatch.setattr("bds_service.jobs.runner.visible_gpu_count", lambda: 2)
+    monkeypatch.setenv("BDS_DEVICE", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    job_id = create_job(max_steps=4, reference="none", n_gpus=2)
+    assert run_job(context, job_id) == "succeeded"
+
+    job = _job(session_factory_pg, job_id)
+    report = job.safety_report or {}
+    assert report["steps"] == 4 and report["weights"]["n_examples"] == 6
+    assert sum(row["weight"] for row in report["weights"]["examples"]) == pytest.approx(6, 1e-3)
+    assert (context.storage.path(job.adapter_key or "") / "adapter_model.safetensors").is_file()
+    events = _events(session_factory_pg, job_id)
+    started = next(e for e in events if e.message.startswith("Training 4 steps"))
+    assert "2 GPUs" in started.message and (started.data or {})["world_size"] == 2
+    metrics = [
+        event.data["step"] for event in events if event.event_type == "metrics" and event.data
+    ]
+    assert metrics == [1, 2, 3, 4]
+    with session_factory_pg() as session:
+        steps = session.scalars(
+            select(JobCheckpoint.step_number).where(JobCheckpoint.job_id == job_id)
+        ).all()
+    assert list(steps) == [2]
+    assert (job.lease_owner, job.status) == (None, "succeeded")
