@@ -148,6 +148,24 @@ class TrainConfig:
     def uses_safety_data(self) -> bool:
         return self.method in ("bds", "mix")
 
+    def check_split(self, world_size: int) -> None:
+        """Refuse batches too small to split over `world_size` processes x micro-batches.
+
+        Each process trains on its slice of every step's batch, in gradient-accumulation
+        micro-batches, and each needs at least one example of each kind.
+        """
+        parts = world_size * self.gradient_accumulation_steps
+        sizes = [("batch_size", self.batch_size)]
+        if self.uses_safety_data:
+            sizes.append(("safety_batch_size", self.effective_safety_batch_size))
+        for name, size in sizes:
+            if size < parts:
+                raise ValueError(
+                    f"{name} {size} cannot be split over {world_size} processes x "
+                    f"{self.gradient_accumulation_steps} micro-batches; each needs at least one "
+                    f"example, so {name} must be at least {parts}"
+                )
+
     def total_steps(self, num_train: int, num_safety: int) -> int:
         """Steps of the run: max_steps, or epochs over the longer of the two datasets."""
         if self.max_steps is not None:

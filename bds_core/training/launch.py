@@ -11,7 +11,9 @@ The two sides talk through files in ``OUT/launch/``: ``config.json`` (the TrainC
 ``events.jsonl`` (rank 0 appends one JSON object per callback: start, resume, step,
 checkpoint, end; any rank appends an error), ``cancel`` (created by the parent; every rank
 looks for it before each step and the ranks agree to stop together) and ``torchrun.log``
-(the children's output, quoted when they fail).
+(the children's output, quoted when they fail). The children also stop, at a checkpoint, when
+the parent process is gone (killed with SIGKILL, say), so that they never train on after the
+job's lease has lapsed and another worker has taken it over.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def train_with_torchrun(
     """
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
+    config.check_split(nproc)  # before any process starts
     control = config.out_dir / LAUNCH_DIR
     control.mkdir(parents=True, exist_ok=True)
     for name in (EVENTS_FILE, CANCEL_FILE):
@@ -105,6 +108,8 @@ def train_with_torchrun(
         str(events_path),
         "--cancel-file",
         str(cancel_path),
+        "--parent-pid",
+        str(os.getpid()),
     ]
     if not resume:
         arguments.append("--fresh")
@@ -258,6 +263,21 @@ def _result_from_dict(data: dict[str, Any]) -> TrainResult:
 
 
 # --------------------------------------------------------------------------------- children
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (and is not a zombie awaiting its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
 def _append_event(path: Path, event: dict[str, Any]) -> None:
     """Append one JSON line; a single write of a short line, flushed at once."""
     line = (json.dumps(event, default=str) + "\n").encode()
@@ -298,14 +318,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=Path, required=True, help="events file to append to")
     parser.add_argument("--cancel-file", type=Path, required=True, help="stop when it exists")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument(
+        "--parent-pid", type=int, default=None, help="stop (at a checkpoint) once it is gone"
+    )
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+
+    def should_cancel() -> bool:
+        if args.parent_pid is not None and not process_alive(args.parent_pid):
+            return True
+        return bool(args.cancel_file.exists())
+
     try:
         config = TrainConfig.from_dict(json.loads(args.config.read_text()))
         train(
             config,
             callbacks=[EventFileWriter(args.events)],
-            should_cancel=args.cancel_file.exists,
+            should_cancel=should_cancel,
             resume=not args.fresh,
         )
     except Exception as error:
@@ -331,6 +360,7 @@ if __name__ == "__main__":
 __all__ = [
     "DistributedLaunchError",
     "EventFileWriter",
+    "process_alive",
     "torchrun_command",
     "train_with_torchrun",
     "visible_gpu_count",

@@ -190,7 +190,7 @@ class BDSTrainer:
             if config.uses_safety_data and config.safety_file is not None
             else []
         )
-        self._check_batch_split()
+        config.check_split(self.parallel.world_size)
         # A catalog model is converted into a cache on first use: rank 0 fills it, then the
         # others read it.
         with self.parallel.main_first(active=config.model in CATALOG):
@@ -273,23 +273,6 @@ class BDSTrainer:
             # stream (rank 0 keeps the single-process one).
             if not self.parallel.is_main:
                 torch.manual_seed(_rank_seed(config.seed, self.parallel.rank, 0))
-
-    def _check_batch_split(self) -> None:
-        """Every process needs at least one example of each kind per micro-batch."""
-        config = self.config
-        parts = self.parallel.world_size * config.gradient_accumulation_steps
-        if self.parallel.world_size == 1:
-            return
-        sizes = [("batch_size", config.batch_size)]
-        if config.uses_safety_data:
-            sizes.append(("safety_batch_size", config.effective_safety_batch_size))
-        for name, size in sizes:
-            if size < parts:
-                raise ValueError(
-                    f"{name} {size} cannot be split over {self.parallel.world_size} processes "
-                    f"x {config.gradient_accumulation_steps} micro-batches; each needs at least "
-                    f"one example, so {name} must be at least {parts}"
-                )
 
     def _replicated_tensors(self, with_buffers: bool = False) -> list[torch.Tensor]:
         """Everything that must be identical on every rank: adapters and scheduler state."""

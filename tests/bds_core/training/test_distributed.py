@@ -30,6 +30,7 @@ from bds_core.training.distributed import DataParallel, bit_checksum
 from .conftest import ToyData, write_toy_data
 from .distributed_driver import run_and_capture
 
+pytestmark = pytest.mark.slow
 RTOL = 1e-5
 STEPS, HALF = 6, 3
 DRIVER = Path(__file__).with_name("distributed_driver.py")
@@ -311,15 +312,15 @@ def test_checksum_sees_a_single_changed_bit_and_a_swap() -> None:
 
 def test_a_batch_too_small_for_the_processes_is_refused_by_name(tmp_path: Path) -> None:
     """Two processes x 2 micro-batches need at least 4 examples of each kind per step."""
-    from bds_core.training.trainer import BDSTrainer
-
     toy = write_toy_data(tmp_path)
-    trainer = BDSTrainer(
-        _config(toy, tmp_path / "out", batch_size=3, gradient_accumulation_steps=2)
-    )
-    trainer.parallel = DataParallel(rank=0, world_size=2)
-    with pytest.raises(ValueError, match=r"batch_size 3 cannot be split over 2 processes"):
-        trainer._check_batch_split()
+    config = _config(toy, tmp_path / "out", batch_size=4, safety_batch_size=3)
+    config.check_split(1)
+    config.check_split(3)
+    with pytest.raises(ValueError, match=r"safety_batch_size 3 cannot be split over 4 processes"):
+        config.check_split(4)
+    split = _config(toy, tmp_path / "out", batch_size=3, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"batch_size 3 cannot be split over 2 processes x 2"):
+        split.check_split(2)
 
 
 def test_config_survives_the_trip_to_the_child_processes(tmp_path: Path) -> None:

@@ -7,6 +7,10 @@ interrupted (a lost lease raises from a callback), and a bad configuration repor
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,11 @@ from typing import Any
 import pytest
 
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult
-from bds_core.training.launch import train_with_torchrun
+from bds_core.training.checkpoint import latest_valid_checkpoint
+from bds_core.training.launch import process_alive, train_with_torchrun
 
 ConfigFactory = Callable[..., TrainConfig]
+pytestmark = pytest.mark.slow
 _ENV = {"OMP_NUM_THREADS": "1"}
 
 
@@ -86,7 +92,71 @@ def test_an_interrupted_parent_stops_its_children(make_config: ConfigFactory) ->
     assert _children_of(config.out_dir / "launch" / "config.json") == []
 
 
-def test_a_configuration_the_children_refuse_is_a_value_error(make_config: ConfigFactory) -> None:
-    config = make_config(batch_size=2, gradient_accumulation_steps=2)
-    with pytest.raises(ValueError, match=r"rank \d: batch_size 2 cannot be split over 2 processes"):
+def test_data_the_children_refuse_is_a_value_error(make_config: ConfigFactory) -> None:
+    config = make_config()
+    config.train_file.write_text('{"prompt": "hi", "completion": "there"}\n{"prompt": "hi"}\n')
+    with pytest.raises(ValueError, match=r"(?s)rank \d: .*not a valid training file.*line 2"):
         train_with_torchrun(config, 2, poll_seconds=0.2, env=_ENV)
+
+
+def test_a_batch_too_small_to_split_is_refused_before_any_process_starts(
+    make_config: ConfigFactory,
+) -> None:
+    config = make_config(batch_size=2, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"batch_size 2 cannot be split over 2 processes"):
+        train_with_torchrun(config, 2, env=_ENV)
+    assert not (config.out_dir / "launch").exists()
+
+
+PARENT = """
+import json, sys
+from bds_core.training import TrainConfig
+from bds_core.training.launch import train_with_torchrun
+config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+train_with_torchrun(config, 2, poll_seconds=0.2, env={"OMP_NUM_THREADS": "1"})
+"""
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds} s")
+        time.sleep(0.2)
+
+
+def test_children_of_a_killed_parent_stop_at_a_checkpoint(make_config: ConfigFactory) -> None:
+    """A SIGKILLed worker cannot stop its children; they notice and stop by themselves, so
+    they never train on after the job's lease lapses and another worker resumes it."""
+    config = make_config(max_steps=5000)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps(config.to_dict())])
+    events = config.out_dir / "launch" / "events.jsonl"
+    try:
+        _wait_until(
+            lambda: events.is_file() and '"event": "step"' in events.read_text(),
+            240,
+            "a first step",
+        )
+    finally:
+        parent.kill()
+        parent.wait()
+    _wait_until(
+        lambda: _children_of(config.out_dir / "launch" / "config.json") == [],
+        120,
+        "the children's exit",
+    )
+    checkpoint = latest_valid_checkpoint(config.out_dir / "checkpoints")
+    assert checkpoint is not None
+    assert 1 <= int(checkpoint.name.removeprefix("step-")) < 5000
+
+
+def test_process_alive_tells_a_finished_process_from_a_running_one() -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    assert not process_alive(finished.pid)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_alive(running.pid)
+    finally:
+        running.kill()
+        running.wait()
