@@ -180,13 +180,14 @@ def worker_command(
     settings: Settings, kinds: list[QueueKind], *, concurrency: int, beat: bool
 ) -> list[str]:
     """The celery command line of a worker consuming the given queue kinds."""
-    queues = ",".join(queue_name(kind, settings) for kind in kinds)
+    # Without a multi-GPU queue of its own, gpu-multi is the gpu queue: name it once.
+    queues = ",".join(dict.fromkeys(queue_name(kind, settings) for kind in kinds))
     command = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
         "--hostname", f"{'-'.join(kinds)}@%h",
     ]  # fmt: skip
-    if "gpu" in kinds:
+    if "gpu" in kinds or "gpu_multi" in kinds:
         # A fresh child per training job returns all of its (GPU) memory.
         command += ["--max-tasks-per-child", "1"]
     if beat:
@@ -197,12 +198,14 @@ def worker_command(
 
 
 def _parse_queue_kinds(queues: str) -> list[QueueKind]:
-    known: dict[str, QueueKind] = {"cpu": "cpu", "gpu": "gpu"}
+    known: dict[str, QueueKind] = {"cpu": "cpu", "gpu": "gpu", "gpu-multi": "gpu_multi"}
     kinds: list[QueueKind] = []
     for part in queues.split(","):
         kind = known.get(part.strip())
         if kind is None:
-            raise typer.BadParameter(f"unknown queue {part.strip()!r}: use cpu, gpu or cpu,gpu")
+            raise typer.BadParameter(
+                f"unknown queue {part.strip()!r}: use cpu, gpu, gpu-multi or a comma list"
+            )
         kinds.append(kind)
     return kinds
 
@@ -210,7 +213,13 @@ def _parse_queue_kinds(queues: str) -> list[QueueKind]:
 @service_app.command()
 def worker(
     queues: Annotated[
-        str, typer.Option("--queues", "-Q", help="cpu (validate, score), gpu (train) or cpu,gpu")
+        str,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="cpu (validate, score), gpu (train), gpu-multi (train jobs with n_gpus > 1, "
+            "on BDS_MULTI_GPU_QUEUE), or a comma list such as cpu,gpu",
+        ),
     ] = "cpu,gpu",
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="processes (1 per GPU)")

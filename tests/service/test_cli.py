@@ -13,9 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from bds_service.cli import service_app, worker_command
+from bds_service.cli import _parse_queue_kinds, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
@@ -86,6 +87,22 @@ def test_worker_command_lines_name_the_deployment_queues(tmp_path: Path) -> None
         ]
         == "site-cpu,site-gpu"
     )
+
+
+def test_a_multi_gpu_worker_listens_on_the_multi_gpu_queue(tmp_path: Path) -> None:
+    routed = Settings(data_dir=tmp_path, gpu_queue="site-gpu", multi_gpu_queue="site-gpu-multi")
+    kinds = _parse_queue_kinds("gpu-multi,gpu")
+    assert kinds == ["gpu_multi", "gpu"]
+    command = worker_command(routed, kinds, concurrency=1, beat=False)
+    assert command[command.index("--queues") + 1] == "site-gpu-multi,site-gpu"
+    assert command[command.index("--max-tasks-per-child") + 1] == "1"
+    # Without a queue of its own, multi-GPU jobs travel on the gpu queue: named once.
+    plain = worker_command(
+        Settings(data_dir=tmp_path, gpu_queue="site-gpu"), kinds, concurrency=1, beat=False
+    )
+    assert plain[plain.index("--queues") + 1] == "site-gpu"
+    with pytest.raises(typer.BadParameter, match="unknown queue 'gpus'"):
+        _parse_queue_kinds("gpus")
 
 
 def _free_port() -> int:

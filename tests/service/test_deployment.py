@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from bds_service.cli import admin_app, service_app
+from bds_service.cli import _parse_queue_kinds, admin_app, service_app
 from bds_service.settings import DEVELOPMENT_SECRET, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def test_compose_shows_a_multi_gpu_worker_that_starts_only_on_request(
     (device,) = multi["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] > 1
     assert multi["command"][3:5] == ["worker", "--queues"]
-    assert multi["command"][5].split(",") == ["${BDS_MULTI_GPU_QUEUE:-gpu-multi}", "gpu"]
+    assert _parse_queue_kinds(multi["command"][5]) == ["gpu_multi", "gpu"]
     assert multi["command"][6:8] == ["--concurrency", "1"]
     assert multi["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert compose["x-bds-environment"]["BDS_MULTI_GPU_QUEUE"] == "${BDS_MULTI_GPU_QUEUE:-}"
