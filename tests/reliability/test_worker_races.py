@@ -81,7 +81,11 @@ def test_duplicate_deliveries_to_two_workers_train_the_job_once(
         "both deliveries handled",
         timeout=300,
     )
-    assert results == ["not_claimed", "succeeded"]
+    # The duplicate either lost the claim to the training worker ("not_claimed") or, on a
+    # loaded machine, arrived after the job had finished and found it done ("succeeded",
+    # the job's status, without training). Either way the job ran exactly once, which the
+    # attempt count, the single start event and the audit trail below show.
+    assert results in (["not_claimed", "succeeded"], ["succeeded", "succeeded"])
     job = live.job(job_id)
     assert (job.attempt, job.lease_owner) == (1, None)
     messages = [event.message for event in live.events(job_id)]
