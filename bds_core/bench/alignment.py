@@ -1,11 +1,16 @@
 """Stage 0 of the benchmark, "provider alignment": the aligned model M0 every cell starts from.
 
-LoRA-SFT of the base model on the alignment refusal set D_safe, merged into the weights and
-saved as a Hugging Face folder under ``$BDS_CACHE_DIR/bench-aligned/`` (or a given cache
-folder). The folder's name is the hash of everything that determines the weights (base model,
-the bytes of D_safe, the training settings), so a second run with the same inputs loads M0 from
-disk and a change to any input trains a new one. The folder is published atomically; a
-half-written one is never used.
+LoRA-SFT of the base model on the alignment refusal set D_safe together with a benign
+retention set (ordinary requests answered normally), merged into the weights and saved as a
+Hugging Face folder under ``$BDS_CACHE_DIR/bench-aligned/`` (or a given cache folder). Without
+the retention set, SmolLM2-135M learns "refuse everything" (measured: over-refusal 100% on the
+benign task, and the first benign fine-tune then erases the refusals wholesale); with it, M0
+refuses harmful requests and answers benign ones, like a provider's aligned model.
+
+The folder's name is the hash of everything that determines the weights (base model, the bytes
+of D_safe and of the retention examples, the training settings), so a second run with the same
+inputs loads M0 from disk and a change to any input trains a new one. The folder is published
+atomically; a half-written one is never used.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bds_core.data import Example, load_examples, write_examples
 from bds_core.models.lora import LoraSettings
 from bds_core.training.callbacks import TrainerCallback
 
-ALIGNMENT_VERSION = 1
+ALIGNMENT_VERSION = 2
 """Bump when stage 0's recipe changes, so older cached models are not reused."""
 
 PROVENANCE_FILE = "alignment.json"
@@ -32,12 +38,15 @@ PROVENANCE_FILE = "alignment.json"
 class AlignmentSettings:
     """How M0 is made from the base model; all of it goes into the cache key."""
 
-    steps: int = field(metadata={"help": "LoRA-SFT steps on D_safe"})
-    batch_size: int = field(metadata={"help": "refusal examples per step"})
+    steps: int = field(metadata={"help": "LoRA-SFT steps on D_safe plus the retention set"})
+    batch_size: int = field(metadata={"help": "examples per step"})
     learning_rate: float = field(metadata={"help": "LoRA AdamW learning rate"})
     lora: LoraSettings = field(metadata={"help": "LoRA settings, merged into the weights after"})
     max_length: int = field(metadata={"help": "token limit per example"})
     seed: int = field(metadata={"help": "seed of data order and LoRA init"})
+    retention_per_file: int = field(
+        default=0, metadata={"help": "benign examples taken from the start of each retention file"}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,14 +92,21 @@ def model_identity(spec: str) -> str:
     return f"hub:{spec}"
 
 
-def alignment_key(model: str, safety_file: Path, settings: AlignmentSettings) -> str:
-    """sha256 of the base model's identity, D_safe's bytes and the stage-0 settings."""
+def alignment_key(
+    model: str,
+    safety_file: Path,
+    settings: AlignmentSettings,
+    retention_files: Sequence[Path] = (),
+) -> str:
+    """sha256 of the base model's identity, the bytes of D_safe and of the retention files,
+    and the stage-0 settings."""
     from bds_core.bench.build import file_sha256
 
     payload = {
         "version": ALIGNMENT_VERSION,
         "model": model_identity(model),
         "safety_sha256": file_sha256(safety_file),
+        "retention_sha256": [file_sha256(path) for path in retention_files],
         "settings": settings.to_dict(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -108,30 +124,48 @@ def ensure_aligned_model(
     cache_root: Path | None = None,
     device: str | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    retention_files: Sequence[Path] = (),
 ) -> AlignedModel:
     """M0 for these inputs: loaded from the cache, or trained, merged and cached now.
 
+    ``retention_files`` are benign chat JSONL files; the first
+    ``settings.retention_per_file`` examples of each join D_safe in stage 0's training set.
     ``callbacks`` receive the stage-0 trainer's events (progress) when it trains.
     """
     from bds_core.models.assets import build_directory_atomically, is_complete_directory
 
     root = cache_root if cache_root is not None else default_aligned_cache()
-    key = alignment_key(model, safety_file, settings)
+    key = alignment_key(model, safety_file, settings, retention_files)
     folder = aligned_model_dir(root, key)
     if is_complete_directory(folder):
         return AlignedModel(folder, key, _read_provenance(folder), from_cache=True)
 
     def build(staging: Path) -> None:
-        _train_and_merge(model, safety_file, settings, key, staging, device, callbacks)
+        _train_and_merge(
+            model, safety_file, retention_files, settings, key, staging, device, callbacks
+        )
 
     manifest = {"name": "bench-aligned-model", "key": key, "base_model": model}
     build_directory_atomically(folder, build, manifest)
     return AlignedModel(folder, key, _read_provenance(folder), from_cache=False)
 
 
+def stage0_examples(
+    safety_file: Path, retention_files: Sequence[Path], per_file: int
+) -> list[Example]:
+    """Stage 0's training set: every example of D_safe, then the first ``per_file`` examples
+    of each retention file (the trainer shuffles them together)."""
+    examples = load_examples(safety_file)
+    if per_file > 0:
+        for path in retention_files:
+            examples += load_examples(path)[:per_file]
+    return examples
+
+
 def _train_and_merge(
     model: str,
     safety_file: Path,
+    retention_files: Sequence[Path],
     settings: AlignmentSettings,
     key: str,
     target: Path,
@@ -143,10 +177,13 @@ def _train_and_merge(
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bds-bench-align-") as work:
+        examples = stage0_examples(safety_file, retention_files, settings.retention_per_file)
+        train_file = Path(work) / "stage0.jsonl"
+        write_examples(examples, train_file)
         config = TrainConfig(
             model=model,
-            train_file=safety_file,
-            out_dir=Path(work),
+            train_file=train_file,
+            out_dir=Path(work) / "run",
             method="sft",
             lora=settings.lora,
             learning_rate=settings.learning_rate,
@@ -170,7 +207,10 @@ def _train_and_merge(
         "base_model_identity": model_identity(model),
         "safety_file": safety_file.name,
         "safety_sha256": file_sha256(safety_file),
-        "num_safety_examples": result.metrics["num_train_examples"],
+        "retention_files": [path.name for path in retention_files],
+        "retention_sha256": [file_sha256(path) for path in retention_files],
+        "num_safety_examples": len(load_examples(safety_file)),
+        "num_train_examples": result.metrics["num_train_examples"],
         "settings": settings.to_dict(),
         "steps": result.steps,
         "seconds_per_step": result.metrics["seconds_per_step"],

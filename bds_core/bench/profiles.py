@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from bds_core.bench.tasks import get_task
 from bds_core.encoders import DEFAULT_ENCODER
 from bds_core.models.lora import LoraSettings
 from bds_core.schedulers import SchedulerSettings
@@ -135,7 +136,18 @@ class BenchProfile:
         default=DEFAULT_ENCODER, metadata={"help": "frozen encoder of bds-neural"}
     )
     alignment_steps: int = field(
-        default=25, metadata={"help": "stage 0: LoRA-SFT steps on D_safe before merging"}
+        default=40,
+        metadata={"help": "stage 0: LoRA-SFT steps on D_safe plus retention before merging"},
+    )
+    alignment_retention_tasks: tuple[str, ...] = field(
+        default=("arithmetic", "sort-words"),
+        metadata={
+            "help": "stage 0: benign tasks whose training items teach M0 to answer ordinary "
+            "requests (the run's own evaluated tasks are left out)"
+        },
+    )
+    alignment_retention_per_task: int = field(
+        default=50, metadata={"help": "stage 0: retention examples per retention task"}
     )
     alignment_batch_size: int = field(default=8, metadata={"help": "stage 0 batch size"})
     alignment_learning_rate: float = field(default=5e-4, metadata={"help": "stage 0 LoRA lr"})
@@ -207,6 +219,13 @@ class BenchProfile:
                 raise ValueError(f"{name} must be a positive number, got {value}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
+        for task in self.alignment_retention_tasks:
+            get_task(task)
+        if self.alignment_retention_per_task < 0:
+            raise ValueError(
+                "alignment_retention_per_task must be >= 0, "
+                f"got {self.alignment_retention_per_task}"
+            )
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
@@ -241,6 +260,8 @@ class BenchProfile:
             "alignment_steps": self.alignment_steps,
             "alignment_batch_size": self.alignment_batch_size,
             "alignment_learning_rate": self.alignment_learning_rate,
+            "alignment_retention_tasks": list(self.alignment_retention_tasks),
+            "alignment_retention_per_task": self.alignment_retention_per_task,
             "n_eval_prompts": self.n_eval_prompts,
             "n_task_items": self.n_task_items,
             "hs_max_new_tokens": self.hs_max_new_tokens,
@@ -303,6 +324,8 @@ PROFILES: dict[str, BenchProfile] = {
         max_length=64,
         alignment_steps=2,
         alignment_batch_size=2,
+        alignment_retention_tasks=("arithmetic",),
+        alignment_retention_per_task=2,
         alignment_learning_rate=1e-2,
         n_eval_prompts=3,
         n_task_items=3,

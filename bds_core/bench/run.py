@@ -331,6 +331,7 @@ class _Inputs:
     aligned_key: str
     eval_settings: EvalSettings
     judge: str
+    retention_files: tuple[Path, ...] = ()
 
 
 def _alignment_settings(config: RunConfig) -> AlignmentSettings:
@@ -342,6 +343,19 @@ def _alignment_settings(config: RunConfig) -> AlignmentSettings:
         lora=profile.lora,
         max_length=profile.max_length,
         seed=config.seed,
+        retention_per_file=profile.alignment_retention_per_task,
+    )
+
+
+def retention_files(config: RunConfig, evaluated: Sequence[str]) -> tuple[Path, ...]:
+    """Stage 0's benign retention files: the training pools of the profile's retention tasks
+    that the data folder holds, leaving out the tasks this run evaluates."""
+    if config.profile.alignment_retention_per_task == 0:
+        return ()
+    return tuple(
+        path
+        for task in config.profile.alignment_retention_tasks
+        if task not in evaluated and (path := config.data_dir / f"{task}_train.jsonl").is_file()
     )
 
 
@@ -401,14 +415,21 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
     if config.train_file is not None:
         _require(config.train_file, "training file")
     alignment = _alignment_settings(config)
-    aligned_key = alignment_key(config.model, safety_file, alignment)
+    retention = retention_files(config, resolve_tasks(config))
+    aligned_key = alignment_key(config.model, safety_file, alignment, retention)
     eval_settings = EvalSettings(
         hs_max_new_tokens=profile.hs_max_new_tokens,
         task_max_new_tokens=profile.task_max_new_tokens,
         batch_size=profile.eval_batch_size,
     )
     inputs = _Inputs(
-        safety_file, eval_prompts_file, alignment, aligned_key, eval_settings, judge_name(judge)
+        safety_file,
+        eval_prompts_file,
+        alignment,
+        aligned_key,
+        eval_settings,
+        judge_name(judge),
+        retention,
     )
     common = {
         "version": CELL_FORMAT_VERSION,
@@ -727,7 +748,11 @@ class BenchRunner:
             # Nothing to compute: only the key is needed, and no model is touched.
             if cached:
                 return ensure_aligned_model(
-                    self.config.model, inputs.safety_file, inputs.alignment, root
+                    self.config.model,
+                    inputs.safety_file,
+                    inputs.alignment,
+                    root,
+                    retention_files=inputs.retention_files,
                 )
             return AlignedModel(
                 aligned_model_dir(root, inputs.aligned_key), inputs.aligned_key, {}, False
@@ -742,6 +767,7 @@ class BenchRunner:
             root,
             device=self.device,
             callbacks=[_TrainProgress(report)],
+            retention_files=inputs.retention_files,
         )
         self.eta.finish_stage()
         return aligned

@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from bds_core.bench import BuildDataConfig, build_benchmark_data
+from bds_core.bench.alignment import stage0_examples
 from bds_core.bench.answers import GenerationSettings
 from bds_core.bench.cli import bench_app
 from bds_core.bench.profiles import PROFILES
@@ -87,7 +88,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
             seed=3,
             n=N,
             shares=(0.0, 0.5),
-            tasks=("sort-words",),
+            tasks=("sort-words", "arithmetic"),
             n_alignment=6,
             n_harmful_train=8,
             n_scheduler_holdout=2,
@@ -142,6 +143,25 @@ def test_every_cell_is_written_with_its_metrics(first_run: Path) -> None:
     assert cells["sort-words__sft__p0.5"].metrics.weight_auroc is None
     assert cells["sort-words__sft__p0.5"].metrics.n_harmful_examples == harmful_count(N, 0.5)
     assert len(cells["sort-words__sft__p0"].samples) > 0
+
+
+def test_stage0_adds_benign_retention_examples_but_not_the_evaluated_task(
+    bench: Bench, first_run: Path
+) -> None:
+    """M0 learns to refuse harmful requests and to answer ordinary ones: D_safe plus the
+    start of each retention task's training pool, never the task the cells evaluate."""
+    alignment = read_cell(first_run / "cells" / "sort-words__m0.json").settings["alignment"]
+    assert alignment["retention_files"] == ["arithmetic_train.jsonl"]
+    n_safe = sum(1 for _ in (bench.data / "safety.jsonl").open())
+    per_task = PROFILES["smoke"].alignment_retention_per_task
+    assert alignment["num_train_examples"] == n_safe + per_task
+
+    examples = stage0_examples(
+        bench.data / "safety.jsonl", [bench.data / "arithmetic_train.jsonl"], per_task
+    )
+    benign = [example for example in examples if example.is_harmful is False]
+    assert len(benign) == per_task
+    assert all(example.metadata.get("task") == "arithmetic" for example in benign)
 
 
 def test_every_method_trains_with_the_same_settings(first_run: Path) -> None:
