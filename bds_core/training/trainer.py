@@ -548,6 +548,7 @@ class BDSTrainer:
                 "loss": losses.total,
                 "task_loss": losses.task,
                 "safety_loss": losses.safety,
+                "tokens": losses.tokens,
             }
             self.history.append(record)
             if listeners:
@@ -682,6 +683,9 @@ class BDSTrainer:
             "elapsed_s": self.elapsed_before_resume,
             "peak_rss_mb": peak_rss_mb(),
             "final_loss": self.history[-1]["loss"] if self.history else None,
+            # Tokens (without padding) of every row the model steps trained on, customer and
+            # alignment, over the whole run including the steps before a resume.
+            "trained_tokens": int(sum(record.get("tokens") or 0 for record in self.history)),
             "weight_stats": weight_statistics(
                 final, labels if any(x is not None for x in labels) else None
             ),

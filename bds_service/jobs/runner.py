@@ -517,6 +517,7 @@ def _succeed(
             "fine_tuned_model": plan.fine_tuned_model,
             "adapter_key": adapter_key,
             "safety_report": report,
+            "trained_tokens": result.metrics.get("trained_tokens"),
         }
         if transition(
             session,

@@ -158,6 +158,7 @@ def test_successful_run_records_progress_checkpoints_adapter_and_evaluation(
     assert job.status == "succeeded" and job.finished_at is not None
     assert job.fine_tuned_model == f"ft:tiny-random-llama:acme:tiny:{job_id[len('ftjob-') :]}"
     assert (job.lease_owner, job.attempt) == (None, 1)
+    assert job.trained_tokens is not None and job.trained_tokens > 0
     adapter = context.storage.path(job.adapter_key or "")
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()

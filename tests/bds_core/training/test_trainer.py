@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bds_core.data import encode_example, load_examples
+from bds_core.models import load_model
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, train
 from bds_core.training.checkpoint import list_checkpoints
@@ -63,6 +65,23 @@ def test_sft_trains_on_customer_data_only_with_unit_weights(make_config: ConfigF
     assert result.weights_file is not None
     assert set(_weights(result.weights_file)) == {1.0}
     assert result.metrics["num_safety_examples"] == 0
+
+
+def test_trained_tokens_count_every_row_of_every_step(
+    make_config: ConfigFactory, toy_data: ToyData
+) -> None:
+    """One pass of sft visits each example once: the trained tokens are exactly the dataset's
+    tokens without padding (what the job reports as ``trained_tokens``)."""
+    config = make_config(method="sft", safety_file=None, batch_size=2, max_steps=None, epochs=1)
+    tokenizer = load_model(config.model, device="cpu").tokenizer
+    expected = sum(
+        len(encode_example(example, tokenizer, config.max_length).input_ids)
+        for example in load_examples(toy_data.train_file)
+    )
+    result = train(config)
+    assert result.steps * 2 == toy_data.n_train
+    assert result.metrics["trained_tokens"] == expected
+    assert sum(record["tokens"] for record in result.metrics["history"]) == expected
 
 
 def test_mix_adds_the_alignment_batch_with_unit_weights(make_config: ConfigFactory) -> None:
@@ -151,6 +170,7 @@ def test_resume_continues_exactly(
     )
     assert resumed.weights_file is not None and full.weights_file is not None
     assert _weights(resumed.weights_file) == pytest.approx(_weights(full.weights_file), abs=1e-6)
+    assert resumed.metrics["trained_tokens"] == full.metrics["trained_tokens"] > 0
 
 
 def test_resume_skips_a_corrupted_checkpoint(make_config: ConfigFactory) -> None:
