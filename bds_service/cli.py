@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy import Engine, inspect, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
@@ -65,9 +67,36 @@ def _apply_overrides(
     return get_settings()
 
 
+def _check_database(engine: Engine, url: str) -> None:
+    """Exit with a clear message when the database is unreachable or has no schema yet."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        migrated = inspect(engine).has_table("alembic_version")
+    except OperationalError as error:
+        typer.secho(
+            f"error: cannot connect to the database at {shown}: {error.orig}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(code=2) from None
+    if not migrated:
+        typer.secho(
+            f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
+            "--database-url / --data-dir first (`bds serve` does it by itself)",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(code=2)
+
+
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
     engine = make_engine(settings.resolved_database_url)
+    try:
+        _check_database(engine, settings.resolved_database_url)
+    except typer.Exit:
+        engine.dispose()
+        raise
     session = make_session_factory(engine)()
     try:
         yield session

@@ -37,6 +37,31 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
+    cli_env: Path,
+) -> None:
+    empty = runner.invoke(service_app, ["admin", "list-tenants"])
+    assert empty.exit_code == 2
+    assert "has no schema yet; run `bds migrate`" in empty.output
+    assert "Traceback" not in empty.output
+
+    unreachable = runner.invoke(
+        service_app,
+        [
+            "admin",
+            "create-tenant",
+            "acme",
+            "--database-url",
+            "postgresql+psycopg://someone:hunter2@127.0.0.1:1/bds",
+        ],
+    )
+    assert unreachable.exit_code == 2
+    assert "cannot connect to the database at postgresql+psycopg://someone:***@127.0.0.1:1/bds" in (
+        unreachable.output
+    )
+    assert "hunter2" not in unreachable.output
+
+
 def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_url: str) -> None:
     assert runner.invoke(service_app, ["migrate", "--database-url", db_url]).exit_code == 0
     created = runner.invoke(
