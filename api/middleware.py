@@ -8,8 +8,9 @@ import uuid
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -84,16 +85,11 @@ class RejectNulMiddleware:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        response = JSONResponse(
-            {
-                "error": {
-                    "message": f"{problem}: text must not contain NUL characters (\\u0000)",
-                    "type": "invalid_request_error",
-                    "param": problem,
-                    "code": "invalid_value",
-                }
-            },
-            status_code=400,
+        response = error_response(
+            400,
+            message=f"{problem}: text must not contain NUL characters (\\u0000)",
+            code="invalid_value",
+            param=problem,
         )
         await response(scope, receive, send)
 
