@@ -287,6 +287,10 @@ def run_command(
         int | None,
         typer.Option(help="customer examples per step (mix and bds add as many alignment ones)"),
     ] = None,
+    neural_entropy_weight: Annotated[
+        float | None,
+        typer.Option(help="bds-neural's collapse penalty KL(uniform || weights); 0: off"),
+    ] = None,
     n_eval_prompts: Annotated[
         int | None, typer.Option(help="harmful evaluation prompts for HS")
     ] = None,
@@ -342,6 +346,8 @@ def run_command(
         if batch_size is not None:
             changes["batch_size"] = batch_size
             changes["safety_batch_size"] = batch_size
+        if neural_entropy_weight is not None:
+            changes["neural_entropy_weight"] = neural_entropy_weight
         if n_eval_prompts is not None:
             changes["n_eval_prompts"] = n_eval_prompts
         if n_task_items is not None:

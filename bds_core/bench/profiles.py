@@ -50,6 +50,7 @@ class BenchMethod:
                 kind="neural",
                 reference=self.reference,
                 learning_rate=profile.neural_learning_rate,
+                entropy_weight=profile.neural_entropy_weight,
                 options={"encoder": profile.neural_encoder, "head": "mlp", "hidden": 128},
             )
         if self.scheduler_kind == "scalar":
@@ -135,6 +136,10 @@ class BenchProfile:
     neural_encoder: str = field(
         default=DEFAULT_ENCODER, metadata={"help": "frozen encoder of bds-neural"}
     )
+    neural_entropy_weight: float = field(
+        default=0.0,
+        metadata={"help": "bds-neural's collapse penalty (KL(uniform || weights)); 0 turns it off"},
+    )
     alignment_steps: int = field(
         default=40,
         metadata={"help": "stage 0: LoRA-SFT steps on D_safe plus retention before merging"},
@@ -217,6 +222,10 @@ class BenchProfile:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
+        if not (self.neural_entropy_weight >= 0 and math.isfinite(self.neural_entropy_weight)):
+            raise ValueError(
+                f"neural_entropy_weight must be a number >= 0, got {self.neural_entropy_weight}"
+            )
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
         for task in self.alignment_retention_tasks:
@@ -257,6 +266,7 @@ class BenchProfile:
             "scheduler_learning_rate": self.scheduler_learning_rate,
             "neural_learning_rate": self.neural_learning_rate,
             "neural_encoder": self.neural_encoder,
+            "neural_entropy_weight": self.neural_entropy_weight,
             "alignment_steps": self.alignment_steps,
             "alignment_batch_size": self.alignment_batch_size,
             "alignment_learning_rate": self.alignment_learning_rate,

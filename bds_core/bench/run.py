@@ -517,6 +517,13 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                         "update": scheduler.update,
                         "learning_rate": scheduler.learning_rate,
                         "options": scheduler.options,
+                        # Only when set, so cells computed before the option existed keep
+                        # their digests.
+                        **(
+                            {"entropy_weight": scheduler.entropy_weight}
+                            if scheduler.entropy_weight
+                            else {}
+                        ),
                     },
                     "share": share,
                     "train_sha256": file_sha256(path),

@@ -300,3 +300,32 @@ def test_missing_data_files_are_named(bench: Bench, tmp_path: Path) -> None:
     assert "ft_sort-words_p0.2.jsonl" in result.output
     assert "built with shares [0.0, 0.5]" in result.output
     assert len(load_examples(bench.data / "ft_sort-words_p0.5.jsonl")) == N
+
+
+def test_the_neural_entropy_weight_reaches_the_scheduler_and_only_its_cells_digests(
+    bench: Bench,
+) -> None:
+    from dataclasses import replace
+
+    from bds_core.bench.profiles import get_method
+    from bds_core.bench.run import plan_run
+
+    def digests(entropy: float) -> dict[str, str]:
+        profile = replace(
+            PROFILES["smoke"], methods=("bds", "bds-neural"), neural_entropy_weight=entropy
+        )
+        config = RunConfig(
+            data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
+        )
+        plans, _ = plan_run(config, RefusalPhraseJudge())
+        return {plan.cell_id: plan.digest for plan in plans}
+
+    off, on = digests(0.0), digests(0.5)
+    assert off.keys() == on.keys()
+    changed = {cell for cell in off if off[cell] != on[cell]}
+    assert changed == {"sort-words__bds-neural__p0", "sort-words__bds-neural__p0.5"}
+    profile = replace(PROFILES["full"], neural_entropy_weight=0.5)
+    assert get_method("bds-neural").scheduler_settings(profile).entropy_weight == 0.5
+    assert get_method("bds").scheduler_settings(profile).entropy_weight == 0.0
+    with pytest.raises(ValueError, match="neural_entropy_weight must be a number >= 0"):
+        replace(PROFILES["full"], neural_entropy_weight=-1.0)
