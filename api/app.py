@@ -18,7 +18,7 @@ from api.errors import install_error_handlers
 from api.middleware import RejectNulMiddleware, RequestIdMiddleware
 from api.pages import install_pages
 from api.publisher import CeleryPublisher
-from api.ratelimit import build_rate_limiter
+from api.ratelimit import build_auth_failure_limiter, build_rate_limiter
 from api.routers import admin, files, fine_tuning, health, models
 from bds_service.db import make_engine, make_session_factory
 from bds_service.settings import Settings, get_settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         storage=LocalStorage(settings.resolved_storage_dir),
         publisher=publisher or celery_publisher,  # type: ignore[arg-type]
         rate_limiter=build_rate_limiter(settings),
+        auth_failure_limiter=build_auth_failure_limiter(settings),
     )
 
     @asynccontextmanager

@@ -16,7 +16,12 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from api.ratelimit import RateLimiter, check_rate_limit
+from api.ratelimit import (
+    RateLimiter,
+    check_auth_failures,
+    check_rate_limit,
+    record_auth_failure,
+)
 from bds_service.db import SessionFactory, discard_after_commit, finish_commit
 from bds_service.errors import AuthenticationError, PermissionDeniedError
 from bds_service.settings import Settings
@@ -35,6 +40,7 @@ class AppServices:
     storage: LocalStorage
     publisher: TaskSender
     rate_limiter: RateLimiter | None = None
+    auth_failure_limiter: RateLimiter | None = None
 
 
 def get_services(request: Request) -> AppServices:
@@ -85,10 +91,23 @@ def get_request_id(request: Request) -> str:
 
 RequestId = Annotated[str, Depends(get_request_id)]
 
+UNKNOWN_CLIENT = "unknown"
+
+
+def client_address(request: Request) -> str:
+    """The client's IP address, as the server resolved it (behind a proxy, uvicorn's
+    ``--proxy-headers`` with ``--forwarded-allow-ips``); "unknown" when there is none.
+
+    X-Forwarded-For is not read here: any client can send it, so trusting it would let one
+    address pose as many.
+    """
+    return request.client.host if request.client else UNKNOWN_CLIENT
+
 
 def authenticate_request(request: Request, services: Services) -> Principal:
     """The caller behind ``Authorization: Bearer <key>``; 401 without a live key, 429 past
-    the key's rate limit.
+    the key's rate limit or once the client's address has used up its failed authentications
+    (then even a valid key is refused; only keys that fail to authenticate count).
 
     The key is looked up in its own short transaction, not the request's, so that a long
     upload does not hold a transaction (on SQLite: the write lock) while the body streams in.
@@ -103,12 +122,18 @@ def authenticate_request(request: Request, services: Services) -> Principal:
         raise AuthenticationError(
             "the Authorization header must be 'Bearer <key>'", code="invalid_authorization_header"
         )
-    with services.session_factory() as session:
-        principal = authenticate(
-            session,
-            credentials.strip(),
-            secret=services.settings.api_key_secret.get_secret_value(),
-        )
+    client = client_address(request)
+    check_auth_failures(services.auth_failure_limiter, client, services.settings)
+    try:
+        with services.session_factory() as session:
+            principal = authenticate(
+                session,
+                credentials.strip(),
+                secret=services.settings.api_key_secret.get_secret_value(),
+            )
+    except AuthenticationError:
+        record_auth_failure(services.auth_failure_limiter, client, services.settings)
+        raise
     check_rate_limit(services.rate_limiter, principal.key_id, services.settings)
     request.state.principal = principal
     return principal

@@ -147,6 +147,16 @@ class Settings(BaseSettings):
         description="Redis URL for rate-limit counters shared by every API process (use a "
         "database of its own); None counts in each API process's memory",
     )
+    auth_failure_limit: int = Field(
+        default=20,
+        ge=0,
+        description="failed authentications (API key or dashboard login) one client address may "
+        "make per auth-failure window before it is refused with 429, even with a valid key; "
+        "counted in rate_limit_redis_url when set; 0 turns the limit off",
+    )
+    auth_failure_window_seconds: float = Field(
+        default=300.0, gt=0, description="length of the auth-failure window"
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

@@ -3,6 +3,9 @@
 - ``POST /login`` checks the key and opens a web session; the cookie holds only the session's
   random token (``Secure``, ``HttpOnly``, ``SameSite=Strict``), never the key. The login form
   itself carries a double-submit token, so another site cannot log a browser in.
+- Failed logins count toward the client address's allowance of failed authentications, shared
+  with API keys (``api.ratelimit``); an address that has used it up gets the login page back
+  with a 429 and the wait, before its key is even checked.
 - ``POST /logout`` ends the session in the database, so a copied cookie stops working too.
 - Pages accept the cookie or an ``Authorization: Bearer`` key (scripts, curl). Forms posted
   with the cookie must carry the session's CSRF token; a Bearer request needs none, since a
@@ -19,11 +22,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from api.deps import DbSession, RequestId, Services, authenticate_request
+from api.deps import DbSession, RequestId, Services, authenticate_request, client_address
 from api.pages.routing import LoginRequired, PageRoute
 from api.pages.templating import templates
+from api.ratelimit import check_auth_failures, record_auth_failure
 from bds_service.audit import Actor
-from bds_service.errors import AuthenticationError, PermissionDeniedError
+from bds_service.errors import AuthenticationError, LimitExceededError, PermissionDeniedError
 from bds_service.tenants import web_sessions
 from bds_service.tenants.service import Principal, authenticate
 
@@ -170,9 +174,17 @@ def login(
         return _login_page(
             request, _safe_next(next, ""), "The login form expired; please try again.", 400
         )
+    client = client_address(request)
+    try:
+        check_auth_failures(services.auth_failure_limiter, client, services.settings)
+    except LimitExceededError as error:
+        response = _login_page(request, _safe_next(next, ""), error.message, 429)
+        response.headers.update(error.headers)
+        return response
     try:
         principal = authenticate(session, api_key.strip(), secret=_secret(services))
     except AuthenticationError as error:
+        record_auth_failure(services.auth_failure_limiter, client, services.settings)
         return _login_page(request, _safe_next(next, ""), error.message, 401)
     started = web_sessions.start_session(
         session, principal, secret=_secret(services), actor=principal.actor(request_id)

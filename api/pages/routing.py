@@ -85,6 +85,7 @@ class PageRoute(APIRoute):
             except ServiceError as error:
                 title = _TITLES.get(error.status_code, "Error")
                 response = error_page(request, error.status_code, title, error.message)
+                response.headers.update(error.headers)  # e.g. Retry-After on a 429
             except RequestValidationError as error:
                 response = error_page(request, 400, _TITLES[400], _validation_message(error))
             for name, value in SECURITY_HEADERS.items():

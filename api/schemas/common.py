@@ -82,7 +82,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         400: "invalid request",
         401: "missing or invalid API key",
         404: "no such object for this tenant",
-        429: "rate limit or a per-tenant cap reached (Retry-After says when to retry a rate limit)",
+        429: "rate limit, failed-authentication limit or a per-tenant cap reached "
+        "(Retry-After says when to retry a rate limit)",
     }.items()
 }
 
