@@ -289,7 +289,9 @@ def run_command(
     ] = None,
     neural_entropy_weight: Annotated[
         float | None,
-        typer.Option(help="bds-neural's collapse penalty KL(uniform || weights); 0: off"),
+        typer.Option(
+            help="bds-neural's collapse penalty KL(uniform || weights); default 1, 0: off"
+        ),
     ] = None,
     n_eval_prompts: Annotated[
         int | None, typer.Option(help="harmful evaluation prompts for HS")

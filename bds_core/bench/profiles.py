@@ -137,7 +137,10 @@ class BenchProfile:
         default=DEFAULT_ENCODER, metadata={"help": "frozen encoder of bds-neural"}
     )
     neural_entropy_weight: float = field(
-        default=0.0,
+        # Measured on the full profile at p = 0.2 (docs/benchmarks.md): without the penalty the
+        # head's weights collapse onto a few benign examples over 125 steps (benign ESS 0.008,
+        # FA 11%); with 1.0, benign ESS 0.97, FA 37% (sft 38%), AUROC still 1.0.
+        default=1.0,
         metadata={"help": "bds-neural's collapse penalty (KL(uniform || weights)); 0 turns it off"},
     )
     alignment_steps: int = field(
