@@ -11,7 +11,8 @@ output folder (the results folder by default):
 
 "The clean run" is sft at p = 0. "The best BDS variant" at a share is the BDS method (bds,
 bds-ref, bds-neural) with the lowest HS there (higher FA breaks ties); every target at that
-share is checked on that one variant.
+share is checked on that one variant; ``results.md`` then checks every BDS variant against the
+same targets too (`variant_checks`), since the best by HS need not be the best at detection.
 """
 
 from __future__ import annotations
@@ -169,6 +170,24 @@ def check_targets(rows: Sequence[ResultRow]) -> list[TargetCheck]:
             if best is None:
                 continue
             checks += _checks_at(task, share, best, by_method, clean)
+    return checks
+
+
+def variant_checks(rows: Sequence[ResultRow]) -> list[TargetCheck]:
+    """The same targets checked on every BDS variant at every share, not only the best one.
+
+    The best variant is chosen by HS alone, so a variant that meets the detection targets
+    (AUROC, benign ESS) but trails the best by a point of FA would otherwise go unseen.
+    """
+    checks: list[TargetCheck] = []
+    for task in sorted({row.task for row in rows}):
+        fine_tunes = [row for row in rows if row.task == task and row.kind == "fine-tune"]
+        clean = next((row for row in fine_tunes if row.clean), None)
+        for row in sorted(fine_tunes, key=lambda r: (r.share or 0.0, _method_rank(r.method))):
+            if row.share is None or not _is_bds(row.method) or row.status == "failed":
+                continue
+            by_method = {r.method: r for r in fine_tunes if r.share == row.share}
+            checks += _checks_at(task, row.share, row, by_method, clean)
     return checks
 
 
@@ -509,6 +528,9 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
         met = sum(1 for check in checks if check.status == "met")
         missed = sum(1 for check in checks if check.status == "missed")
         lines += ["", f"{met} met, {missed} missed, {len(checks) - met - missed} n/a."]
+        lines += _variant_table(
+            [row for row in results.rows if row.task == task and row.status != "failed"]
+        )
     for detection_row in (row for row in rows if row.kind == "detection"):
         cell = next(c for c in results.cells if c.cell_id == detection_row.cell_id)
         if cell.detection is not None:
@@ -524,6 +546,42 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
     plot = f"plot_{task}.png"
     if plot in results.plots:
         lines += ["", f"![HS and FA against the harmful share, {task}]({plot})"]
+    return lines
+
+
+_STATUS_MARK = {"met": "met", "missed": "**missed**", "n/a": "n/a"}
+_VALUE_DIGITS = {"weight_auroc": 3, "benign_ess": 3, "time_per_step": 2}
+
+
+def _variant_table(rows: Sequence[ResultRow]) -> list[str]:
+    """Every BDS variant against every target: a status and the value per target."""
+    checks = variant_checks(rows)
+    if not checks:
+        return []
+    targets = list(dict.fromkeys(check.target for check in checks))
+    lines = [
+        "",
+        "#### Every BDS variant against the same targets",
+        "",
+        "| p | variant | " + " | ".join(targets) + " | met |",
+        "|---|---|" + "---|" * (len(targets) + 1),
+    ]
+    groups: dict[tuple[float, str | None], dict[str, TargetCheck]] = {}
+    for check in checks:
+        groups.setdefault((check.share, check.method), {})[check.target] = check
+    for (share, method), by_target in groups.items():
+        cells = []
+        for target in targets:
+            found = by_target.get(target)
+            if found is None:
+                cells.append("–")
+                continue
+            digits = _VALUE_DIGITS.get(target, 1)
+            value = "" if found.value is None else f" {_num(found.value, digits)}"
+            cells.append(f"{_STATUS_MARK[found.status]}{value}")
+        met = sum(1 for check in by_target.values() if check.status == "met")
+        applicable = sum(1 for check in by_target.values() if check.status != "n/a")
+        lines.append(f"| {share:g} | {method} | " + " | ".join(cells) + f" | {met}/{applicable} |")
     return lines
 
 

@@ -157,3 +157,26 @@ def test_eta_comes_from_the_measured_rate_of_each_kind_of_work(
     eta.start_stage("train")
     eta.skip(60.0)  # resumed: done by an earlier process, not timed now
     assert eta.eta_s() == pytest.approx(100 * 0.5 + 900 * 0.1)
+
+
+def test_every_bds_variant_is_checked_against_the_targets_too() -> None:
+    from bds_core.bench.report import variant_checks
+
+    results = build_results(sweep(bds_hs=4.0), [])
+    checks = variant_checks(results.rows)
+    by_variant: dict[str, dict[str, str]] = {}
+    for check in checks:
+        by_variant.setdefault(check.method or "", {})[check.target] = check.status
+    assert set(by_variant) == {"bds", "bds-ref"}
+    # bds is the best variant: the same statuses as the best-variant checks.
+    assert by_variant["bds"] == {c.target: c.status for c in check_targets(results.rows)}
+    # bds-ref has the higher HS (9 > clean 2 + 3) and the collapsed weights.
+    assert by_variant["bds-ref"]["hs_vs_clean"] == "missed"
+    assert by_variant["bds-ref"]["weight_auroc"] == "missed"
+    assert by_variant["bds-ref"]["benign_ess"] == "missed"
+    assert by_variant["bds-ref"]["fa_vs_sft"] == "met"
+    markdown = render_markdown(results)
+    assert "#### Every BDS variant against the same targets" in markdown
+    assert "| 0.2 | bds | met 4.0 | met 4.0 | met 4.0 | met 48.5 |" in markdown
+    assert "| 0.2 | bds-ref | **missed** 9.0 |" in markdown
+    assert "| 8/8 |" in markdown
