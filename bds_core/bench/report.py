@@ -410,15 +410,18 @@ def render_markdown(results: BenchResults) -> str:
         f"- Judge: {', '.join(results.judges)}",
         f"- Profile: {', '.join(results.profiles)}; seed {', '.join(map(str, results.seeds))}",
     ]
-    machines = {json.dumps(run.get("machine", {}), sort_keys=True) for run in results.runs}
-    for machine_json in sorted(machines):
-        machine = json.loads(machine_json)
+    # One line per distinct description (runs on one machine differ in fields not shown here).
+    machine_lines: dict[str, None] = {}
+    for run in results.runs:
+        machine = run.get("machine") or {}
         if machine:
-            lines.append(
+            line = (
                 f"- Machine: {machine.get('processor')}, {machine.get('cpu_count')} CPUs, "
                 f"torch {machine.get('torch')} with {machine.get('torch_threads')} threads"
                 + (f", GPU {machine['cuda']}" if machine.get("cuda") else "")
             )
+            machine_lines[line] = None
+    lines += list(machine_lines)
     if results.commands:
         lines += ["", "Commands:", ""]
         lines += [f"    {command}" for command in results.commands]
