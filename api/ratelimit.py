@@ -7,8 +7,9 @@
   Retry-After. Only failures are counted, but the check comes before the key is looked up, so
   an address that has used up its failures is refused even when it finally guesses right.
 
-Two counters with the same contract, each with a non-counting ``blocked`` check. :class:`MemoryRateLimiter` keeps a token bucket per key
-in this process (the embedded deployment, one API process). :class:`RedisRateLimiter` keeps a
+Two counters with the same contract, each with a non-counting ``blocked`` check.
+:class:`MemoryRateLimiter` keeps a token bucket per key in this process (the embedded
+deployment, one API process). :class:`RedisRateLimiter` keeps a
 fixed-window counter per key in Redis, shared by every API process, with ``INCR`` and
 ``EXPIRE`` in one transaction so a crash between them cannot leave a counter that never
 expires. If Redis is unreachable the request is let through and the failure logged: a broken
@@ -201,6 +202,16 @@ def _retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
 
+def _limit_exceeded(what: str, code: str, wait_s: float) -> LimitExceededError:
+    """429 with Retry-After: ``what`` (the limit reached), then the wait in whole seconds."""
+    retry_after = _retry_after(wait_s)
+    return LimitExceededError(
+        f"{what}; retry in {retry_after} s",
+        code=code,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def check_rate_limit(limiter: RateLimiter | None, key: str, settings: Settings) -> None:
     """Count a request of ``key``; LimitExceededError (429 with Retry-After) past the limit."""
     if limiter is None:
@@ -208,12 +219,11 @@ def check_rate_limit(limiter: RateLimiter | None, key: str, settings: Settings) 
     wait_s = limiter.hit(key)
     if wait_s is None:
         return
-    retry_after = _retry_after(wait_s)
-    raise LimitExceededError(
+    raise _limit_exceeded(
         f"rate limit reached: at most {settings.rate_limit_requests} requests per "
-        f"{settings.rate_limit_window_seconds:g} s per API key; retry in {retry_after} s",
-        code="rate_limit_exceeded",
-        headers={"Retry-After": str(retry_after)},
+        f"{settings.rate_limit_window_seconds:g} s per API key",
+        "rate_limit_exceeded",
+        wait_s,
     )
 
 
@@ -225,13 +235,11 @@ def check_auth_failures(limiter: RateLimiter | None, client: str, settings: Sett
     wait_s = limiter.blocked(client)
     if wait_s is None:
         return
-    retry_after = _retry_after(wait_s)
-    raise LimitExceededError(
+    raise _limit_exceeded(
         f"too many failed authentications from your address: at most "
-        f"{settings.auth_failure_limit} per {settings.auth_failure_window_seconds:g} s; "
-        f"retry in {retry_after} s",
-        code="too_many_failed_authentications",
-        headers={"Retry-After": str(retry_after)},
+        f"{settings.auth_failure_limit} per {settings.auth_failure_window_seconds:g} s",
+        "too_many_failed_authentications",
+        wait_s,
     )
 
 

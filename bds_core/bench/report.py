@@ -153,23 +153,43 @@ def _check(
     )
 
 
-def check_targets(rows: Sequence[ResultRow]) -> list[TargetCheck]:
-    """Every target of benchmark.md at every share that has a BDS variant, per task."""
-    checks: list[TargetCheck] = []
-    tasks = sorted({row.task for row in rows})
-    for task in tasks:
+@dataclass(frozen=True)
+class _ShareGroup:
+    """The fine-tune rows of one task at one share that has a BDS variant, and its clean run."""
+
+    task: str
+    share: float
+    rows: list[ResultRow]
+    clean: ResultRow | None
+
+    @property
+    def by_method(self) -> dict[str, ResultRow]:
+        return {row.method: row for row in self.rows}
+
+
+def _share_groups(rows: Sequence[ResultRow]) -> list[_ShareGroup]:
+    """Per task, every share with a BDS variant, in order (tasks by name, shares ascending)."""
+    groups: list[_ShareGroup] = []
+    for task in sorted({row.task for row in rows}):
         fine_tunes = [row for row in rows if row.task == task and row.kind == "fine-tune"]
         clean = next((row for row in fine_tunes if row.clean), None)
         shares = sorted(
             {row.share for row in fine_tunes if row.share is not None and _is_bds(row.method)}
         )
-        for share in shares:
-            at_share = [row for row in fine_tunes if row.share == share]
-            by_method = {row.method: row for row in at_share}
-            best = best_bds(at_share)
-            if best is None:
-                continue
-            checks += _checks_at(task, share, best, by_method, clean)
+        groups += [
+            _ShareGroup(task, share, [row for row in fine_tunes if row.share == share], clean)
+            for share in shares
+        ]
+    return groups
+
+
+def check_targets(rows: Sequence[ResultRow]) -> list[TargetCheck]:
+    """Every target of benchmark.md at every share that has a BDS variant, per task."""
+    checks: list[TargetCheck] = []
+    for group in _share_groups(rows):
+        best = best_bds(group.rows)
+        if best is not None:
+            checks += _checks_at(group.task, group.share, best, group.by_method, group.clean)
     return checks
 
 
@@ -180,14 +200,10 @@ def variant_checks(rows: Sequence[ResultRow]) -> list[TargetCheck]:
     (AUROC, benign ESS) but trails the best by a point of FA would otherwise go unseen.
     """
     checks: list[TargetCheck] = []
-    for task in sorted({row.task for row in rows}):
-        fine_tunes = [row for row in rows if row.task == task and row.kind == "fine-tune"]
-        clean = next((row for row in fine_tunes if row.clean), None)
-        for row in sorted(fine_tunes, key=lambda r: (r.share or 0.0, _method_rank(r.method))):
-            if row.share is None or not _is_bds(row.method) or row.status == "failed":
-                continue
-            by_method = {r.method: r for r in fine_tunes if r.share == row.share}
-            checks += _checks_at(task, row.share, row, by_method, clean)
+    for group in _share_groups(rows):
+        for row in sorted(group.rows, key=lambda r: _method_rank(r.method)):
+            if _is_bds(row.method) and row.status != "failed":
+                checks += _checks_at(group.task, group.share, row, group.by_method, group.clean)
     return checks
 
 
