@@ -82,6 +82,17 @@ def test_compose_commands_are_commands_of_the_service_cli(compose: dict[str, Any
     assert services["api"]["command"][2:4] == ["uvicorn", "api.app:app"]
 
 
+def test_the_api_trusts_forwarded_addresses_only_from_configured_proxies(
+    compose: dict[str, Any],
+) -> None:
+    # The failed-authentication limit counts per client address; uvicorn takes that address
+    # from X-Forwarded-For only for the proxies in FORWARDED_ALLOW_IPS.
+    api_environment = compose["services"]["api"]["environment"]
+    assert api_environment["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-127.0.0.1,::1}"
+    shared = compose["x-bds-environment"]
+    assert {k: v for k, v in api_environment.items() if k != "FORWARDED_ALLOW_IPS"} == shared
+
+
 def test_every_bds_variable_in_the_deployment_files_is_a_setting(
     compose: dict[str, Any],
 ) -> None:
