@@ -431,9 +431,10 @@ def render_markdown(results: BenchResults) -> str:
     for run in results.runs:
         machine = run.get("machine") or {}
         if machine:
+            threads = machine.get("torch_threads")
             line = (
                 f"- Machine: {machine.get('processor')}, {machine.get('cpu_count')} CPUs, "
-                f"torch {machine.get('torch')} with {machine.get('torch_threads')} threads"
+                f"torch {machine.get('torch')} with {threads} thread{'' if threads == 1 else 's'}"
                 + (f", GPU {machine['cuda']}" if machine.get("cuda") else "")
             )
             machine_lines[line] = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +104,19 @@ def test_markdown_has_the_grid_the_metrics_and_each_target(tmp_path: Path) -> No
     files = write_report(tmp_path)
     assert files.plots == [tmp_path / "plot_spell-number.png"]
     assert "![HS and FA against the harmful share, spell-number]" in files.markdown.read_text()
+
+
+def test_one_machine_line_per_distinct_machine() -> None:
+    def run(threads: int) -> dict[str, Any]:
+        machine = {"processor": "x86_64", "cpu_count": 2, "torch": "2.13.0+cpu"}
+        return {"command": "bds bench run", "machine": machine | {"torch_threads": threads}}
+
+    markdown = render_markdown(build_results(sweep(bds_hs=0.0), [run(2), run(1), run(2)]))
+    lines = [line for line in markdown.splitlines() if line.startswith("- Machine:")]
+    assert lines == [
+        "- Machine: x86_64, 2 CPUs, torch 2.13.0+cpu with 2 threads",
+        "- Machine: x86_64, 2 CPUs, torch 2.13.0+cpu with 1 thread",
+    ]
 
 
 def test_an_empty_results_folder_is_an_error_that_says_what_to_run(tmp_path: Path) -> None:
