@@ -293,6 +293,12 @@ def run_command(
             help="bds-neural's collapse penalty KL(uniform || weights); default 1, 0: off"
         ),
     ] = None,
+    scalar_entropy_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="bds and bds-ref's collapse penalty KL(uniform || weights); default 0: off"
+        ),
+    ] = None,
     n_eval_prompts: Annotated[
         int | None, typer.Option(help="harmful evaluation prompts for HS")
     ] = None,
@@ -350,6 +356,8 @@ def run_command(
             changes["safety_batch_size"] = batch_size
         if neural_entropy_weight is not None:
             changes["neural_entropy_weight"] = neural_entropy_weight
+        if scalar_entropy_weight is not None:
+            changes["scalar_entropy_weight"] = scalar_entropy_weight
         if n_eval_prompts is not None:
             changes["n_eval_prompts"] = n_eval_prompts
         if n_task_items is not None:

@@ -58,6 +58,7 @@ class BenchMethod:
                 kind="scalar",
                 reference=self.reference,
                 learning_rate=profile.scheduler_learning_rate,
+                entropy_weight=profile.scalar_entropy_weight,
             )
         # sft, mix and filter: the default settings (filter reads the shipped scheduler).
         return SchedulerSettings()
@@ -143,6 +144,15 @@ class BenchProfile:
         default=1.0,
         metadata={"help": "bds-neural's collapse penalty (KL(uniform || weights)); 0 turns it off"},
     )
+    scalar_entropy_weight: float = field(
+        # 0 in every committed cell: the scalar scheduler as the paper and the release run it.
+        # The same KL prior as bds-neural's, an ablation against the scalar scheduler's low
+        # benign ESS at small harmful shares (docs/benchmarks.md, "Ablations").
+        default=0.0,
+        metadata={
+            "help": "bds and bds-ref's collapse penalty (KL(uniform || weights)); 0: off, as released"
+        },
+    )
     alignment_steps: int = field(
         default=40,
         metadata={"help": "stage 0: LoRA-SFT steps on D_safe plus retention before merging"},
@@ -225,10 +235,10 @@ class BenchProfile:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        if not (self.neural_entropy_weight >= 0 and math.isfinite(self.neural_entropy_weight)):
-            raise ValueError(
-                f"neural_entropy_weight must be a number >= 0, got {self.neural_entropy_weight}"
-            )
+        for name in ("neural_entropy_weight", "scalar_entropy_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a number >= 0, got {value}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
         for task in self.alignment_retention_tasks:
@@ -270,6 +280,7 @@ class BenchProfile:
             "neural_learning_rate": self.neural_learning_rate,
             "neural_encoder": self.neural_encoder,
             "neural_entropy_weight": self.neural_entropy_weight,
+            "scalar_entropy_weight": self.scalar_entropy_weight,
             "alignment_steps": self.alignment_steps,
             "alignment_batch_size": self.alignment_batch_size,
             "alignment_learning_rate": self.alignment_learning_rate,

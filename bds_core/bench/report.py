@@ -379,10 +379,13 @@ def build_results(
             "per results folder"
         )
     rows = build_rows(cells)
-    commands = [str(run.get("command", "")) for run in runs if run.get("command")]
-    for cell in cells:
-        if cell.command and cell.command not in commands:
-            commands.append(cell.command)
+    # Each distinct command once, in run order: a resumed run repeats its command in the log.
+    commands = list(
+        dict.fromkeys(
+            [str(run["command"]) for run in runs if run.get("command")]
+            + [cell.command for cell in cells if cell.command]
+        )
+    )
     return BenchResults(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         model=models[0],

@@ -119,6 +119,19 @@ def test_one_machine_line_per_distinct_machine() -> None:
     ]
 
 
+def test_each_command_is_listed_once_in_run_order() -> None:
+    resumed = {"command": "bds bench run --shares 0.2"}
+    runs = [resumed, {"command": "bds bench run --shares 0.5"}, resumed, {"machine": {}}]
+    results = build_results(sweep(bds_hs=0.0), runs)
+    assert results.commands == [
+        "bds bench run --shares 0.2",
+        "bds bench run --shares 0.5",
+        "bds bench run --data data/bench",
+    ]
+    markdown = render_markdown(results)
+    assert markdown.count("    bds bench run --shares 0.2\n") == 1
+
+
 def test_an_empty_results_folder_is_an_error_that_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="bds bench run --out"):
         write_report(tmp_path)

@@ -329,3 +329,54 @@ def test_the_neural_entropy_weight_reaches_the_scheduler_and_only_its_cells_dige
     assert get_method("bds").scheduler_settings(profile).entropy_weight == 0.0
     with pytest.raises(ValueError, match="neural_entropy_weight must be a number >= 0"):
         replace(PROFILES["full"], neural_entropy_weight=-1.0)
+
+
+def test_the_scalar_entropy_weight_reaches_bds_and_bds_ref_and_only_their_digests(
+    bench: Bench,
+) -> None:
+    from dataclasses import replace
+
+    from bds_core.bench.profiles import get_method
+    from bds_core.bench.run import plan_run
+
+    def digests(entropy: float) -> dict[str, str]:
+        profile = replace(
+            PROFILES["smoke"],
+            methods=("sft", "bds", "bds-ref", "bds-neural"),
+            scalar_entropy_weight=entropy,
+        )
+        config = RunConfig(
+            data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
+        )
+        plans, _ = plan_run(config, RefusalPhraseJudge())
+        return {plan.cell_id: plan.digest for plan in plans}
+
+    off, on = digests(0.0), digests(1.0)
+    assert off.keys() == on.keys()
+    changed = {cell for cell in off if off[cell] != on[cell]}
+    # The committed cells (computed with the prior off) keep their digests; only the scalar
+    # variants' cells are new ones with the prior on.
+    assert changed == {
+        f"sort-words__{method}__{share}"
+        for method in ("bds", "bds-ref")
+        for share in ("p0", "p0.5")
+    }
+    profile = replace(PROFILES["full"], scalar_entropy_weight=0.5)
+    assert get_method("bds").scheduler_settings(profile).entropy_weight == 0.5
+    assert get_method("bds-ref").scheduler_settings(profile).entropy_weight == 0.5
+    assert get_method("bds-neural").scheduler_settings(profile).entropy_weight == 1.0
+    assert PROFILES["full"].scalar_entropy_weight == 0.0
+    with pytest.raises(ValueError, match="scalar_entropy_weight must be a number >= 0"):
+        replace(PROFILES["full"], scalar_entropy_weight=float("nan"))
+
+
+def test_the_scalar_entropy_weight_option_reaches_the_run(bench: Bench, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        bench_app,
+        bench.run_args(
+            tmp_path / "out", "--shares", "0.5", "--scalar-entropy-weight", "-1", "--no-report"
+        ),
+    )
+    assert result.exit_code != 0
+    assert "scalar_entropy_weight must be a number >= 0, got -1.0" in result.output
+    assert not (tmp_path / "out" / "cells").exists()
