@@ -64,9 +64,31 @@ chat_jsonl = _api.chat_jsonl
 upload = _api.upload
 
 
-# ---- a live service: real Celery worker processes on Redis and PostgreSQL ----------------
-
 REDIS_URL = os.environ.get("BDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (``BDS_TEST_REDIS_URL``, default the local one)."""
+    return REDIS_URL
+
+
+class FakeClock:
+    """A clock the test moves by hand (rate limiters take it as ``clock``)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# ---- a live service: real Celery worker processes on Redis and PostgreSQL ----------------
 WORKER_READY_S = 180.0
 
 

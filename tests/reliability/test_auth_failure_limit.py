@@ -28,7 +28,7 @@ from bds_service.settings import Settings
 TenantKey = Any  # fixture types from tests/api/conftest.py
 RecordingPublisher = Any
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+FakeClock = Any  # the ``clock`` fixture's type, tests/reliability/conftest.py
 OTHER_ADDRESS = ("203.0.113.7", 50000)
 
 
@@ -38,29 +38,14 @@ def db_url(pg_url: str) -> str:
     return pg_url
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
+def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; its counters are deleted afterwards."""
     import redis
 
     prefix = f"bds-test:authfail:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
     client.close()
@@ -73,6 +58,7 @@ def limited_app(
     publisher: RecordingPublisher,
     clock: FakeClock,
     redis_prefix: str,
+    redis_url: str,
 ) -> FastAPI:
     """An app allowing 3 failed authentications per 60 s per address, on the fake clock,
     counted in memory or in Redis (under this test's own prefix)."""
@@ -84,7 +70,7 @@ def limited_app(
     limiter: RateLimiter = (
         MemoryRateLimiter(3, 60.0, clock=clock)
         if request.param == "memory"
-        else RedisRateLimiter(REDIS_URL, 3, 60.0, prefix=redis_prefix, clock=clock)
+        else RedisRateLimiter(redis_url, 3, 60.0, prefix=redis_prefix, clock=clock)
     )
     app.state.services.auth_failure_limiter = limiter
     return app
@@ -139,10 +125,10 @@ def test_memory_limiter_forgets_full_buckets_so_many_addresses_cannot_grow_it(
 
 
 def test_redis_limiter_blocked_reads_the_window_without_counting(
-    clock: FakeClock, redis_prefix: str
+    clock: FakeClock, redis_prefix: str, redis_url: str
 ) -> None:
     limiter = RedisRateLimiter(
-        REDIS_URL, requests=2, window_s=10.0, prefix=redis_prefix, clock=clock
+        redis_url, requests=2, window_s=10.0, prefix=redis_prefix, clock=clock
     )
     assert limiter.blocked("10.0.0.1") is None and limiter.blocked("10.0.0.1") is None
     assert limiter.hit("10.0.0.1") is None and limiter.hit("10.0.0.1") is None
@@ -160,10 +146,12 @@ def test_unreachable_redis_blocks_nobody() -> None:
     assert limiter.blocked("10.0.0.1") is None
 
 
-def test_settings_choose_the_counter_and_zero_turns_it_off(service_settings: Settings) -> None:
+def test_settings_choose_the_counter_and_zero_turns_it_off(
+    service_settings: Settings, redis_url: str
+) -> None:
     service_settings.rate_limit_redis_url = None
     assert isinstance(build_auth_failure_limiter(service_settings), MemoryRateLimiter)
-    service_settings.rate_limit_redis_url = REDIS_URL
+    service_settings.rate_limit_redis_url = redis_url
     shared = build_auth_failure_limiter(service_settings)
     assert isinstance(shared, RedisRateLimiter) and shared.prefix == AUTH_FAILURE_PREFIX
     service_settings.auth_failure_limit = 0

@@ -22,7 +22,7 @@ from bds_service.settings import Settings
 TenantKey = Any  # fixture types from tests/api/conftest.py
 RecordingPublisher = Any
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+FakeClock = Any  # the ``clock`` fixture's type, tests/reliability/conftest.py
 
 
 @pytest.fixture
@@ -31,21 +31,10 @@ def db_url(pg_url: str) -> str:
     return pg_url
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 # ---- rate limit -------------------------------------------------------------------------
 
 
-def test_memory_limiter_refills_evenly_and_says_how_long_to_wait() -> None:
-    clock = FakeClock()
+def test_memory_limiter_refills_evenly_and_says_how_long_to_wait(clock: FakeClock) -> None:
     limiter = MemoryRateLimiter(requests=2, window_s=10.0, clock=clock)
     assert limiter.hit("key-a") is None and limiter.hit("key-a") is None
     assert limiter.hit("key-a") == pytest.approx(5.0)  # one token every 5 s
@@ -55,10 +44,9 @@ def test_memory_limiter_refills_evenly_and_says_how_long_to_wait() -> None:
     assert limiter.hit("key-a") == pytest.approx(5.0)
 
 
-def test_redis_limiter_counts_per_key_and_window() -> None:
-    clock = FakeClock(now=1_000_000.0)
+def test_redis_limiter_counts_per_key_and_window(clock: FakeClock, redis_url: str) -> None:
     prefix = f"bds-test:ratelimit:{uuid.uuid4().hex}:"
-    limiter = RedisRateLimiter(REDIS_URL, requests=2, window_s=10.0, prefix=prefix, clock=clock)
+    limiter = RedisRateLimiter(redis_url, requests=2, window_s=10.0, prefix=prefix, clock=clock)
     try:
         assert limiter.hit("key-a") is None and limiter.hit("key-a") is None
         clock.now += 3.0
@@ -84,12 +72,13 @@ def test_rate_limit_is_per_key_and_answers_429_with_retry_after(
     make_tenant: Callable[..., TenantKey],
     publisher: RecordingPublisher,
     backend: str,
+    redis_url: str,
 ) -> None:
     from api.app import create_app
 
     service_settings.rate_limit_requests = 3
     service_settings.rate_limit_window_seconds = 60.0
-    service_settings.rate_limit_redis_url = REDIS_URL if backend == "redis" else None
+    service_settings.rate_limit_redis_url = redis_url if backend == "redis" else None
     first_key, second_key = make_tenant("acme"), make_tenant("acme")
     with TestClient(create_app(service_settings, publisher)) as client:
         for _ in range(3):
