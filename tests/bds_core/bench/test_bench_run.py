@@ -302,8 +302,12 @@ def test_missing_data_files_are_named(bench: Bench, tmp_path: Path) -> None:
     assert len(load_examples(bench.data / "ft_sort-words_p0.5.jsonl")) == N
 
 
-def test_the_neural_entropy_weight_reaches_the_scheduler_and_only_its_cells_digests(
-    bench: Bench,
+@pytest.mark.parametrize(
+    ("setting", "its_methods"),
+    [("neural_entropy_weight", ("bds-neural",)), ("scalar_entropy_weight", ("bds", "bds-ref"))],
+)
+def test_an_entropy_weight_reaches_its_schedulers_and_changes_only_their_digests(
+    bench: Bench, setting: str, its_methods: tuple[str, ...]
 ) -> None:
     from dataclasses import replace
 
@@ -312,7 +316,7 @@ def test_the_neural_entropy_weight_reaches_the_scheduler_and_only_its_cells_dige
 
     def digests(entropy: float) -> dict[str, str]:
         profile = replace(
-            PROFILES["smoke"], methods=("bds", "bds-neural"), neural_entropy_weight=entropy
+            PROFILES["smoke"], methods=("sft", "bds", "bds-ref", "bds-neural"), **{setting: entropy}
         )
         config = RunConfig(
             data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
@@ -323,51 +327,23 @@ def test_the_neural_entropy_weight_reaches_the_scheduler_and_only_its_cells_dige
     off, on = digests(0.0), digests(0.5)
     assert off.keys() == on.keys()
     changed = {cell for cell in off if off[cell] != on[cell]}
-    assert changed == {"sort-words__bds-neural__p0", "sort-words__bds-neural__p0.5"}
-    profile = replace(PROFILES["full"], neural_entropy_weight=0.5)
-    assert get_method("bds-neural").scheduler_settings(profile).entropy_weight == 0.5
-    assert get_method("bds").scheduler_settings(profile).entropy_weight == 0.0
-    with pytest.raises(ValueError, match="neural_entropy_weight must be a number >= 0"):
-        replace(PROFILES["full"], neural_entropy_weight=-1.0)
-
-
-def test_the_scalar_entropy_weight_reaches_bds_and_bds_ref_and_only_their_digests(
-    bench: Bench,
-) -> None:
-    from dataclasses import replace
-
-    from bds_core.bench.profiles import get_method
-    from bds_core.bench.run import plan_run
-
-    def digests(entropy: float) -> dict[str, str]:
-        profile = replace(
-            PROFILES["smoke"],
-            methods=("sft", "bds", "bds-ref", "bds-neural"),
-            scalar_entropy_weight=entropy,
-        )
-        config = RunConfig(
-            data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
-        )
-        plans, _ = plan_run(config, RefusalPhraseJudge())
-        return {plan.cell_id: plan.digest for plan in plans}
-
-    off, on = digests(0.0), digests(1.0)
-    assert off.keys() == on.keys()
-    changed = {cell for cell in off if off[cell] != on[cell]}
-    # The committed cells (computed with the prior off) keep their digests; only the scalar
-    # variants' cells are new ones with the prior on.
+    # Cells computed with the prior off (the committed scalar cells) keep their digests.
     assert changed == {
-        f"sort-words__{method}__{share}"
-        for method in ("bds", "bds-ref")
-        for share in ("p0", "p0.5")
+        f"sort-words__{method}__{share}" for method in its_methods for share in ("p0", "p0.5")
     }
-    profile = replace(PROFILES["full"], scalar_entropy_weight=0.5)
-    assert get_method("bds").scheduler_settings(profile).entropy_weight == 0.5
-    assert get_method("bds-ref").scheduler_settings(profile).entropy_weight == 0.5
-    assert get_method("bds-neural").scheduler_settings(profile).entropy_weight == 1.0
-    assert PROFILES["full"].scalar_entropy_weight == 0.0
-    with pytest.raises(ValueError, match="scalar_entropy_weight must be a number >= 0"):
-        replace(PROFILES["full"], scalar_entropy_weight=float("nan"))
+    full = PROFILES["full"]
+    assert (full.neural_entropy_weight, full.scalar_entropy_weight) == (1.0, 0.0)
+    changed_profile = replace(full, **{setting: 0.5})
+    for method in ("bds", "bds-ref", "bds-neural"):
+        expected = (
+            0.5
+            if method in its_methods
+            else get_method(method).scheduler_settings(full).entropy_weight
+        )
+        assert get_method(method).scheduler_settings(changed_profile).entropy_weight == expected
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"{setting} must be a number >= 0"):
+            replace(full, **{setting: bad})
 
 
 def test_the_scalar_entropy_weight_option_reaches_the_run(bench: Bench, tmp_path: Path) -> None:
