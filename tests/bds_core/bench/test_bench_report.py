@@ -121,7 +121,12 @@ def test_one_machine_line_per_distinct_machine() -> None:
 
 def test_each_command_is_listed_once_in_run_order() -> None:
     resumed = {"command": "bds bench run --shares 0.2"}
-    runs = [resumed, {"command": "bds bench run --shares 0.5"}, resumed, {"machine": {}}]
+    runs: list[dict[str, Any]] = [
+        resumed,
+        {"command": "bds bench run --shares 0.5"},
+        resumed,
+        {"machine": {}},
+    ]
     results = build_results(sweep(bds_hs=0.0), runs)
     assert results.commands == [
         "bds bench run --shares 0.2",

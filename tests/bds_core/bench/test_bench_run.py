@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema_rs
 import pytest
@@ -20,7 +21,7 @@ from bds_core.bench import BuildDataConfig, build_benchmark_data
 from bds_core.bench.alignment import stage0_examples
 from bds_core.bench.answers import GenerationSettings
 from bds_core.bench.cli import bench_app
-from bds_core.bench.profiles import PROFILES
+from bds_core.bench.profiles import PROFILES, BenchProfile
 from bds_core.bench.results import read_cell, results_json_schema, validate_results
 from bds_core.bench.run import RunConfig, run_benchmark
 from bds_core.data import harmful_count, load_examples
@@ -314,9 +315,13 @@ def test_an_entropy_weight_reaches_its_schedulers_and_changes_only_their_digests
     from bds_core.bench.profiles import get_method
     from bds_core.bench.run import plan_run
 
+    def with_weight(profile: BenchProfile, weight: float) -> BenchProfile:
+        changes: dict[str, Any] = {setting: weight}
+        return replace(profile, **changes)
+
     def digests(entropy: float) -> dict[str, str]:
-        profile = replace(
-            PROFILES["smoke"], methods=("sft", "bds", "bds-ref", "bds-neural"), **{setting: entropy}
+        profile = with_weight(
+            replace(PROFILES["smoke"], methods=("sft", "bds", "bds-ref", "bds-neural")), entropy
         )
         config = RunConfig(
             data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
@@ -333,7 +338,7 @@ def test_an_entropy_weight_reaches_its_schedulers_and_changes_only_their_digests
     }
     full = PROFILES["full"]
     assert (full.neural_entropy_weight, full.scalar_entropy_weight) == (1.0, 0.0)
-    changed_profile = replace(full, **{setting: 0.5})
+    changed_profile = with_weight(full, 0.5)
     for method in ("bds", "bds-ref", "bds-neural"):
         expected = (
             0.5
@@ -343,7 +348,7 @@ def test_an_entropy_weight_reaches_its_schedulers_and_changes_only_their_digests
         assert get_method(method).scheduler_settings(changed_profile).entropy_weight == expected
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match=f"{setting} must be a number >= 0"):
-            replace(full, **{setting: bad})
+            with_weight(full, bad)
 
 
 def test_the_scalar_entropy_weight_option_reaches_the_run(bench: Bench, tmp_path: Path) -> None:
