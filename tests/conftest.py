@@ -127,6 +127,12 @@ def pg_url(postgres_url: str) -> Iterator[str]:
     _truncate_postgres(postgres_url)
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis (``BDS_TEST_REDIS_URL``, default the local one)."""
+    return REDIS_URL
+
+
 @pytest.fixture
 def service_settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings for one test: its own database, storage folder and queue names."""

@@ -64,15 +64,6 @@ chat_jsonl = _api.chat_jsonl
 upload = _api.upload
 
 
-REDIS_URL = os.environ.get("BDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The test Redis (``BDS_TEST_REDIS_URL``, default the local one)."""
-    return REDIS_URL
-
-
 class FakeClock:
     """A clock the test moves by hand (rate limiters take it as ``clock``)."""
 
@@ -263,7 +254,7 @@ class LiveService:
 
 
 def _clean_redis(settings: Settings) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(settings.resolved_broker_url)
     queues = {settings.cpu_queue, settings.gpu_queue}
     for queue in queues:
         client.delete(queue, f"_kombu.binding.{queue}")
@@ -296,6 +287,7 @@ def _environment_value(value: Any) -> str:
 def live_service(
     request: pytest.FixtureRequest,
     postgres_url: str,
+    redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveService]:
     """A live service for one test module, which may set ``LIVE_SETTINGS`` (field: value).
@@ -312,7 +304,7 @@ def live_service(
     suffix = uuid.uuid4().hex[:8]
     values: dict[str, Any] = {
         "database_url": postgres_url,
-        "broker_url": REDIS_URL,
+        "broker_url": redis_url,
         "data_dir": str(folder / "data"),
         "storage_dir": str(folder / "storage"),
         "api_key_secret": "live-secret-0123456789abcdef",
