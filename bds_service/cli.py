@@ -26,7 +26,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
-from bds_service.db import make_engine, make_session_factory, upgrade_database
+from bds_service.db import (
+    make_engine,
+    make_session_factory,
+    missing_sqlite_file,
+    upgrade_database,
+)
 from bds_service.errors import ServiceError
 from bds_service.settings import Settings, get_settings
 from bds_service.tasks import QueueKind, queue_name
@@ -80,17 +85,24 @@ def _check_database(engine: Engine, url: str) -> None:
         )
         raise typer.Exit(code=2) from None
     if not migrated:
-        typer.secho(
-            f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
-            "--database-url / --data-dir first (`bds serve` does it by itself)",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(code=2)
+        raise _no_schema(shown)
+
+
+def _no_schema(shown: str) -> typer.Exit:
+    typer.secho(
+        f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
+        "--database-url / --data-dir first (`bds serve` does it by itself)",
+        err=True,
+        fg=typer.colors.RED,
+    )
+    return typer.Exit(code=2)
 
 
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
+    if missing_sqlite_file(settings.resolved_database_url) is not None:
+        # Connecting would leave an empty database file (and its folder) behind.
+        raise _no_schema(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
         _check_database(engine, settings.resolved_database_url)

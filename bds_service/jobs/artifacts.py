@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -17,6 +18,9 @@ from bds_service.jobs.states import JobStatus
 from bds_service.storage import LocalStorage
 
 ArchiveFormat = Literal["tar.gz", "zip"]
+ARCHIVE_FILE_MODE = 0o644
+"""Every file in an adapter archive has this mode, whatever it had on the worker's disk
+(the trainer writes the weights through a private temporary file, 0600)."""
 
 
 def adapter_dir(session: Session, tenant_id: str, job_id: str, storage: LocalStorage) -> Path:
@@ -40,7 +44,8 @@ def build_adapter_archive(source: Path, root_name: str, archive_format: ArchiveF
     """Pack the regular files of ``source`` under ``root_name/`` into a temporary archive.
 
     Symlinks and anything else that is not a regular file are left out, so an archive never
-    points outside the adapter. The caller deletes the returned file.
+    points outside the adapter. Every member gets mode 0644 and no owner names, so unpacking
+    gives the same readable files on any machine. The caller deletes the returned file.
     """
     members = sorted(path for path in source.rglob("*") if path.is_file() and not path.is_symlink())
     suffix = ".tar.gz" if archive_format == "tar.gz" else ".zip"
@@ -50,9 +55,26 @@ def build_adapter_archive(source: Path, root_name: str, archive_format: ArchiveF
     if archive_format == "tar.gz":
         with tarfile.open(target, "w:gz") as archive:
             for path in members:
-                archive.add(path, arcname=f"{root_name}/{path.relative_to(source).as_posix()}")
+                archive.add(
+                    path,
+                    arcname=f"{root_name}/{path.relative_to(source).as_posix()}",
+                    filter=_portable_tar_member,
+                )
     else:
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in members:
-                archive.write(path, arcname=f"{root_name}/{path.relative_to(source).as_posix()}")
+                info = zipfile.ZipInfo.from_file(
+                    path, arcname=f"{root_name}/{path.relative_to(source).as_posix()}"
+                )
+                info.external_attr = (0o100000 | ARCHIVE_FILE_MODE) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with path.open("rb") as handle, archive.open(info, "w") as member:
+                    shutil.copyfileobj(handle, member)
     return target
+
+
+def _portable_tar_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    member.mode = ARCHIVE_FILE_MODE
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member

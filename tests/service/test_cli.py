@@ -44,6 +44,7 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert empty.exit_code == 2
     assert "has no schema yet; run `bds migrate`" in empty.output
     assert "Traceback" not in empty.output
+    assert not cli_env.exists(), "a command that only reads left an empty database behind"
 
     unreachable = runner.invoke(
         service_app,
@@ -60,6 +61,29 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
         unreachable.output
     )
     assert "hunter2" not in unreachable.output
+
+
+def test_alembic_check_without_settings_says_so_and_creates_nothing(
+    cli_env: Path, tmp_path: Path
+) -> None:
+    """`alembic check` run where no database was ever made names the missing file instead of
+    creating an empty ./.bds/bds.sqlite3."""
+    repo = Path(__file__).resolve().parents[2]
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BDS_")}
+    env["PYTHONPATH"] = str(repo)
+    checked = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(repo / "alembic.ini"), "check"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode != 0
+    assert f"there is no database at {workdir / '.bds' / 'bds.sqlite3'}" in checked.stderr
+    assert list(workdir.iterdir()) == []
 
 
 def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_url: str) -> None:
