@@ -12,6 +12,8 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
+from bds_service import audit
+from bds_service.audit import Actor
 from bds_service.errors import ConflictError
 from bds_service.jobs.service import get_job
 from bds_service.jobs.states import JobStatus
@@ -38,6 +40,33 @@ def adapter_dir(session: Session, tenant_id: str, job_id: str, storage: LocalSto
             f"the adapter of job {job_id} is no longer stored", code="adapter_not_available"
         )
     return path
+
+
+def adapter_archive_for_download(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    storage: LocalStorage,
+    archive_format: ArchiveFormat,
+    actor: Actor,
+) -> tuple[Path, str]:
+    """Pack the adapter of the tenant's succeeded job for ``actor`` and audit the download.
+
+    Returns the temporary archive (the caller deletes it) and its download name.
+    """
+    source = adapter_dir(session, tenant_id, job_id, storage)
+    root_name = f"{job_id}-adapter"
+    archive = build_adapter_archive(source, root_name, archive_format)
+    audit.record(
+        session,
+        actor,
+        "fine_tuning_job.adapter.download",
+        target_type="fine_tuning_job",
+        target_id=job_id,
+        tenant_id=tenant_id,
+        details={"format": archive_format, "bytes": archive.stat().st_size},
+    )
+    return archive, f"{root_name}.{archive_format}"
 
 
 def build_adapter_archive(source: Path, root_name: str, archive_format: ArchiveFormat) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from bds_service.cli import _parse_queue_kinds, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
+from bds_service.models import AuditLog
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
 from bds_service.tenants.service import authenticate
@@ -96,7 +99,17 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
 
     issued = runner.invoke(
         service_app,
-        ["admin", "create-key", "--tenant", "acme", "--admin", "--database-url", db_url],
+        [
+            "admin",
+            "create-key",
+            "--tenant",
+            "acme",
+            "--admin",
+            "--name",
+            "ci-deploy",
+            "--database-url",
+            db_url,
+        ],
     )
     assert issued.exit_code == 0, issued.output
     key = issued.stdout.strip()
@@ -104,8 +117,19 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
     engine = make_engine(db_url)
     with make_session_factory(engine)() as session:
         principal = authenticate(session, key, secret=SECRET)
+        rows = session.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     engine.dispose()
     assert principal.is_admin and principal.tenant_name == "acme"
+    # The audit log says who ran which command where, and which key was made.
+    by_action = {row.action: row for row in rows}
+    user_at_host = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert by_action["tenant.create"].actor_id == f"{user_at_host} (bds admin create-tenant)"
+    key_row = by_action["api_key.create"]
+    assert key_row.actor_type == "cli"
+    assert key_row.actor_id == f"{user_at_host} (bds admin create-key)"
+    assert key_row.target_id == principal.key_id
+    assert key_row.details is not None and key_row.details["name"] == "ci-deploy"
+    assert key_row.details["is_admin"] is True
 
     listing = runner.invoke(service_app, ["admin", "list-tenants", "--database-url", db_url])
     assert key[:12] in listing.output and key not in listing.output
