@@ -210,11 +210,16 @@ def test_another_tenants_report_is_a_404_and_shows_nothing_of_it(
         f"/reports/jobs/{customer_job['job']}",
         f"/reports/jobs/{customer_job['job']}/loss.png",
         f"/reports/jobs/{customer_job['job']}/weights.png",
+        f"/reports/jobs/{customer_job['job']}/adapter.tar.gz",
+        f"/reports/jobs/{customer_job['job']}/adapter.zip",
         "/reports/files/file-doesnotexist",
     ):
         response = browser.get(path, headers=other_tenant.headers)
         assert response.status_code == 404, path
         assert "train.jsonl" not in response.text
+    # The owner's own job has not succeeded: its adapter is not there yet (409, not a file).
+    early = browser.get(f"/reports/jobs/{customer_job['job']}/adapter.zip", headers=tenant.headers)
+    assert early.status_code == 409 and "once it has succeeded" in early.text
     index = browser.get("/reports", headers=other_tenant.headers)
     assert index.status_code == 200
     assert customer_job["file"] not in index.text and customer_job["job"] not in index.text
