@@ -203,6 +203,7 @@ class JobProgress(TrainerCallback):
         self.lease = lease
         self._last_event = 0.0
         self._evaluation_started = 0.0
+        self._first_batch: tuple[float, int] | None = None
         self.last_metrics: dict[str, Any] = {}
 
     # cancellation, read from the database between steps ---------------------------------
@@ -336,6 +337,7 @@ class JobProgress(TrainerCallback):
         """Announce the post-training evaluation and its size."""
         self.lease.check()
         self._evaluation_started = time.monotonic()
+        self._first_batch = None
         self._last_event = 0.0
         total = 2 * n_prompts + n_validation
         parts = []
@@ -354,7 +356,15 @@ class JobProgress(TrainerCallback):
         self.lease.check()
         now = time.monotonic()
         elapsed = now - self._evaluation_started
-        eta_s = elapsed / done * (total - done) if done else None
+        # The rate since the first batch leaves out the model's loading time; until a second
+        # batch is done, the whole elapsed time is all there is to go by.
+        if self._first_batch is None:
+            self._first_batch = (now, done)
+        since, done_then = self._first_batch
+        if done > done_then and now > since:
+            eta_s: float | None = (now - since) / (done - done_then) * (total - done)
+        else:
+            eta_s = elapsed / done * (total - done) if done else None
         finished = done >= total
         due = now - self._last_event >= self.context.settings.progress_event_seconds
         if not (due or finished):

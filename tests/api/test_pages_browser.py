@@ -546,6 +546,7 @@ def test_customer_sees_only_their_own_reports(page: Any, stack: Stack) -> None:
 
     finished_row = page.locator("tbody tr", has_text=stack.finished_job)
     assert "download .tar.gz" in finished_row.inner_text()
+    assert re.fullmatch(r"\d+\.\d% → \d+\.\d%", finished_row.locator(".hs-cell").inner_text())
     page.click(f"a:has-text('{stack.finished_job}')")
     report = page.inner_text("main")
     assert "HS after fine-tuning" in report and "What BDS did to the examples" in report
