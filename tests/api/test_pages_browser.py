@@ -135,6 +135,7 @@ class Stack:
     customer_tenant: str
     finished_job: str
     queued_job: str
+    evaluating_job: str
     training_file: str
     alignment_file: str
     foreign_file: str
@@ -179,7 +180,8 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from bds_service.audit import Actor
     from bds_service.db import make_engine, make_session_factory, unit_of_work
     from bds_service.files import service as files_service
-    from bds_service.jobs.runner import RunContext, run_job
+    from bds_service.jobs.evaluation import STAGE_BEFORE
+    from bds_service.jobs.runner import JobProgress, LeaseKeeper, RunContext, _claim, run_job
     from bds_service.settings import Settings
     from bds_service.storage import LocalStorage
     from bds_service.tasks import SCORE_DATASET, VALIDATE_FILE
@@ -271,6 +273,14 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         context = RunContext(uow=uow, storage=storage, settings=settings)
         assert run_job(context, finished) == "succeeded"
         queued = create_job(500)
+        # A job whose training is over and whose evaluation is a third done, reported by the
+        # runner's own progress callback (the step between claim and success, held still).
+        evaluating = create_job(4)
+        plan = _claim(context, evaluating)
+        assert not isinstance(plan, str), plan
+        progress = JobProgress(context, plan, LeaseKeeper(context, evaluating))
+        progress.start_evaluation(n_prompts=2, n_validation=2)
+        progress.on_evaluation(STAGE_BEFORE, 2, 6)
 
     server, thread, base_url = _serve(app)
     try:
@@ -281,6 +291,7 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             customer_tenant=tenant_ids["acme"],
             finished_job=finished,
             queued_job=queued,
+            evaluating_job=evaluating,
             training_file=training,
             alignment_file=alignment,
             foreign_file=foreign,
@@ -401,6 +412,19 @@ def test_job_page_shows_plots_harmful_score_events_and_checkpoints(page: Any, st
     assert page.goto(f"/admin/jobs/{stack.finished_job}/loss.png").status == 200
     page.goto(f"/admin/audit?action=admin.view.job_plot&tenant={stack.customer_tenant}")
     assert page.locator("table.audit tbody tr").count() == 1
+
+
+def test_a_job_in_its_evaluation_shows_the_evaluation_progress(page: Any, stack: Stack) -> None:
+    log_in(page, stack.admin_key, f"/admin/jobs/{stack.evaluating_job}")
+    assert "running" in page.inner_text("h1")
+    shown = page.inner_text("#evaluation-progress")
+    assert shown.startswith("2 / 6 answers (33.3%, harmful prompts, base model), ETA ")
+    assert "the adapter's safety evaluation is running" in page.inner_text("#progress")
+    assert page.locator("#progress progress").get_attribute("value") == "33.33"
+    assert "Evaluating: 2/6 answers (33%, harmful prompts, base model)" in page.inner_text(
+        "#events"
+    )
+    shot(page, "07-job-evaluating")
 
 
 def test_a_job_before_its_first_step_says_when_its_plots_come(page: Any, stack: Stack) -> None:
