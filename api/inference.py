@@ -71,7 +71,9 @@ async def record_usage(
     await run_in_threadpool(record)
 
 
-def engine_body(body: ChatCompletionCreate, target: ModelTarget, max_tokens_cap: int) -> dict[str, Any]:  # fmt: skip
+def engine_body(
+    body: ChatCompletionCreate, target: ModelTarget, max_tokens_cap: int
+) -> dict[str, Any]:
     """The request as the engine gets it: its model name, a bounded max_tokens."""
     requested = body.max_completion_tokens or body.max_tokens
     if requested is not None and requested > max_tokens_cap:
@@ -115,7 +117,7 @@ async def relay_stream(
     *,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """Server-sent events for the client from the engine's stream; usage recorded at the end.
+    """Server-sent events for the client from the engine's stream; usage recorded at its end.
 
     The engine is always asked for a usage chunk; the client gets it only if it asked too.
     """
@@ -133,11 +135,13 @@ async def relay_stream(
             if "model" in payload:
                 payload["model"] = target.model
             yield f"data: {_json(payload)}\n\n"
+        # Recorded before the client learns that the stream is over. A client that leaves
+        # early closes the engine's stream too, which stops the generation.
+        if usage is not None:
+            await record_usage(services, caller, target, "chat", usage)
         yield "data: [DONE]\n\n"
     finally:
         await response.aclose()
-        if usage is not None:
-            await record_usage(services, caller, target, "chat", usage)
 
 
 def _json(payload: dict[str, Any]) -> str:

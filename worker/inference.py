@@ -188,7 +188,9 @@ def create_inference_app(engine: InferenceEngine, default_max_tokens: int = 512)
                 body.model, [message.as_dict() for message in body.messages], params, on_event
             )
         except ModelNotServedError:
-            return _error(404, f"The model `{body.model}` does not exist.", "model_not_found", "model")  # fmt: skip
+            return _error(
+                404, f"The model `{body.model}` does not exist.", "model_not_found", "model"
+            )
         except EngineRequestError as error:
             return _error(400, str(error), error.code, error.param)
 

@@ -143,7 +143,10 @@ def adapter_base_model(path: Path) -> str:
     """
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
-    for name, key in (("bds_adapter.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):  # fmt: skip
+    for name, key in (
+        ("bds_adapter.json", "base_model"),
+        ("adapter_config.json", "base_model_name_or_path"),
+    ):
         try:
             content = json.loads((path / name).read_text())
         except (OSError, ValueError):
@@ -336,7 +339,9 @@ class InferenceEngine:
             self._models[base] = served
         return served
 
-    def _activate(self, served: _ServedModel, adapter: str | None) -> contextlib.AbstractContextManager[Any]:  # fmt: skip
+    def _activate(
+        self, served: _ServedModel, adapter: str | None
+    ) -> contextlib.AbstractContextManager[Any]:
         """Make ``adapter`` (or none) the active one; the context is the forward's scope."""
         # Drop adapters that were unregistered since they were loaded.
         registered = self.adapters()

@@ -184,6 +184,10 @@ def test_bad_requests_and_adapters_are_refused_clearly(
         engine.register_adapter("ft:empty", tmp_path)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "llama-70b"}))  # fmt: skip
-    with pytest.raises(AdapterError, match="trained on 'llama-70b', which this engine does not serve"):  # fmt: skip
+    (foreign / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "llama-70b"})
+    )
+    with pytest.raises(
+        AdapterError, match="trained on 'llama-70b', which this engine does not serve"
+    ):
         engine.register_adapter("ft:foreign", foreign)
