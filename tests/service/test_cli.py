@@ -141,8 +141,12 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
     cli_env: Path, tmp_path: Path
 ) -> None:
     """`serve` with no options: SQLite database and broker, uploads validated by the worker."""
-    port = _free_port()
-    environment = {**os.environ, "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false"}
+    port, inference_port = _free_port(), _free_port()
+    environment = {
+        **os.environ,
+        "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false",
+        "BDS_INFERENCE_URL": f"http://127.0.0.1:{inference_port}",
+    }
     log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "bds_service.cli", "serve", "--port", str(port)],
@@ -189,6 +193,20 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
                 "status"
             ]
         assert status == "processed"  # the cpu worker consumed the SQLite broker's message
+
+        # The inference worker answers chat completions on a base model.
+        chat = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers=headers,
+            json={
+                "model": "tiny-random-llama",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+            },
+            timeout=120,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["usage"]["completion_tokens"] <= 4
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
