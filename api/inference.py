@@ -202,14 +202,19 @@ async def job_model(services: AppServices, tenant_id: str, job_id: str) -> Model
 async def run_safety_eval(
     services: AppServices,
     caller: Caller,
+    job_tenant_id: str,
     job_id: str,
     prompts: list[str],
     *,
     max_tokens: int,
     actor: Actor,
 ) -> SafetyEvaluation:
-    """Ask the tuned and the base model every prompt, judge refusals, store the result."""
-    target = await job_model(services, caller.tenant_id, job_id)
+    """Ask the tuned and the base model every prompt, judge refusals, store the result.
+
+    ``job_tenant_id`` owns the job (the caller's own tenant, or any for an operator); the
+    tokens are charged to the caller's tenant.
+    """
+    target = await job_model(services, job_tenant_id, job_id)
     judge = RefusalPhraseJudge()
     pairs = await asyncio.gather(
         *(
@@ -228,7 +233,7 @@ async def run_safety_eval(
 
     def store() -> SafetyEvaluation:
         with services.session_factory() as session:
-            job = jobs.get_job(session, caller.tenant_id, job_id)
+            job = jobs.get_job(session, job_tenant_id, job_id)
             evaluation = inference.store_safety_evaluation(
                 session,
                 job=job,

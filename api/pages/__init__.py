@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api.pages import admin, auth, reports
+from api.pages import admin, auth, playground, reports
 from api.pages.templating import STATIC_DIR
 
 
@@ -16,4 +16,6 @@ def install_pages(app: FastAPI) -> None:
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(reports.router)
+    app.include_router(playground.admin_router)
+    app.include_router(playground.reports_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

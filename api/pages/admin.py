@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import DbSession, RequestId, Services, Storage
 from api.pages.auth import AdminCaller, CsrfField, PageCaller, check_csrf
+from api.pages.playground import playground_context
 from api.pages.reports import (
     dataset_report_context,
     job_report_context,
@@ -172,10 +173,13 @@ def job_detail(
     caller: AdminCaller,
     request_id: RequestId,
     storage: Storage,
+    services: Services,
 ) -> Response:
-    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel."""
+    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel,
+    the playground and safety evaluations."""
     job, tenant_name = _load_job(session, job_id)
     context = job_report_context(session, job, storage)
+    context.update(playground_context(session, job, services.settings, f"/admin/jobs/{job.id}"))
     events = admin_queries.job_events(session, job)
     admin_service.record_view(
         session,

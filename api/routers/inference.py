@@ -75,6 +75,7 @@ async def create_safety_eval(
     evaluation = await inference.run_safety_eval(
         services,
         inference.Caller(principal.tenant_id, principal.key_id, request_id),
+        principal.tenant_id,
         fine_tuning_job_id,
         body.prompts,
         max_tokens=body.max_tokens,
