@@ -8,6 +8,7 @@ under the job's ``fine_tuned_model`` name, with its folder as the engine sees it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -102,11 +103,15 @@ class InferenceClient:
 
     settings: Settings
     _client: httpx.AsyncClient | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
     _registered: set[str] = field(default_factory=set)
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+        """The connection pool of the running event loop (a new loop gets a new pool)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop = loop
             self._client = httpx.AsyncClient(
                 base_url=self.settings.inference_url.rstrip("/"),
                 headers=_headers(self.settings),
@@ -115,9 +120,10 @@ class InferenceClient:
         return self._client
 
     async def aclose(self) -> None:
-        if self._client is not None:
+        """Close the pool if it belongs to the running loop."""
+        if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()
-            self._client = None
+        self._client = None
 
     async def ensure_adapter(self, name: str, adapter_dir: Path, *, force: bool = False) -> None:
         """Register the adapter unless this process already did (``force``: again)."""
