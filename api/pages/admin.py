@@ -38,6 +38,7 @@ from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
 from bds_service.errors import InvalidRequestError, NotFoundError
 from bds_service.files.service import UPLOAD_PURPOSES
+from bds_service.inference import service as inference_usage
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import File, FineTuningJob, utcnow
@@ -437,6 +438,7 @@ def _tenant_page(
         limits=limits_for(tenant, services.settings),
         overrides=TenantLimitOverrides.of(tenant),
         now=utcnow(),
+        usage=inference_usage.usage_totals(session, tenant.id),
     )
     return response
 

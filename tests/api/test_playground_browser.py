@@ -340,3 +340,13 @@ def test_operator_uses_the_playground_of_a_customer_job_and_it_is_audited(
         )
     engine.dispose()
     assert "admin.view.job_playground_ask" in actions
+
+    # The operator's tokens are charged to the operator's own tenant, shown on its page.
+    page.goto("/admin/tenants")
+    page.click("a:has-text('provider')")
+    usage = page.locator("#usage tbody tr")
+    assert usage.count() == 2  # the base and the fine-tuned model
+    assert {row.split("\t")[0] for row in usage.all_inner_texts()} == {
+        "tiny-random-llama",
+        f"ft:tiny-random-llama:acme:zebra:{stack.job.removeprefix('ftjob-')}",
+    }
