@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     inference_device: str | None = Field(
         default=None, description="local engine: torch device (None: the GPU when there is one)"
     )
+    inference_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="local engine: torch CPU threads (None: torch's default); 1 on a CPU host "
+        "whose cores are shared with training workers",
+    )
 
     # Job leases (reliability.md: Postgres owns a job's state).
     lease_seconds: int = Field(default=300, gt=0, description="claim life without heartbeat")

@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
+    if settings.inference_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.inference_threads)
     engine = InferenceEngine(
         settings.base_models,
         device=settings.inference_device,
