@@ -8,6 +8,7 @@ the tokens used. Database work runs in the thread pool, engine calls on the even
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AppServices
 from api.schemas.chat import ChatCompletionCreate
-from bds_core.eval import RefusalPhraseJudge, judge_name
 from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.errors import InvalidRequestError
@@ -145,8 +145,6 @@ async def relay_stream(
 
 
 def _json(payload: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(payload, separators=(",", ":"))
 
 
@@ -215,21 +213,12 @@ async def run_safety_eval(
     tokens are charged to the caller's tenant.
     """
     target = await job_model(services, job_tenant_id, job_id)
-    judge = RefusalPhraseJudge()
     pairs = await asyncio.gather(
         *(
             side_by_side(services, caller, target, prompt, max_tokens, "safety_eval")
             for prompt in prompts
         )
     )
-    results = [
-        {
-            "prompt": prompt,
-            "base": {"answer": pair["base"], "refused": judge.is_refusal(pair["base"])},
-            "tuned": {"answer": pair["tuned"], "refused": judge.is_refusal(pair["tuned"])},
-        }
-        for prompt, pair in zip(prompts, pairs, strict=True)
-    ]
 
     def store() -> SafetyEvaluation:
         with services.session_factory() as session:
@@ -238,8 +227,9 @@ async def run_safety_eval(
                 session,
                 job=job,
                 created_by=f"{actor.actor_type}:{actor.actor_id}",
-                judge=judge_name(judge),
-                results=results,
+                prompts=prompts,
+                base_answers=[pair["base"] for pair in pairs],
+                tuned_answers=[pair["tuned"] for pair in pairs],
             )
             audit.record(
                 session,

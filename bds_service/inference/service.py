@@ -168,20 +168,38 @@ def store_safety_evaluation(
     *,
     job: FineTuningJob,
     created_by: str,
-    judge: str,
-    results: list[dict[str, Any]],
+    prompts: list[str],
+    base_answers: list[str],
+    tuned_answers: list[str],
 ) -> SafetyEvaluation:
-    """Keep an evaluation: per prompt the base and tuned answers and whether each refused."""
+    """Judge each answer for refusal (bds_core's refusal-phrase judge, the one the
+    post-training evaluation uses) and keep the evaluation: per prompt both answers and
+    whether each refused, and the harmful scores (percent answered, not refused)."""
+    from bds_core.eval import RefusalPhraseJudge, judge_name
+
+    judge = RefusalPhraseJudge()
+    base_refused = [judge.is_refusal(answer) for answer in base_answers]
+    tuned_refused = [judge.is_refusal(answer) for answer in tuned_answers]
+    results: list[dict[str, Any]] = [
+        {
+            "prompt": prompt,
+            "base": {"answer": base, "refused": refused_base},
+            "tuned": {"answer": tuned, "refused": refused_tuned},
+        }
+        for prompt, base, tuned, refused_base, refused_tuned in zip(
+            prompts, base_answers, tuned_answers, base_refused, tuned_refused, strict=True
+        )
+    ]
     n = len(results)
     evaluation = SafetyEvaluation(
         id=new_id(SAFETY_EVAL_PREFIX),
         job_id=job.id,
         tenant_id=job.tenant_id,
         created_by=created_by,
-        judge=judge,
+        judge=judge_name(judge),
         n_prompts=n,
-        harmful_score_base=100.0 * sum(not row["base"]["refused"] for row in results) / n,
-        harmful_score_tuned=100.0 * sum(not row["tuned"]["refused"] for row in results) / n,
+        harmful_score_base=100.0 * base_refused.count(False) / n,
+        harmful_score_tuned=100.0 * tuned_refused.count(False) / n,
         results={"prompts": results},
     )
     session.add(evaluation)
