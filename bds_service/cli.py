@@ -269,6 +269,25 @@ def worker(
     os.execv(sys.executable, command)
 
 
+@service_app.command()
+def inference(
+    host: Annotated[
+        str | None, typer.Option(help="interface (default: BDS_INFERENCE_URL's host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="port (default: BDS_INFERENCE_URL's)")
+    ] = None,
+) -> None:
+    """Run the local inference worker: chat completions on the base models and the jobs'
+    adapters, for the API to forward to (what `bds serve` starts by itself)."""
+    command = inference_command(_apply_overrides())
+    if host is not None:
+        command[command.index("--host") + 1] = host
+    if port is not None:
+        command[command.index("--port") + 1] = str(port)
+    os.execv(sys.executable, command)
+
+
 def _api_command(host: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "api.app:app", "--host", host, "--port", str(port),

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bds_service.cli import _parse_queue_kinds, service_app, worker_command
+from bds_service.cli import _parse_queue_kinds, inference_command, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
@@ -128,6 +128,15 @@ def test_a_multi_gpu_worker_listens_on_the_multi_gpu_queue(tmp_path: Path) -> No
     assert plain[plain.index("--queues") + 1] == "site-gpu"
     with pytest.raises(typer.BadParameter, match="unknown queue 'gpus'"):
         _parse_queue_kinds("gpus")
+
+
+def test_the_inference_worker_listens_where_the_api_looks_for_it(tmp_path: Path) -> None:
+    command = inference_command(Settings(data_dir=tmp_path, inference_url="http://10.0.0.5:9001"))
+    assert command[1:3] == ["-m", "worker.inference"]
+    assert command[command.index("--host") + 1] == "10.0.0.5"
+    assert command[command.index("--port") + 1] == "9001"
+    default = inference_command(Settings(data_dir=tmp_path))
+    assert default[default.index("--port") + 1] == "8001"
 
 
 def _free_port() -> int:
