@@ -119,6 +119,15 @@ class RequestHandle:
         """Stop generating for this request (the client went away)."""
         self.cancelled = True
 
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to the caller; a callback that fails cancels the request, so one
+        broken caller (a closed event loop, say) never stops the batch or the engine."""
+        try:
+            self.on_event(event)
+        except Exception:
+            logger.exception("the callback of a request for %s failed; cancelling it", self.model)
+            self.cancelled = True
+
 
 @dataclass(frozen=True)
 class _AdapterSource:
@@ -327,7 +336,7 @@ class InferenceEngine:
                     except Exception as error:
                         logger.exception("inference batch for %s failed", adapter or base)
                         for handle in batch:
-                            handle.on_event(("error", error))
+                            handle.emit(("error", error))
 
     def _served(self, base: str) -> _ServedModel:
         served = self._models.get(base)
@@ -402,7 +411,7 @@ class InferenceEngine:
                 )["input_ids"]
             )
             if limit is not None and len(ids) + handle.params.max_tokens > limit:
-                handle.on_event(
+                handle.emit(
                     (
                         "error",
                         EngineRequestError(
@@ -530,13 +539,13 @@ class _Row:
 
     def _send(self, upto: int) -> None:
         if upto > self.sent:
-            self.handle.on_event(("delta", self.text[self.sent : upto]))
+            self.handle.emit(("delta", self.text[self.sent : upto]))
             self.sent = upto
 
     def _finish(self, reason: FinishReason, count_token: bool = False) -> None:
         self._send(len(self.text))
         self.finished = True
-        self.handle.on_event(
+        self.handle.emit(
             (
                 "done",
                 Completion(

@@ -191,3 +191,30 @@ def test_bad_requests_and_adapters_are_refused_clearly(
         AdapterError, match="trained on 'llama-70b', which this engine does not serve"
     ):
         engine.register_adapter("ft:foreign", foreign)
+
+
+def test_a_caller_whose_callback_fails_does_not_stop_the_batch_or_the_engine(
+    engine: InferenceEngine,
+) -> None:
+    def broken(_event: Any) -> None:
+        raise RuntimeError("the client's event loop is closed")
+
+    results: list[Any] = []
+    finished = threading.Event()
+
+    def healthy(event: Any) -> None:
+        if event[0] != "delta":
+            results.append(event[1])
+            finished.set()
+
+    with engine.paused():
+        broken_handle = engine.submit(TINY, _user(PROMPTS[0]), GREEDY, broken)
+        engine.submit(TINY, _user(PROMPTS[1]), GREEDY, healthy)
+    finished.wait()
+    assert broken_handle.cancelled
+    (completion,) = results
+    assert (
+        isinstance(completion, Completion)
+        and completion.text.strip() == _reference(PROMPTS[1:2])[0]
+    )
+    assert engine.generate(TINY, _user("Hi"), GREEDY).completion_tokens > 0
