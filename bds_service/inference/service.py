@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
+from bds_core.eval import RefusalPhraseJudge, judge_name
 from bds_service.errors import ConflictError, NotFoundError
 from bds_service.ids import JOB_PREFIX, new_id
 from bds_service.jobs.repository import JobRepository
@@ -175,8 +176,6 @@ def store_safety_evaluation(
     """Judge each answer for refusal (bds_core's refusal-phrase judge, the one the
     post-training evaluation uses) and keep the evaluation: per prompt both answers and
     whether each refused, and the harmful scores (percent answered, not refused)."""
-    from bds_core.eval import RefusalPhraseJudge, judge_name
-
     judge = RefusalPhraseJudge()
     base_refused = [judge.is_refusal(answer) for answer in base_answers]
     tuned_refused = [judge.is_refusal(answer) for answer in tuned_answers]
