@@ -217,7 +217,12 @@ def test_chat_completions_on_a_fine_tuned_model_through_the_openai_sdk(
     again = _ask(client, model_name, "Tell me about topic 3.")
     assert again.choices[0].message.content == tuned.choices[0].message.content
 
-    # Streaming: OpenAI's chunks, adding up to the same answer; usage on request.
+    # Streaming: OpenAI's chunks, adding up to the same answer; usage on request. (The engine
+    # lost the adapter again: a streamed request registers it again too.)
+    unloaded = httpx.post(
+        f"{service_settings.inference_url}/v1/unload_lora_adapter", json={"lora_name": model_name}
+    )
+    assert unloaded.status_code == 200, unloaded.text
     chunks = list(
         client.chat.completions.create(
             model=model_name,
