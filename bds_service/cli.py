@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlparse
 
 import typer
 from sqlalchemy import Engine, inspect, make_url
@@ -295,11 +296,38 @@ def worker(
     os.execv(sys.executable, command)
 
 
+@service_app.command()
+def inference(
+    host: Annotated[
+        str | None, typer.Option(help="interface (default: BDS_INFERENCE_URL's host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="port (default: BDS_INFERENCE_URL's)")
+    ] = None,
+) -> None:
+    """Run the local inference worker: chat completions on the base models and the jobs'
+    adapters, for the API to forward to (what `bds serve` starts by itself)."""
+    command = inference_command(_apply_overrides())
+    if host is not None:
+        command[command.index("--host") + 1] = host
+    if port is not None:
+        command[command.index("--port") + 1] = str(port)
+    os.execv(sys.executable, command)
+
+
 def _api_command(host: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "api.app:app", "--host", host, "--port", str(port),
         "--no-access-log",
     ]  # fmt: skip
+
+
+def inference_command(settings: Settings) -> list[str]:
+    """The command line of the local inference worker, on the port of ``inference_url``."""
+    url = urlparse(settings.inference_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return [sys.executable, "-m", "worker.inference", "--host", host, "--port", str(port)]
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -325,13 +353,23 @@ def serve(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="also start the cpu and gpu workers")
     ] = True,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference/--no-inference",
+            help="also start the local inference worker (chat completions) on "
+            "BDS_INFERENCE_URL's port; never with BDS_INFERENCE_BACKEND=vllm",
+        ),
+    ] = True,
 ) -> None:
-    """Run the whole service on this machine: migrate, then the API and two workers.
+    """Run the whole service on this machine: migrate, then the API, two workers and the
+    inference worker.
 
     With no options everything is embedded (SQLite database and broker under the data dir,
     no server needed). The cpu worker (validation, scoring, the lease reaper) and the gpu
     worker (training, one job at a time) are separate processes so that uploads are
-    validated while a job trains.
+    validated while a job trains; the inference worker answers chat completions on the base
+    and fine-tuned models (unless BDS_INFERENCE_BACKEND=vllm names a vLLM server instead).
     """
     settings = _apply_overrides(database_url, broker_url, data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -345,6 +383,10 @@ def serve(
         commands.append(worker_command(settings, ["cpu"], concurrency=1, beat=True))
         commands.append(worker_command(settings, ["gpu"], concurrency=1, beat=False))
     names = ["api", "cpu worker", "gpu worker"][: len(commands)]
+    if inference and settings.inference_backend == "local":
+        commands.append(inference_command(settings))
+        names.append("inference worker")
+        typer.echo(f"inference: {settings.inference_url} (local inference worker)")
     processes = [subprocess.Popen(command) for command in commands]
     typer.echo(f"API on http://{host}:{port}/v1 (Ctrl-C stops everything)")
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.pages import admin, auth, reports
+from api.pages import admin, auth, playground, reports
 from api.pages.templating import STATIC_DIR
 
 
@@ -17,6 +17,8 @@ def install_pages(app: FastAPI) -> None:
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(reports.router)
+    app.include_router(playground.admin_router)
+    app.include_router(playground.reports_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/favicon.ico", include_in_schema=False)

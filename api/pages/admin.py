@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import DbSession, RequestId, Services, Storage
 from api.pages.auth import AdminCaller, CsrfField, PageCaller, check_csrf
+from api.pages.playground import playground_context
 from api.pages.reports import (
     dataset_report_context,
     job_report_context,
@@ -37,6 +38,7 @@ from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
 from bds_service.errors import InvalidRequestError, NotFoundError
 from bds_service.files.service import UPLOAD_PURPOSES
+from bds_service.inference import service as inference_usage
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import File, FineTuningJob, utcnow
@@ -170,10 +172,13 @@ def job_detail(
     caller: AdminCaller,
     request_id: RequestId,
     storage: Storage,
+    services: Services,
 ) -> Response:
-    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel."""
+    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel,
+    the playground and safety evaluations."""
     job, tenant_name = _load_job(session, job_id)
     context = job_report_context(session, job, storage)
+    context.update(playground_context(session, job, services.settings, f"/admin/jobs/{job.id}"))
     events = admin_queries.job_events(session, job)
     admin_service.record_view(
         session,
@@ -451,6 +456,7 @@ def _tenant_page(
         limits=limits_for(tenant, services.settings),
         overrides=TenantLimitOverrides.of(tenant),
         now=utcnow(),
+        usage=inference_usage.usage_totals(session, tenant.id),
     )
     return response
 

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from api.deps import DbSession, RequestId, Storage
+from api.deps import DbSession, RequestId, Services, Storage
 from api.pages import plots
 from api.pages.auth import Caller
+from api.pages.playground import playground_context
 from api.pages.routing import PageRoute
 from api.pages.templating import templates
 from api.routers.fine_tuning import adapter_response
@@ -179,9 +180,15 @@ def file_histogram(file_id: str, session: DbSession, caller: Caller) -> Response
 
 @router.get("/jobs/{job_id}")
 def job_report(
-    job_id: str, request: Request, session: DbSession, caller: Caller, storage: Storage
+    job_id: str,
+    request: Request,
+    session: DbSession,
+    caller: Caller,
+    storage: Storage,
+    services: Services,
 ) -> Response:
-    """Your job's safety report: HS before and after, and what BDS did to each example."""
+    """Your job's safety report: HS before and after, what BDS did to each example, the
+    playground and safety evaluations."""
     job = jobs.get_job(session, caller.principal.tenant_id, job_id)
     return _render(
         request,
@@ -189,6 +196,7 @@ def job_report(
         caller,
         plot_base=f"/reports/jobs/{job.id}",
         **job_report_context(session, job, storage),
+        **playground_context(session, job, services.settings, f"/reports/jobs/{job.id}"),
     )
 
 

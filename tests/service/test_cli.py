@@ -18,7 +18,7 @@ import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from bds_service.cli import _parse_queue_kinds, service_app, worker_command
+from bds_service.cli import _parse_queue_kinds, inference_command, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
 from bds_service.models import AuditLog
 from bds_service.settings import Settings
@@ -178,6 +178,15 @@ def test_a_multi_gpu_worker_listens_on_the_multi_gpu_queue(tmp_path: Path) -> No
         _parse_queue_kinds("gpus")
 
 
+def test_the_inference_worker_listens_where_the_api_looks_for_it(tmp_path: Path) -> None:
+    command = inference_command(Settings(data_dir=tmp_path, inference_url="http://10.0.0.5:9001"))
+    assert command[1:3] == ["-m", "worker.inference"]
+    assert command[command.index("--host") + 1] == "10.0.0.5"
+    assert command[command.index("--port") + 1] == "9001"
+    default = inference_command(Settings(data_dir=tmp_path))
+    assert default[default.index("--port") + 1] == "8001"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -189,8 +198,12 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
     cli_env: Path, tmp_path: Path
 ) -> None:
     """`serve` with no options: SQLite database and broker, uploads validated by the worker."""
-    port = _free_port()
-    environment = {**os.environ, "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false"}
+    port, inference_port = _free_port(), _free_port()
+    environment = {
+        **os.environ,
+        "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false",
+        "BDS_INFERENCE_URL": f"http://127.0.0.1:{inference_port}",
+    }
     log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "bds_service.cli", "serve", "--port", str(port)],
@@ -237,6 +250,20 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
                 "status"
             ]
         assert status == "processed"  # the cpu worker consumed the SQLite broker's message
+
+        # The inference worker answers chat completions on a base model.
+        chat = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers=headers,
+            json={
+                "model": "tiny-random-llama",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+            },
+            timeout=120,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["usage"]["completion_tokens"] <= 4
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
