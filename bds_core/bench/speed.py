@@ -21,7 +21,7 @@ import multiprocessing
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +319,7 @@ def run_speed(config: SpeedConfig, on_step: Any = None) -> SpeedReport:
         "threads": torch.get_num_threads(),
         "load_average_at_end": _load_average(),
     }
-    settings = asdict(replace(config))
+    settings = asdict(config)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
     return SpeedReport(settings, machine, speeds, time.monotonic() - started)
 
