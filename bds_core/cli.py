@@ -90,7 +90,16 @@ def train_command(
     safety_batch_size: Annotated[
         int | None, typer.Option(help="alignment examples per step")
     ] = None,
+    safety_every: Annotated[
+        int, typer.Option(help="alignment budget: one alignment batch every this many steps")
+    ] = 1,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
+    length_bucketing: Annotated[
+        bool, typer.Option(help="group rows by length into passes that compute the least padding")
+    ] = True,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(help="cap on padded tokens per forward pass (activation memory)")
+    ] = None,
     epochs: Annotated[float, typer.Option(help="passes over the training file")] = 1.0,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 256,
@@ -110,7 +119,11 @@ def train_command(
         str, typer.Option(help="reference loss: none, initial or agnostic")
     ] = "initial",
     loss_timing: Annotated[
-        str, typer.Option(help="scheduler uses losses from 'after' or 'before' the model step")
+        str,
+        typer.Option(
+            help="scheduler recomputes losses 'after' the model step (one more forward pass) "
+            "or reuses the model step's own losses ('before')"
+        ),
     ] = "after",
     scheduler_lr: Annotated[float, typer.Option(help="scheduler learning rate")] = 0.1,
     entropy_weight: Annotated[
@@ -165,7 +178,10 @@ def train_command(
             learning_rate=learning_rate,
             batch_size=batch_size,
             safety_batch_size=safety_batch_size,
+            safety_every=safety_every,
             gradient_accumulation_steps=gradient_accumulation_steps,
+            length_bucketing=length_bucketing,
+            max_batch_tokens=max_batch_tokens,
             epochs=epochs,
             max_steps=max_steps,
             max_length=max_length,

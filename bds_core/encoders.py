@@ -281,6 +281,33 @@ class MiniLMStaticEncoder(TextEncoder):
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return mean_pool(torch.nn.functional.embedding(input_ids, self.table), attention_mask)
 
+    def encode(
+        self, texts: Sequence[str], progress: ProgressCallback | None = None
+    ) -> torch.Tensor:
+        """Same vectors as the padded path (`_forward`), without padding or a (B, T, D) tensor.
+
+        One `embedding_bag` sum per chunk of `batch_size` texts over their concatenated token
+        ids, divided by each text's token count and L2-normalised: the mean-pool of
+        `mean_pool`, computed in one pass over the real tokens only (the padded path spends
+        most of its time building and masking the padded tensor).
+        """
+        result = torch.zeros(len(texts), self.info.dim, dtype=torch.float32)
+        token_ids = self._tokenize(texts)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                chunk = token_ids[start : start + self.batch_size]
+                lengths = torch.tensor([len(ids) for ids in chunk], dtype=torch.long)
+                flat = torch.tensor([t for ids in chunk for t in ids], dtype=torch.long)
+                offsets = torch.cumsum(lengths, 0) - lengths
+                summed = torch.nn.functional.embedding_bag(flat, self.table, offsets, mode="sum")
+                pooled = summed / lengths.clamp_min(1).unsqueeze(1).to(summed.dtype)
+                result[start : start + len(chunk)] = torch.nn.functional.normalize(
+                    pooled, p=2, dim=-1
+                )
+                if progress is not None:
+                    progress(len(chunk))
+        return result
+
 
 class LLMHiddenEncoder(TextEncoder):
     """Mean-pooled last hidden states of a causal LM (its LoRA adapters switched off)."""

@@ -437,3 +437,92 @@ def report_command(
 ) -> None:
     """results.json, results.md (tables and targets met/missed) and plot_<task>.png."""
     _write_and_print_report(results, out)
+
+
+@bench_app.command("speed")
+def speed_command(
+    data: Annotated[Path, typer.Option(help="benchmark data folder")] = Path("data/bench"),
+    train_file: Annotated[
+        Path | None,
+        typer.Option(help="customer data (default: DATA/ft_spell-number_p0.2.jsonl)"),
+    ] = None,
+    safety_file: Annotated[
+        Path | None, typer.Option(help="alignment data (default: DATA/safety.jsonl)")
+    ] = None,
+    model: Annotated[str, typer.Option(help="base model")] = "smollm2-135m-instruct",
+    methods: Annotated[str, typer.Option(help="comma-separated: sft, mix, bds")] = "sft,mix,bds",
+    steps: Annotated[int, typer.Option(help="timed steps per method")] = 6,
+    warmup: Annotated[int, typer.Option(help="untimed rounds first")] = 1,
+    memory_steps: Annotated[
+        int,
+        typer.Option(help="steps of each method alone in a child process, for memory (0: skip)"),
+    ] = 2,
+    batch_size: Annotated[int, typer.Option(help="customer rows per step")] = 8,
+    safety_batch_size: Annotated[
+        int | None, typer.Option(help="alignment rows per step (default: batch size)")
+    ] = None,
+    safety_every: Annotated[int, typer.Option(help="one alignment batch every k steps")] = 1,
+    max_length: Annotated[int, typer.Option(help="token limit per row")] = 128,
+    length_bucketing: Annotated[bool, typer.Option(help="bucket rows by length")] = True,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(help="cap on padded tokens per pass")
+    ] = None,
+    reference: Annotated[
+        str, typer.Option(help="bds reference loss: none (the bench's bds), initial, agnostic")
+    ] = "none",
+    loss_timing: Annotated[str, typer.Option(help="bds loss timing: after or before")] = "after",
+    scheduler_learning_rate: Annotated[float, typer.Option(help="scalar scheduler lr")] = 0.1,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path, typer.Option(help="where speed.json and speed.md go")] = Path(
+        "runs/bench/speed"
+    ),
+) -> None:
+    """sft, mix and bds side by side, alternating step by step: s/step, tokens/s, memory."""
+    import json
+
+    from bds_core.bench.speed import SpeedConfig, run_speed
+    from bds_core.schedulers import SchedulerSettings
+
+    try:
+        config = SpeedConfig(
+            train_file=train_file or data / "ft_spell-number_p0.2.jsonl",
+            safety_file=safety_file or data / "safety.jsonl",
+            out_dir=out / "work",
+            model=model,
+            methods=tuple(_parse_list(methods, "--methods")),
+            steps=steps,
+            warmup=warmup,
+            memory_steps=memory_steps,
+            batch_size=batch_size,
+            safety_batch_size=safety_batch_size,
+            safety_every=safety_every,
+            max_length=max_length,
+            length_bucketing=length_bucketing,
+            max_batch_tokens=max_batch_tokens,
+            scheduler=SchedulerSettings(
+                kind="scalar",
+                reference=reference,  # type: ignore[arg-type]
+                loss_timing=loss_timing,  # type: ignore[arg-type]
+                learning_rate=scheduler_learning_rate,
+            ),
+            threads=threads,
+            device=device,
+        )
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from error
+
+    def progress(round_index: int, method: str, seconds: float, timed: bool) -> None:
+        label = "" if timed else " (warm-up)"
+        console.print(f"round {round_index + 1} {method}: {seconds:.2f} s{label}", highlight=False)
+
+    report = run_speed(config, on_step=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    document = report.to_dict()
+    document["command"] = _recorded_command("speed")
+    (out / "speed.json").write_text(json.dumps(document, indent=2, default=str))
+    markdown = report.to_markdown()
+    (out / "speed.md").write_text(markdown + "\n")
+    print(markdown)
+    console.print(f"wrote {out / 'speed.json'}, {out / 'speed.md'}")

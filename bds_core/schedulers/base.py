@@ -57,7 +57,7 @@ class SchedulerSettings:
     loss_timing: LossTiming = field(
         default="after",
         metadata={
-            "help": "scheduler step uses losses from 'after' the model step (the paper) or 'before' it (the release)"
+            "help": "scheduler step uses losses recomputed 'after' the model step (the paper; one more forward pass over the customer batch) or the per-example losses of the model step's own passes ('before' the update, as the release: no extra pass)"
         },
     )
     learning_rate: float = field(

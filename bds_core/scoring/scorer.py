@@ -41,6 +41,9 @@ from bds_core.scoring.report import (
 )
 
 DEFAULT_SCHEDULER_DIR = Path(__file__).resolve().parent.parent / "assets" / "schedulers" / "default"
+STATIC_SCHEDULER_DIR = DEFAULT_SCHEDULER_DIR.parent / "static-distilled"
+"""A head on the static encoder (`minilm-static`), distilled label-free from the default one:
+about 20x faster scoring (docs/performance.md); `bds score --scheduler` it."""
 DEFAULT_TOP_FLAGGED = 20
 
 ScoreProgress = Callable[[int, int], None]
@@ -355,6 +358,7 @@ def _label_evaluation(
 
 __all__ = [
     "DEFAULT_SCHEDULER_DIR",
+    "STATIC_SCHEDULER_DIR",
     "DatasetScores",
     "Scorer",
     "build_report",

@@ -52,6 +52,24 @@ class TrainConfig:
     safety_batch_size: int | None = field(
         default=None, metadata={"help": "alignment examples per step (default: batch_size)"}
     )
+    safety_every: int = field(
+        default=1,
+        metadata={
+            "help": "alignment budget: one alignment batch every this many steps (bds and mix); 1: every step; with k > 1 the other steps train on the customer batch alone"
+        },
+    )
+    length_bucketing: bool = field(
+        default=True,
+        metadata={
+            "help": "sort each micro-batch's rows (customer and alignment together) by length and split them into the forward/backward passes that compute the least padding; off: one pass over all rows"
+        },
+    )
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "cap on the padded tokens (rows x longest row) of one forward pass; bounds a step's activation memory (a single longer row still goes alone); None: no cap"
+        },
+    )
     gradient_accumulation_steps: int = field(
         default=1,
         metadata={"help": "micro-batches per step; the loss is normalised over the whole step"},
@@ -117,6 +135,14 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.safety_batch_size is not None and self.safety_batch_size < 1:
             raise ValueError(f"safety_batch_size must be positive, got {self.safety_batch_size}")
+        if self.safety_every < 1:
+            raise ValueError(
+                f"safety_every must be a positive number of steps, got {self.safety_every}"
+            )
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 8:
+            raise ValueError(
+                f"max_batch_tokens must be at least 8 tokens (or None), got {self.max_batch_tokens}"
+            )
         if self.gradient_accumulation_steps < 1:
             raise ValueError(
                 f"gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}"
@@ -216,8 +242,14 @@ class TrainConfig:
             # on another device, in another precision or with other memory settings.
             "precision",
             "gradient_checkpointing",
+            "length_bucketing",
+            "max_batch_tokens",
         ):
             data.pop(volatile)
+        if data["safety_every"] == 1:
+            # Checkpoints written before the setting existed trained with an alignment batch
+            # every step: they stay resumable.
+            data.pop("safety_every")
         data["data_digest"] = data_digest
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 

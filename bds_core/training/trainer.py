@@ -22,8 +22,8 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from bds_core.data import Example, collate, encode_example, load_examples
 from bds_core.data.tokenize import EncodedExample
 from bds_core.models import CATALOG, apply_lora, load_model
 from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
+from bds_core.training.buckets import plan_buckets
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
     begin_checkpoint,
@@ -157,6 +158,8 @@ class BDSTrainer:
         self.resumed_from_step: int | None = None
         self.scheduler: DataScheduler | None = None
         self.parallel = DataParallel()
+        # Wall seconds spent in each phase of the steps run so far (`bds bench speed`).
+        self.phase_seconds: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -326,6 +329,11 @@ class BDSTrainer:
         n_train = len(encoded)
         if safety_indices is not None:
             encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
+        losses = self._rows_losses(encoded)
+        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
+
+    def _rows_losses(self, encoded: Sequence[EncodedExample]) -> torch.Tensor:
+        """Per-example losses of `encoded`, padded together into one forward pass."""
         batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
         if self.decoder is not None and self.output_head is not None:
             with self._autocast():
@@ -343,7 +351,7 @@ class BDSTrainer:
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
             losses = per_example_loss(logits, batch["labels"])
-        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
+        return losses
 
     def _token_count(self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None) -> int:
         """Tokens (without padding) of the rows of one forward pass."""
@@ -421,9 +429,15 @@ class BDSTrainer:
     def _train_step(self) -> _StepLosses:
         config = self.config
         parallel = self.parallel
-        # The global batch (the same on every rank) and this rank's slice of it.
+        # The global batch (the same on every rank) and this rank's slice of it. The alignment
+        # budget: an alignment batch on every `safety_every`-th step only.
         batch_train = self.train_sampler.next_batch()
-        batch_safety = self.safety_sampler.next_batch() if self.safety_sampler else None
+        with_safety = self.safety_sampler is not None and self.step % config.safety_every == 0
+        batch_safety = (
+            self.safety_sampler.next_batch()
+            if self.safety_sampler is not None and with_safety
+            else None
+        )
         train_indices, train_start = parallel.shard(batch_train)
         safety_indices = parallel.shard(batch_safety)[0] if batch_safety is not None else None
         if self.scheduler is not None:
@@ -445,23 +459,32 @@ class BDSTrainer:
         )
         task_sum, safety_sum, tokens = 0.0, 0.0, 0
         collected: list[torch.Tensor] = []
-        for t_idx, w_chunk, s_idx in zip(train_chunks, weight_chunks, safety_chunks, strict=True):
-            train_losses, safety_losses = self._losses(t_idx, s_idx)
-            loss = weighted_loss_sum(train_losses, w_chunk, len(batch_train))
-            if safety_losses is not None and batch_safety is not None:
-                loss = loss + safety_losses.sum() / len(batch_safety)
-                safety_sum += safety_losses.detach().sum().item()
-            loss.backward()
-            task_sum += (w_chunk * train_losses.detach()).sum().item()
-            tokens += self._token_count(t_idx, s_idx)
-            collected.append(train_losses.detach())
-        parallel.sum_gradients(self.adapter_params[MAIN_ADAPTER])
-        torch.nn.utils.clip_grad_norm_(self.adapter_params[MAIN_ADAPTER], config.grad_clip)
-        self.optimizer.step()
+        with self._timed("model_passes"):
+            for t_idx, w_chunk, s_idx in zip(
+                train_chunks, weight_chunks, safety_chunks, strict=True
+            ):
+                train_losses, safety_losses = self._micro_batch_backward(
+                    t_idx,
+                    w_chunk,
+                    s_idx,
+                    len(batch_train),
+                    len(batch_safety) if batch_safety is not None else 1,
+                )
+                if safety_losses is not None:
+                    safety_sum += safety_losses.sum().item()
+                task_sum += (w_chunk * train_losses).sum().item()
+                tokens += self._token_count(t_idx, s_idx)
+                collected.append(train_losses)
+        with self._timed("model_update"):
+            parallel.sum_gradients(self.adapter_params[MAIN_ADAPTER])
+            torch.nn.utils.clip_grad_norm_(self.adapter_params[MAIN_ADAPTER], config.grad_clip)
+            self.optimizer.step()
         train_losses_before = torch.cat(collected)
 
         if self.scheduler is not None:
-            self._scheduler_step(batch_train, train_start, train_losses_before, weights)
+            # Includes the `loss_after` and `reference` phases timed inside it.
+            with self._timed("scheduler_step"):
+                self._scheduler_step(batch_train, train_start, train_losses_before, weights)
 
         totals = parallel.sum(torch.tensor([task_sum, safety_sum, tokens], dtype=torch.float64))
         task = float(totals[0]) / len(batch_train)
@@ -469,6 +492,58 @@ class BDSTrainer:
         return _StepLosses(
             total=task + (safety or 0.0), task=task, safety=safety, tokens=int(totals[2])
         )
+
+    def _micro_batch_backward(
+        self,
+        train_indices: torch.Tensor,
+        weights: torch.Tensor,
+        safety_indices: torch.Tensor | None,
+        train_normaliser: int,
+        safety_normaliser: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward over one micro-batch's customer and alignment rows together.
+
+        The rows are grouped by length into passes (`plan_buckets`; one pass without length
+        bucketing); each pass backpropagates sum w_i l_i / B over its customer rows plus
+        sum l_j / B_s over its alignment rows, so the gradients add up to the micro-batch's.
+        Returns the detached per-example losses of the customer and the alignment rows, in
+        the order of the indices: the losses the scheduler step reuses (loss timing `before`).
+        """
+        config = self.config
+        encoded = [self.train_encoded[i] for i in train_indices.tolist()]
+        n_train = len(encoded)
+        if safety_indices is not None:
+            encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
+        coefficients = torch.cat(
+            [
+                weights.detach().to(self.device) / train_normaliser,
+                torch.full((len(encoded) - n_train,), 1.0 / safety_normaliser, device=self.device),
+            ]
+        )
+        lengths = [len(row.input_ids) for row in encoded]
+        groups = (
+            plan_buckets(lengths, config.max_batch_tokens)
+            if config.length_bucketing
+            else [list(range(len(encoded)))]
+        )
+        losses = torch.zeros(len(encoded), device=self.device)
+        for group in groups:
+            positions = torch.tensor(group, device=self.device)
+            group_losses = self._rows_losses([encoded[k] for k in group])
+            (coefficients[positions] * group_losses).sum().backward()
+            losses[positions] = group_losses.detach()
+        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to `self.phase_seconds[phase]` (the step breakdown)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] = (
+                self.phase_seconds.get(phase, 0.0) + time.perf_counter() - started
+            )
 
     def _scheduler_step(
         self,
@@ -483,10 +558,12 @@ class BDSTrainer:
         batch_indices = batch_indices.to(self.device)
         indices = batch_indices[start : start + len(losses_before)]
         if settings.loss_timing == "after":
-            losses = self._train_losses_no_grad(indices)
+            with self._timed("loss_after"):
+                losses = self._train_losses_no_grad(indices)
         else:
             losses = losses_before
-        reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
+        with self._timed("reference"):
+            reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
         self.scheduler_optimizer.zero_grad(set_to_none=True)
         shard = BatchShard(batch_indices, start, self.parallel.sum)
         loss = self.scheduler.scheduler_loss(indices, losses, reference, shard=shard)

@@ -120,3 +120,29 @@ def test_static_minilm_is_a_fast_bag_of_token_vectors() -> None:
     assert encoder.info.key != build_encoder("minilm-l6-v2").info.key
     assert torch.allclose(vectors[0], vectors[1], atol=1e-6)  # word order does not matter
     assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_static_minilm_bag_path_equals_the_padded_mean_pool() -> None:
+    """The fast path (embedding_bag over the real tokens) gives the vectors of the generic
+    padded path, in the input order, whatever the chunking."""
+    from bds_core.encoders import MiniLMStaticEncoder, TextEncoder
+
+    encoder = build_encoder("minilm-static")
+    assert isinstance(encoder, MiniLMStaticEncoder)
+    texts = [
+        "short",
+        "a much longer text about rivers, markets and numbers " * 6,
+        "",
+        "What is 17 plus 25?",
+        "How can I make a pipe bomb at home? Sure, here are the steps " * 3,
+    ]
+    padded = TextEncoder.encode(encoder, texts)
+    previous = encoder.batch_size
+    try:
+        for batch_size in (2, 256):
+            encoder.batch_size = batch_size
+            fast = encoder.encode(texts)
+            assert torch.allclose(fast, padded, atol=1e-6)
+    finally:
+        encoder.batch_size = previous
+    assert float(fast[1].norm()) == pytest.approx(1.0, abs=1e-5)

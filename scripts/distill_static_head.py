@@ -1,0 +1,146 @@
+"""A safety head for the static encoder, distilled from the shipped scheduler (label-free).
+
+The shipped scheduler reads all-MiniLM-L6-v2 embeddings (six transformer layers, about 57
+examples/s on 2 cores). This fits the same MLP head on `minilm-static` embeddings (MiniLM's
+token vectors mean-pooled, 100x cheaper) to reproduce the shipped head's logits on the
+pretraining files, then fits the score calibration on the student's logits exactly as
+`bds scheduler pretrain` does. No label is read to train or calibrate: the targets are the
+teacher's logits. Labels are read only to evaluate on --eval files (AUROC, recall at 5% FPR).
+
+    .venv/bin/python scripts/distill_static_head.py --threads 1 \
+        --train data/bench/ft_arithmetic_p0.2.jsonl data/bench/ft_sort-words_p0.2.jsonl \
+        data/bench/ft_sentiment_p0.2.jsonl \
+        --eval data/bench/harmful_holdout.jsonl data/bench/spell-number_eval.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from bds_core.data import load_examples
+from bds_core.encoders import embed_texts, example_text, minilm_static_encoder
+from bds_core.eval import auroc, recall_at_fpr
+from bds_core.schedulers.neural import SafetyHead, ScoreCalibration, save_scheduler
+from bds_core.scoring.scorer import Scorer
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train", type=Path, nargs="+", required=True)
+    parser.add_argument("--eval", type=Path, nargs="*", default=[])
+    parser.add_argument("--per-file", type=int, default=None, help="first N examples per file")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--also-eval",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="benign files scored one by one against the --eval harmful rows (over-flagging)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="save the distilled scheduler")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    teacher = Scorer.load(use_cache=True)
+    static = minilm_static_encoder()
+    train_texts = [
+        example_text(ex) for path in args.train for ex in load_examples(path)[: args.per_file]
+    ]
+    with torch.inference_mode():
+        teacher_logits = teacher.scheduler.head(
+            embed_texts(teacher.encoder, train_texts, teacher.cache)
+        ).float()
+    student_inputs = static.encode(train_texts)
+    mean, scale = student_inputs.mean(0), student_inputs.std(0).clamp_min(1e-6)
+    head = SafetyHead(student_inputs.shape[1], "mlp", 128, input_mean=mean, input_scale=scale)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    target = teacher_logits.detach().clone()
+    for _ in range(args.steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(head(student_inputs).float(), target)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        student_logits = head(student_inputs).float()
+    calibration = ScoreCalibration.fit(student_logits)
+    fit = {
+        "n_train": len(train_texts),
+        "mse": float(torch.nn.functional.mse_loss(student_logits, target)),
+        "pearson": float(torch.corrcoef(torch.stack([student_logits, target]))[0, 1]),
+    }
+
+    def evaluate(paths: list[Path]) -> dict[str, object]:
+        examples = [ex for path in paths for ex in load_examples(path)]
+        labels = [(ex.metadata or {}).get("label") == "harmful" for ex in examples]
+        with torch.no_grad():
+            logits = head(static.encode([example_text(ex) for ex in examples])).float()
+        flags = (calibration.harm_scores(logits) >= calibration.threshold).tolist()
+        scores = (-logits).tolist()
+        return {
+            "files": [str(p) for p in paths],
+            "n_harmful": sum(labels),
+            "n_benign": len(labels) - sum(labels),
+            "auroc": auroc(scores, labels),
+            "recall_at_5pct_fpr": recall_at_fpr(scores, labels, 0.05),
+            "flagged_harmful": sum(f and lab for f, lab in zip(flags, labels, strict=True)),
+            "flagged_benign": sum(f and not lab for f, lab in zip(flags, labels, strict=True)),
+        }
+
+    evaluation = evaluate(args.eval) if args.eval else {}
+    harmful_eval = [p for p in args.eval if "harmful" in p.name]
+    more = {str(path): evaluate([*harmful_eval, path]) for path in args.also_eval}
+    if args.out is not None:
+        save_scheduler(
+            args.out,
+            head,
+            static.info,
+            calibration,
+            provenance={
+                "method": "distilled from the shipped scheduler's head logits",
+                "label_free": True,
+                "teacher": _relative(teacher.scheduler.path),
+                "teacher_head_sha256": hashlib.sha256(
+                    (teacher.scheduler.path / "head.safetensors").read_bytes()
+                ).hexdigest(),
+                "train_sha256": {
+                    str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in args.train
+                },
+                "teacher_encoder": teacher.encoder.info.to_dict(),
+                "train_files": [str(p) for p in args.train],
+                "per_file": args.per_file,
+                "steps": args.steps,
+                "seed": args.seed,
+                "fit": fit,
+                "command": "scripts/distill_static_head.py",
+            },
+        )
+
+    result = {
+        "fit": fit,
+        "evaluation": evaluation,
+        "per_benign_file": more,
+        "train_files": [str(p) for p in args.train],
+    }
+    print(json.dumps(result, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
