@@ -112,8 +112,9 @@ def finish_commit(session: Session, sender: TaskSender) -> None:
         try:
             sender.send(message)
         except Exception:
-            # The change is committed; a job left queued without a message is picked up again
-            # by the lease reaper, so a broker hiccup must not turn a success into an error.
+            # The change is committed and records what waits for a worker; the dispatch sweep
+            # (bds_service.dispatch, on the beat) sends the message again when no worker has
+            # claimed the work in time, so a broker hiccup must not turn a success into an error.
             logger.exception("could not publish task %s%s", message.name, message.args)
     session.info.pop(_AFTER_ROLLBACK_KEY, None)
     callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT_KEY, [])

@@ -30,6 +30,14 @@ class FileRepository(TenantScopedRepository[File]):
         return self.paginate_by_creation(statement, after=after, limit=limit, order=order)
 
 
-def load_file_for_task(session: Session, file_id: str) -> File | None:
-    """A file by id for a background task, which acts for the system, not a tenant."""
-    return session.scalars(select(File).where(File.id == file_id)).one_or_none()
+def load_file_for_task(session: Session, file_id: str, *, for_update: bool = False) -> File | None:
+    """A file by id for a background task, which acts for the system, not a tenant.
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
+    transactions are serialised anyway), so a check and the write that follows it cannot
+    interleave with another worker's.
+    """
+    statement = select(File).where(File.id == file_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).one_or_none()

@@ -356,6 +356,8 @@ def create_job(
         suffix=spec.suffix,
         seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
         job_metadata=spec.metadata,
+        dispatched_at=utcnow(),
+        dispatch_count=0,
     )
     session.add(job)
     session.flush()
@@ -552,7 +554,13 @@ def prepare_job(session: Session, job_id: str) -> str:
             pending = True
     if pending:
         return job.status
-    if transition(session, job.id, sources={JobStatus.VALIDATING_FILES}, target=JobStatus.QUEUED):
+    if transition(
+        session,
+        job.id,
+        sources={JobStatus.VALIDATING_FILES},
+        target=JobStatus.QUEUED,
+        values={"dispatched_at": utcnow(), "dispatch_count": 0},
+    ):
         add_event(session, job, "Files validated, job queued")
         audit.record(
             session,

@@ -58,6 +58,12 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
     ("bds_service/jobs/repository.py", "renew_lease"): "worker heartbeat by job id and owner",
     ("bds_service/jobs/repository.py", "expired_leases"): "lease reaper: all tenants' jobs",
     ("bds_service/files/repository.py", "load_file_for_task"): "worker task: loads a file by id",
+    ("bds_service/files/service.py", "_ScoringClaimKeeper._run"): (
+        "worker: renews the scoring claim of the file it scores, by id and claim token"
+    ),
+    ("bds_service/dispatch.py", "*"): (
+        "dispatch sweep (beat): all tenants' jobs and files waiting for a worker"
+    ),
     ("bds_service/jobs/runner.py", "_job_state"): "worker: its own job's status by id",
     ("bds_service/jobs/runner.py", "JobProgress.on_checkpoint"): (
         "worker: checkpoints of the job it holds"
