@@ -11,9 +11,11 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
+from bds_service.dispatch import redispatch_unclaimed
 from bds_service.files import service as files_service
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.reaper import reap_expired_leases
+from bds_service.models import utcnow
 from bds_service.tasks import (
     PREPARE_JOB,
     REAP_JOBS,
@@ -70,10 +72,15 @@ def run_finetune_job(job_id: str) -> str:
 
 @app.task(name=REAP_JOBS, ignore_result=True)
 def reap_jobs() -> dict[str, list[str]]:
-    """Re-queue (or fail) jobs whose worker stopped renewing its lease."""
+    """Re-queue (or fail) jobs whose worker stopped renewing its lease, then send again the
+    messages of work no worker claimed in time (bds_service.dispatch)."""
     context = worker_context(app)
     with context.uow() as session:
         outcome = reap_expired_leases(session, max_attempts=context.settings.max_attempts)
     if any(outcome.values()):
         logger.warning("lease reaper: %s", outcome)
-    return outcome
+    with context.uow() as session:
+        sweep = redispatch_unclaimed(session, context.settings, utcnow())
+    if sweep:
+        logger.warning("dispatch sweep sent again: %s", sweep.sent)
+    return {**outcome, **{f"redispatched {task}": ids for task, ids in sweep.sent.items()}}
