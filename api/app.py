@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from api.deps import AppServices
 from api.errors import install_error_handlers
-from api.middleware import RejectNulMiddleware, RequestIdMiddleware
+from api.middleware import RejectNulMiddleware, RequestBodyGuard, RequestIdMiddleware
 from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_auth_failure_limiter, build_rate_limiter
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
     )
     app.state.services = services
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     install_error_handlers(app)
     for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):

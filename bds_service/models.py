@@ -49,6 +49,10 @@ def unix_seconds(value: dt.datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
+MAX_DATABASE_INT = 2**31 - 1
+"""The largest value of an INTEGER column (and of the audit log's ids)."""
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC datetime on every backend.
 

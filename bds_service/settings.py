@@ -61,6 +61,12 @@ class Settings(BaseSettings):
 
     # Uploads and datasets.
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="cap on one upload")
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="cap on every request body but the multipart upload (JSON, forms), refused "
+        "with 413 before it is read whole",
+    )
     max_line_bytes: int = Field(default=1024 * 1024, gt=0, description="cap on one JSONL line")
     max_examples: int = Field(default=100_000, gt=0, description="cap on examples in one file")
     min_examples: int = Field(default=1, gt=0, description="fewest examples in a training file")

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.deps import DbSession, RequestId, Services, Storage
@@ -30,6 +31,7 @@ from api.pages.reports import (
 )
 from api.pages.routing import PageRoute
 from api.pages.templating import templates
+from api.schemas.admin import TenantLimitsUpdate
 from bds_service.admin import repository as admin_queries
 from bds_service.admin import service as admin_service
 from bds_service.admin.repository import AuditFilter
@@ -39,7 +41,7 @@ from bds_service.errors import InvalidRequestError, NotFoundError
 from bds_service.files.service import UPLOAD_PURPOSES
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
-from bds_service.models import File, FineTuningJob, utcnow
+from bds_service.models import MAX_DATABASE_INT, File, FineTuningJob, utcnow
 from bds_service.tenants import service as tenants
 from bds_service.tenants.limits import TenantLimitOverrides, limits_for
 
@@ -518,10 +520,24 @@ def set_limits(
 ) -> Response:
     """Set a tenant's caps (empty: the deployment's default); audited."""
     check_csrf(caller, csrf_token)
+    values = {
+        "max_concurrent_jobs": _optional_cap(max_concurrent_jobs, "max_concurrent_jobs"),
+        "max_file_bytes": _optional_cap(max_file_bytes, "max_file_bytes"),
+        "max_examples": _optional_cap(max_examples, "max_examples"),
+    }
+    # The JSON admin API's model: the same ranges (and the same 400) for both.
+    try:
+        checked = TenantLimitsUpdate(**values)
+    except ValidationError as invalid:
+        problem = invalid.errors()[0]
+        name = str(problem["loc"][0]) if problem["loc"] else "limits"
+        raise InvalidRequestError(
+            f"{name}: {problem['msg']}", code="invalid_value", param=name
+        ) from None
     overrides = TenantLimitOverrides(
-        max_concurrent_jobs=_optional_cap(max_concurrent_jobs, "max_concurrent_jobs"),
-        max_file_bytes=_optional_cap(max_file_bytes, "max_file_bytes"),
-        max_examples=_optional_cap(max_examples, "max_examples"),
+        max_concurrent_jobs=checked.max_concurrent_jobs,
+        max_file_bytes=checked.max_file_bytes,
+        max_examples=checked.max_examples,
     )
     tenants.set_tenant_limits(session, tenant_id, overrides, caller.actor(request_id, tenant_id))
     return _redirect(f"/admin/tenants/{tenant_id}", "limits_saved")
@@ -569,7 +585,7 @@ def audit_log(
     action: AuditQuery = "",
     since: AuditQuery = "",
     until: AuditQuery = "",
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_DATABASE_INT)] = None,
 ) -> Response:
     """The audit log, newest first, filtered by tenant, actor, action and time (UTC)."""
     audit_filter = _audit_filter(tenant, actor, action, since, until)

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import secrets
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ SCORING_UNAVAILABLE = "scoring_unavailable"
 
 _ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "cancelling")
 _FORBIDDEN_FILENAME_CHARACTERS = set('/\\:*?"<>|')
+# Unicode categories refused in file names: controls (C0, DEL, C1), format characters (bidi
+# overrides and isolates, zero-width characters), line and paragraph separators, surrogates,
+# private-use and unassigned code points. A name is echoed in Content-Disposition and pages.
+_FORBIDDEN_FILENAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def new_file_id() -> str:
@@ -86,11 +91,18 @@ def check_upload_fields(filename: str | None, purpose: str | None) -> str:
     if (
         len(filename) > 255
         or filename in {".", ".."}
-        or any(ch in _FORBIDDEN_FILENAME_CHARACTERS or ord(ch) < 32 for ch in filename)
+        or not filename.strip()
+        or any(
+            ch in _FORBIDDEN_FILENAME_CHARACTERS
+            or unicodedata.category(ch) in _FORBIDDEN_FILENAME_CATEGORIES
+            for ch in filename
+        )
     ):
         raise InvalidRequestError(
             f"filename {filename[:80]!r} is not allowed: send a plain name of at most 255 "
-            "characters without path separators or control characters",
+            "characters, not only spaces, without path separators, control characters "
+            "(C0, DEL, C1 such as U+0085) or invisible format characters (bidi overrides such "
+            "as U+202E, zero-width characters)",
             code="invalid_filename",
             param="file",
         )

@@ -61,6 +61,7 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_SEED = 2**31 - 1
 MAX_GPUS_PER_JOB = 8
 TENANT_LOCK_WAIT_S = 3.0
+ACTIVE_JOBS_RETRY_AFTER_S = 30
 
 
 @dataclass(frozen=True)
@@ -305,8 +306,11 @@ def create_job(
     if unfinished >= cap:
         raise LimitExceededError(
             f"your organization already has {unfinished} unfinished fine-tuning jobs and may "
-            f"have at most {cap} at once; wait for one to finish or cancel one, then retry",
+            f"have at most {cap} at once; wait for one to finish or cancel one, then retry "
+            f"(a job's status, GET /v1/fine_tuning/jobs/{{id}}, says when it has finished; "
+            f"Retry-After is a polling interval, not a promise)",
             code="too_many_active_jobs",
+            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
         )
 
     # The provider's review: blocked files and the training file's policy.
