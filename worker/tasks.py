@@ -15,6 +15,7 @@ from bds_service.dispatch import redispatch_unclaimed
 from bds_service.files import service as files_service
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.reaper import reap_expired_leases
+from bds_service.jobs.repository import why_not_claimable
 from bds_service.models import utcnow
 from bds_service.tasks import (
     PREPARE_JOB,
@@ -64,9 +65,16 @@ def prepare_job(job_id: str) -> str:
 @app.task(name=RUN_FINETUNE_JOB, **_RETRY)
 def run_finetune_job(job_id: str) -> str:
     """Claim and train a job; returns its final status or why it was not run."""
+    context = worker_context(app)
+    # A duplicate message (a cancelled job, a job another worker holds, a re-dispatched copy)
+    # costs one read, not the import of the training stack.
+    with context.uow() as session:
+        reason = why_not_claimable(session, job_id, utcnow())
+    if reason is not None:
+        logger.info("job %s not run: %s", job_id, reason)
+        return reason
     from bds_service.jobs.runner import RunContext, run_job
 
-    context = worker_context(app)
     return run_job(RunContext(context.uow, context.storage, context.settings), job_id)
 
 

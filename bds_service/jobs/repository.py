@@ -119,6 +119,28 @@ def jobs_waiting_on_file(session: Session, file_id: str) -> list[str]:
     return list(session.scalars(statement))
 
 
+def why_not_claimable(session: Session, job_id: str, now: dt.datetime) -> str | None:
+    """Why no worker could claim the job now (its status, "missing", "held"), or None if
+    it waits for one: queued, or running with an expired lease.
+
+    One cheap read, so that a message for a job already finished, cancelled or held by a live
+    worker is dropped before the training stack is even imported.
+    """
+    row = session.execute(
+        select(FineTuningJob.status, FineTuningJob.lease_expires_at).where(
+            FineTuningJob.id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        return "missing"
+    status, lease_expires_at = row
+    if status == JobStatus.QUEUED:
+        return None
+    if status == JobStatus.RUNNING:
+        return None if lease_expires_at is not None and lease_expires_at < now else "held"
+    return str(status)
+
+
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)

@@ -55,6 +55,9 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
         "worker and service state changes by job id (callers loaded the job scoped or by id)"
     ),
     ("bds_service/jobs/repository.py", "claim"): "worker task: compare-and-set claim by job id",
+    ("bds_service/jobs/repository.py", "why_not_claimable"): (
+        "worker task: whether a delivered job id waits for a worker"
+    ),
     ("bds_service/jobs/repository.py", "renew_lease"): "worker heartbeat by job id and owner",
     ("bds_service/jobs/repository.py", "expired_leases"): "lease reaper: all tenants' jobs",
     ("bds_service/files/repository.py", "load_file_for_task"): "worker task: loads a file by id",
