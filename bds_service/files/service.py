@@ -250,9 +250,9 @@ def list_files(
     return page
 
 
-def get_file(session: Session, tenant_id: str, file_id: str) -> File:
+def get_file(session: Session, tenant_id: str, file_id: str, *, for_update: bool = False) -> File:
     """The tenant's live file; 404 for unknown, deleted and other tenants' ids alike."""
-    file = FileRepository(session, tenant_id).live(file_id)
+    file = FileRepository(session, tenant_id).live(file_id, lock="update" if for_update else None)
     if file is None:
         raise NotFoundError(f"no file with id {file_id!r}", code="file_not_found", param="file_id")
     return file
@@ -261,8 +261,12 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
 def delete_file(
     session: Session, tenant_id: str, file_id: str, *, actor: Actor, storage: LocalStorage
 ) -> File:
-    """Delete a file: the row is kept (jobs refer to it), the bytes go after commit."""
-    file = get_file(session, tenant_id, file_id)
+    """Delete a file: the row is kept (jobs refer to it), the bytes go after commit.
+
+    The row is locked first, so a job being created on the file at this moment either
+    commits before the in-use check below sees it, or finds the file deleted.
+    """
+    file = get_file(session, tenant_id, file_id, for_update=True)
     in_use = session.scalars(
         JobRepository(session, tenant_id)
         .scoped()

@@ -137,7 +137,9 @@ def _usable_file(
     param: str,
 ) -> File:
     """A tenant's live file of the right purpose that did not fail validation."""
-    file = FileRepository(session, tenant_id).live(file_id)
+    # Shared lock: a concurrent delete of the file waits for this create (and then refuses,
+    # the file being in use), or this create waits for the delete (and finds no file).
+    file = FileRepository(session, tenant_id).live(file_id, lock="share")
     if file is None:
         raise InvalidRequestError(
             f"{param} {file_id!r} is not one of your files", code=f"invalid_{param}", param=param
@@ -264,7 +266,7 @@ def create_job(
                 code="invalid_safety_file",
                 param="method.bds.safety_file",
             )
-        safety = FileRepository(session, tenant_id).live(safety_file_id)
+        safety = FileRepository(session, tenant_id).live(safety_file_id, lock="share")
         if safety is None or safety.purpose != SAFETY_ALIGNMENT or safety.status == ERROR:
             raise InvalidRequestError(
                 f"safety_file {safety_file_id!r} must be one of your valid files uploaded with "
