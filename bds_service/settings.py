@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description="a scoring claim not renewed this long belongs to a dead worker and is "
         "taken over (the worker renews it every quarter of this)",
     )
+    stale_partial_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="a .part file in storage untouched this long was left by a process killed "
+        "mid-write (an API killed mid-upload) and is removed by the beat, hourly",
+    )
     # Workers that heal or die (worker.liveness).
     worker_stall_exit_seconds: float = Field(
         default=60.0,

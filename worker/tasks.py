@@ -8,6 +8,7 @@ runs, so cpu workers never load torch for it.
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +29,9 @@ from worker.celery_app import app
 from worker.context import worker_context
 
 logger = logging.getLogger(__name__)
+
+PARTIALS_SWEEP_INTERVAL_S = 3600.0
+_last_partials_sweep = -PARTIALS_SWEEP_INTERVAL_S  # the first beat of a process sweeps
 
 # Transient database trouble is retried with backoff; anything else is a bug or bad data and
 # is recorded on the file or job by the service itself.
@@ -91,4 +95,10 @@ def reap_jobs() -> dict[str, list[str]]:
         sweep = redispatch_unclaimed(session, context.settings, utcnow())
     if sweep:
         logger.warning("dispatch sweep sent again: %s", sweep.sent)
+    global _last_partials_sweep
+    if time.monotonic() - _last_partials_sweep > PARTIALS_SWEEP_INTERVAL_S:
+        _last_partials_sweep = time.monotonic()
+        removed = context.storage.remove_stale_partials(context.settings.stale_partial_seconds)
+        if removed:
+            logger.warning("removed %d stale partial file(s) from storage", removed)
     return {**outcome, **{f"redispatched {task}": ids for task, ids in sweep.sent.items()}}

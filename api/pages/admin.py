@@ -18,7 +18,6 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.deps import DbSession, RequestId, Services, Storage
@@ -31,7 +30,6 @@ from api.pages.reports import (
 )
 from api.pages.routing import PageRoute
 from api.pages.templating import templates
-from api.schemas.admin import TenantLimitsUpdate
 from bds_service.admin import repository as admin_queries
 from bds_service.admin import service as admin_service
 from bds_service.admin.repository import AuditFilter
@@ -520,24 +518,10 @@ def set_limits(
 ) -> Response:
     """Set a tenant's caps (empty: the deployment's default); audited."""
     check_csrf(caller, csrf_token)
-    values = {
-        "max_concurrent_jobs": _optional_cap(max_concurrent_jobs, "max_concurrent_jobs"),
-        "max_file_bytes": _optional_cap(max_file_bytes, "max_file_bytes"),
-        "max_examples": _optional_cap(max_examples, "max_examples"),
-    }
-    # The JSON admin API's model: the same ranges (and the same 400) for both.
-    try:
-        checked = TenantLimitsUpdate(**values)
-    except ValidationError as invalid:
-        problem = invalid.errors()[0]
-        name = str(problem["loc"][0]) if problem["loc"] else "limits"
-        raise InvalidRequestError(
-            f"{name}: {problem['msg']}", code="invalid_value", param=name
-        ) from None
     overrides = TenantLimitOverrides(
-        max_concurrent_jobs=checked.max_concurrent_jobs,
-        max_file_bytes=checked.max_file_bytes,
-        max_examples=checked.max_examples,
+        max_concurrent_jobs=_optional_cap(max_concurrent_jobs, "max_concurrent_jobs"),
+        max_file_bytes=_optional_cap(max_file_bytes, "max_file_bytes"),
+        max_examples=_optional_cap(max_examples, "max_examples"),
     )
     tenants.set_tenant_limits(session, tenant_id, overrides, caller.actor(request_id, tenant_id))
     return _redirect(f"/admin/tenants/{tenant_id}", "limits_saved")

@@ -272,6 +272,13 @@ def test_integers_past_the_database_range_are_400_on_the_dashboard(
     response = client.get("/admin/audit?before=2147483648", headers=admin.headers)
     assert response.status_code == 400, response.text[:500]
     assert client.get("/admin/audit?before=2147483647", headers=admin.headers).status_code == 200
+    # The dashboard's caps form: the same 400 as the JSON admin API, not a database error.
+    # (A Bearer admin key needs no CSRF token: only cookie sessions do.)
+    url = f"/admin/tenants/{admin.tenant_id}/limits"
+    for value in ("2147483648", "99999999999999999999"):
+        refused = client.post(url, headers=admin.headers, data={"max_examples": value})
+        assert refused.status_code == 400, refused.text[:300]
+        assert "max_examples must be a positive number of at most" in refused.text
 
 
 def test_the_cap_on_unfinished_jobs_says_when_to_look_again(
