@@ -430,7 +430,10 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
                 report = score_examples(examples, scheduler_path=settings.scorer_path).to_dict()
         except Exception as failure:
             logger.exception("scoring file %s failed", file_id)
-            error = f"scoring_failed: {type(failure).__name__}: {failure}"
+            # The customer sees this: name the file by its id, never by the server's path.
+            reason = str(failure).replace(str(path), f"file {file_id}")
+            reason = reason.replace(str(storage.root), "<storage>")
+            error = f"scoring_failed: {type(failure).__name__}: {reason}"
 
     with uow() as session:
         file = load_file_for_task(session, file_id, for_update=True)

@@ -155,3 +155,23 @@ def test_stale_partial_files_are_removed_and_fresh_ones_kept(tmp_path: Path) -> 
     assert storage.path("tenant-a/file-3").read_bytes() == b"done"
     writing.commit()
     assert storage.path("tenant-a/file-2").read_bytes() == b"still coming"
+
+
+def test_a_scoring_failure_names_the_file_by_id_never_by_the_server_path(
+    stored_file: Callable[[bytes], str],
+    session_factory: SessionFactory,
+    service_settings: Settings,
+    read: Callable[..., list[Any]],
+) -> None:
+    file_id = stored_file((json.dumps(LINES[0]) + "\n").encode())
+    storage = LocalStorage(service_settings.resolved_storage_dir)
+    uow = _uow(session_factory, Recorder())
+    assert files.run_validation(uow, file_id, storage, service_settings) == "processed"
+    (file,) = read(select(File).where(File.id == file_id))
+    # The stored bytes no longer load (a disk fault): the loader's error names the path.
+    storage.path(file.storage_key).write_bytes(b"not json\n")
+    assert files.run_scoring(uow, file_id, storage, service_settings) == "failed"
+    (file,) = read(select(File).where(File.id == file_id))
+    assert file.safety_error.startswith("scoring_failed: DatasetError: file " + file_id)
+    assert str(storage.root) not in file.safety_error
+    assert "line 1" in file.safety_error
