@@ -68,6 +68,9 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
         "dispatch sweep (beat): all tenants' jobs and files waiting for a worker"
     ),
     ("bds_service/jobs/runner.py", "_job_state"): "worker: its own job's status by id",
+    ("bds_service/jobs/runner.py", "JobProgress.on_resume"): (
+        "worker: the last step reported for the job it holds"
+    ),
     ("bds_service/jobs/runner.py", "JobProgress.on_checkpoint"): (
         "worker: checkpoints of the job it holds"
     ),

@@ -138,3 +138,12 @@ def test_every_worker_has_a_liveness_check_and_is_restarted_when_it_exits(
             liveness_file,
         ]
         assert set(service["environment"]) - {"BDS_WORKER_LIVENESS_FILE"} <= _setting_names()
+
+
+def test_the_api_runs_several_processes_sharing_their_rate_limits(
+    compose: dict[str, Any],
+) -> None:
+    command = compose["services"]["api"]["command"]
+    assert command[command.index("--workers") + 1] == "${BDS_API_WORKERS:-4}"
+    shared = compose["x-bds-environment"]
+    assert shared["BDS_RATE_LIMIT_REDIS_URL"] != shared["BDS_BROKER_URL"]
