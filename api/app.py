@@ -20,7 +20,7 @@ from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_auth_failure_limiter, build_rate_limiter
 from api.routers import admin, files, fine_tuning, health, models
-from bds_service.db import make_engine, make_session_factory
+from bds_service.db import make_engine, make_read_session_factory, make_session_factory
 from bds_service.settings import Settings, get_settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskSender
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        read_session_factory=make_read_session_factory(engine),
         storage=LocalStorage(settings.resolved_storage_dir),
         publisher=publisher or celery_publisher,  # type: ignore[arg-type]
         rate_limiter=build_rate_limiter(settings),

@@ -69,6 +69,20 @@ def make_session_factory(engine: Engine) -> SessionFactory:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_read_session_factory(engine: Engine) -> SessionFactory:
+    """Sessions for a single read that needs no transaction (an API key's lookup).
+
+    On PostgreSQL they run in autocommit: no BEGIN and no ROLLBACK around the one SELECT, two
+    round trips fewer per request. On SQLite (one writer, BEGIN IMMEDIATE) they are ordinary
+    sessions.
+    """
+    if engine.dialect.name == "postgresql":
+        return sessionmaker(
+            bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
+    return make_session_factory(engine)
+
+
 _AFTER_COMMIT_KEY = "bds_after_commit"
 
 
