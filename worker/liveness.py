@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -81,6 +82,27 @@ def _child_pids(parent: int) -> list[int]:
     return children
 
 
+def _release_leases(pids: list[int]) -> None:
+    """End the leases the given pool processes hold (best effort: the database may be away)."""
+    from bds_service.db import make_engine, make_session_factory, unit_of_work
+    from bds_service.jobs.repository import expire_leases_of_processes
+    from bds_service.models import utcnow
+
+    class _NoTasks:
+        def send(self, message: object) -> None:
+            pass
+
+    try:
+        engine = make_engine(get_settings().resolved_database_url)
+        with unit_of_work(make_session_factory(engine), _NoTasks()) as session:
+            released = expire_leases_of_processes(session, socket.gethostname(), pids, utcnow())
+        engine.dispose()
+        if released:
+            logger.warning("ended the leases of jobs %s for the reaper", released)
+    except Exception:
+        logger.exception("could not end the leases of the pool processes %s", pids)
+
+
 class Watchdog(threading.Thread):
     """Ends the worker process when its consumer stopped beating for ``stall_seconds``."""
 
@@ -103,9 +125,14 @@ class Watchdog(threading.Thread):
             "exiting with status 1 so that its supervisor starts a fresh one",
             silent,
         )
+        children = _child_pids(os.getpid())
+        # Their jobs go back to the queue at the reaper's next run, not after the full lease.
+        releasing = threading.Thread(target=_release_leases, args=(children,), daemon=True)
+        releasing.start()
+        releasing.join(timeout=10)
         for handler in logging.getLogger().handlers:
             handler.flush()
-        for pid in _child_pids(os.getpid()):
+        for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         os._exit(1)

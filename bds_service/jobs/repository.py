@@ -235,6 +235,31 @@ def renew_lease(
     return _rowcount(result) == 1
 
 
+def expire_leases_of_processes(
+    session: Session, host: str, pids: list[int], now: dt.datetime
+) -> list[str]:
+    """End now the leases held by these processes of ``host`` (a worker about to kill them),
+    so that the reaper re-queues their jobs at its next run instead of after the full lease.
+    Returns the job ids."""
+    if not pids:
+        return []
+    owned = or_(*(FineTuningJob.lease_owner.startswith(f"{host}:{pid}:") for pid in pids))
+    where = (
+        owned,
+        FineTuningJob.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELLING.value]),
+        FineTuningJob.lease_expires_at > now,
+    )
+    ids = list(session.scalars(select(FineTuningJob.id).where(*where)))
+    if ids:
+        session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id.in_(ids), *where)
+            .values(lease_expires_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return ids
+
+
 def expired_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[FineTuningJob]:
     """Running or cancelling jobs whose worker stopped renewing its lease."""
     statement = (

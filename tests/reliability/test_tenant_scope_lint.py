@@ -60,6 +60,9 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
     ),
     ("bds_service/jobs/repository.py", "renew_lease"): "worker heartbeat by job id and owner",
     ("bds_service/jobs/repository.py", "expired_leases"): "lease reaper: all tenants' jobs",
+    ("bds_service/jobs/repository.py", "expire_leases_of_processes"): (
+        "a stalled worker ends the leases of its own pool processes before killing them"
+    ),
     ("bds_service/files/repository.py", "load_file_for_task"): "worker task: loads a file by id",
     ("bds_service/files/service.py", "_ScoringClaimKeeper._run"): (
         "worker: renews the scoring claim of the file it scores, by id and claim token"
