@@ -126,15 +126,16 @@ class Watchdog(threading.Thread):
             silent,
         )
         children = _child_pids(os.getpid())
-        # Their jobs go back to the queue at the reaper's next run, not after the full lease.
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        # Killed first, so no heartbeat renews a lease after this: their jobs go back to the
+        # queue at the reaper's next run, not after the full lease.
         releasing = threading.Thread(target=_release_leases, args=(children,), daemon=True)
         releasing.start()
         releasing.join(timeout=10)
         for handler in logging.getLogger().handlers:
             handler.flush()
-        for pid in children:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
         os._exit(1)
 
 

@@ -36,7 +36,8 @@ LIVE_SETTINGS = {
     "redispatch_after_seconds": 2,
     "redispatch_max_seconds": 4,
     "scoring_lease_seconds": 4,
-    "lease_seconds": 4,
+    # Longer than any wait below: a job resumed after its worker died was not waiting for it.
+    "lease_seconds": 900,
     "checkpoint_every": 4,
     "worker_stall_exit_seconds": STALL_EXIT_S,
 }
@@ -221,9 +222,17 @@ def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_th
     live_service: LiveService, supervisor: Supervisor, private_redis: PrivateRedis
 ) -> None:
     live = live_service
+    training, safety = live.upload_datasets()
+    _scored(live, supervisor, training)
+    job_id = live.api.post(
+        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety, steps=40)
+    ).json()["id"]
+    supervisor.wait_for(
+        lambda: live.checkpoint_steps(job_id), bool, "a first checkpoint", timeout=300
+    )
     exits_before = len(supervisor.exit_codes)
     file_id = live.upload("\n".join(_line(i) for i in range(200, 206)) + "\n")
-    private_redis.kill()  # maybe while the file is being scored, maybe before
+    private_redis.kill()  # mid-training; maybe while the file is being scored, maybe before
     # Longer than the worker tolerates: it exits with status 1 and the supervisor restarts it.
     supervisor.wait_for(
         lambda: supervisor.exit_codes[exits_before:],
@@ -236,8 +245,16 @@ def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_th
     private_redis.start()
 
     _scored(live, supervisor, file_id)
-    training, safety = live.upload_datasets()
-    job_id = live.api.post(
-        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety, steps=4)
-    ).json()["id"]
-    assert _succeeded_once(live, supervisor, job_id).attempt == 1
+    # The stalled worker ended its training child's lease before exiting: the job resumed from
+    # its checkpoint on the restarted worker long before the 900 s lease would have expired.
+    job = _succeeded_once(live, supervisor, job_id)
+    assert job.attempt == 2
+    messages = [event.message for event in live.events(job_id)]
+    assert any(message.startswith("Resumed from checkpoint") for message in messages)
+    assert live.audit_actions(job_id) == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.start",
+        "fine_tuning_job.requeue",
+        "fine_tuning_job.start",
+        "fine_tuning_job.succeed",
+    ]
