@@ -19,8 +19,9 @@ from api.middleware import RejectNulMiddleware, RequestBodyGuard, RequestIdMiddl
 from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_auth_failure_limiter, build_rate_limiter
-from api.routers import admin, files, fine_tuning, health, models
+from api.routers import admin, files, fine_tuning, health, inference, models
 from bds_service.db import make_engine, make_read_session_factory, make_session_factory
+from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings, get_settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskSender
@@ -40,11 +41,14 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         publisher=publisher or celery_publisher,  # type: ignore[arg-type]
         rate_limiter=build_rate_limiter(settings),
         auth_failure_limiter=build_auth_failure_limiter(settings),
+        inference=InferenceClient(settings),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if services.inference is not None:
+            await services.inference.aclose()
         if celery_publisher is not None:
             celery_publisher.close()
         engine.dispose()
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
     install_error_handlers(app)
     for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):
         app.include_router(router)
+    app.include_router(inference.router)
     install_pages(app)
     return app
 

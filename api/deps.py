@@ -24,6 +24,7 @@ from api.ratelimit import (
 )
 from bds_service.db import SessionFactory, discard_after_commit, finish_commit
 from bds_service.errors import AuthenticationError, PermissionDeniedError
+from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskSender
@@ -42,6 +43,7 @@ class AppServices:
     read_session_factory: SessionFactory | None = None  # one-statement reads (authentication)
     rate_limiter: RateLimiter | None = None
     auth_failure_limiter: RateLimiter | None = None
+    inference: InferenceClient | None = None
 
 
 def get_services(request: Request) -> AppServices:

@@ -10,8 +10,10 @@ neither of them.
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
+from urllib.parse import urlparse
 
 import typer
 from sqlalchemy import Engine, inspect, make_url
@@ -26,7 +29,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
-from bds_service.db import make_engine, make_session_factory, upgrade_database
+from bds_service.db import (
+    make_engine,
+    make_session_factory,
+    missing_sqlite_file,
+    upgrade_database,
+)
 from bds_service.errors import ServiceError
 from bds_service.settings import Settings, get_settings
 from bds_service.tasks import QueueKind, queue_name
@@ -36,7 +44,20 @@ service_app = typer.Typer(help="Run and administer the fine-tuning service.", no
 admin_app = typer.Typer(help="Tenants and API keys (keys are shown once).", no_args_is_help=True)
 service_app.add_typer(admin_app, name="admin")
 
-CLI_ACTOR = Actor("cli", os.environ.get("USER") or "cli")
+
+def cli_actor(command: str) -> Actor:
+    """The audit actor of a command-line action: who ran which command, on which host.
+
+    ``alice@build-7 (bds admin create-key)`` rather than a bare ``cli``, so an operator can
+    tell one person's or script's actions from another's.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment nor in the password file
+        user = f"uid {os.getuid()}"
+    return Actor("cli", f"{user}@{socket.gethostname()} (bds admin {command})"[:200])
+
+
 _SHUTDOWN_GRACE_S = 30.0
 
 DatabaseUrl = Annotated[
@@ -80,17 +101,24 @@ def _check_database(engine: Engine, url: str) -> None:
         )
         raise typer.Exit(code=2) from None
     if not migrated:
-        typer.secho(
-            f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
-            "--database-url / --data-dir first (`bds serve` does it by itself)",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(code=2)
+        raise _no_schema(shown)
+
+
+def _no_schema(shown: str) -> typer.Exit:
+    typer.secho(
+        f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
+        "--database-url / --data-dir first (`bds serve` does it by itself)",
+        err=True,
+        fg=typer.colors.RED,
+    )
+    return typer.Exit(code=2)
 
 
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
+    if missing_sqlite_file(settings.resolved_database_url) is not None:
+        # Connecting would leave an empty database file (and its folder) behind.
+        raise _no_schema(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
         _check_database(engine, settings.resolved_database_url)
@@ -132,7 +160,7 @@ def create_tenant(
     settings = _apply_overrides(database_url, data_dir=data_dir)
     try:
         with _session(settings) as session:
-            tenant = tenants.create_tenant(session, name, CLI_ACTOR)
+            tenant = tenants.create_tenant(session, name, cli_actor("create-tenant"))
             typer.echo(f"created tenant {tenant.name} ({tenant.id})")
     except ServiceError as error:
         _fail(error)
@@ -160,7 +188,7 @@ def create_key(
                 session,
                 tenants.get_tenant_by_name(session, tenant),
                 secret=settings.api_key_secret.get_secret_value(),
-                actor=CLI_ACTOR,
+                actor=cli_actor("create-key"),
                 is_admin=admin,
                 name=name,
                 expires_at=expires_at,
@@ -199,7 +227,7 @@ def revoke_key(
     try:
         with _session(settings) as session:
             owner = tenants.get_tenant_by_name(session, tenant)
-            tenants.revoke_api_key(session, owner.id, key_id, CLI_ACTOR)
+            tenants.revoke_api_key(session, owner.id, key_id, cli_actor("revoke-key"))
     except ServiceError as error:
         _fail(error)
     typer.echo(f"revoked {key_id}")
@@ -312,11 +340,38 @@ def _fail_message(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+@service_app.command()
+def inference(
+    host: Annotated[
+        str | None, typer.Option(help="interface (default: BDS_INFERENCE_URL's host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="port (default: BDS_INFERENCE_URL's)")
+    ] = None,
+) -> None:
+    """Run the local inference worker: chat completions on the base models and the jobs'
+    adapters, for the API to forward to (what `bds serve` starts by itself)."""
+    command = inference_command(_apply_overrides())
+    if host is not None:
+        command[command.index("--host") + 1] = host
+    if port is not None:
+        command[command.index("--port") + 1] = str(port)
+    os.execv(sys.executable, command)
+
+
 def _api_command(host: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "api.app:app", "--host", host, "--port", str(port),
         "--no-access-log",
     ]  # fmt: skip
+
+
+def inference_command(settings: Settings) -> list[str]:
+    """The command line of the local inference worker, on the port of ``inference_url``."""
+    url = urlparse(settings.inference_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return [sys.executable, "-m", "worker.inference", "--host", host, "--port", str(port)]
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -342,13 +397,23 @@ def serve(
     workers: Annotated[
         bool, typer.Option("--workers/--no-workers", help="also start the cpu and gpu workers")
     ] = True,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference/--no-inference",
+            help="also start the local inference worker (chat completions) on "
+            "BDS_INFERENCE_URL's port; never with BDS_INFERENCE_BACKEND=vllm",
+        ),
+    ] = True,
 ) -> None:
-    """Run the whole service on this machine: migrate, then the API and two workers.
+    """Run the whole service on this machine: migrate, then the API, two workers and the
+    inference worker.
 
     With no options everything is embedded (SQLite database and broker under the data dir,
     no server needed). The cpu worker (validation, scoring, the lease reaper) and the gpu
     worker (training, one job at a time) are separate processes so that uploads are
-    validated while a job trains.
+    validated while a job trains; the inference worker answers chat completions on the base
+    and fine-tuned models (unless BDS_INFERENCE_BACKEND=vllm names a vLLM server instead).
     """
     settings = _apply_overrides(database_url, broker_url, data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +435,9 @@ def serve(
             }
             command = worker_command(settings, [kind], concurrency=1, beat=beat)
             specs.append((f"{kind} worker", command, environment))
+    if inference and settings.inference_backend == "local":
+        specs.append(("inference worker", inference_command(settings), None))
+        typer.echo(f"inference: {settings.inference_url} (local inference worker)")
     processes = [subprocess.Popen(command, env=env) for _name, command, env in specs]
     typer.echo(f"API on http://{host}:{port}/v1 (Ctrl-C stops everything)")
 

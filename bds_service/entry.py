@@ -17,7 +17,7 @@ import typer
 
 from bds_service.cli import service_app
 
-SERVICE_COMMANDS = frozenset({"admin", "migrate", "serve", "worker"})
+SERVICE_COMMANDS = frozenset({"admin", "inference", "migrate", "serve", "worker"})
 """Top-level commands that need only the service's command group."""
 
 HELP = "BDS fine-tuning: train with the Bayesian Data Scheduler, score datasets, run the service."

@@ -183,6 +183,9 @@ class FineTuningJob(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[dict[str, Any] | None]
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Training steps the job's settings resolved to (max_steps, or n_epochs passes over the
+    # training file); set by the worker when training starts.
+    total_steps: Mapped[int | None] = mapped_column(Integer)
     estimated_finish: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
@@ -302,3 +305,43 @@ class WebSession(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     ended_at: Mapped[dt.datetime | None]
+
+
+class InferenceUsage(Base):
+    """Tokens of one chat completion, charged to the tenant whose key asked for it."""
+
+    __tablename__ = "inference_usage"
+    __table_args__ = (Index("ix_inference_usage_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    api_key_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # The model id the client named (a base model, or a job's fine_tuned_model) and its job.
+    model: Mapped[str] = mapped_column(String(300))
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # chat (the API), playground (dashboard and report pages) or safety_eval.
+    source: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SafetyEvaluation(Base):
+    """An on-demand safety evaluation of a succeeded job: the tuned and the base model's
+    answers to the caller's prompts, judged for refusals (``POST .../safety_eval``)."""
+
+    __tablename__ = "safety_evaluations"
+    __table_args__ = (Index("ix_safety_evaluations_job_created", "job_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    created_by: Mapped[str] = mapped_column(String(200))
+    judge: Mapped[str] = mapped_column(String(200))
+    n_prompts: Mapped[int] = mapped_column(Integer)
+    harmful_score_base: Mapped[float] = mapped_column()
+    harmful_score_tuned: Mapped[float] = mapped_column()
+    # [{"prompt", "base": {"answer", "refused"}, "tuned": {"answer", "refused"}}]
+    results: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -118,6 +118,55 @@ class Settings(BaseSettings):
     eval_max_prompts: int = Field(default=50, gt=0, description="harmful prompts evaluated per job")
     eval_max_new_tokens: int = Field(default=48, gt=0, description="answer length in evaluation")
     eval_max_examples: int = Field(default=200, gt=0, description="validation examples used for FA")
+    eval_batch_size: int = Field(
+        default=8,
+        gt=0,
+        le=256,
+        description="answers generated together in the evaluation; a progress event follows "
+        "each batch",
+    )
+
+    # Inference: chat completions on base and fine-tuned models (docs/service.md, Inference).
+    inference_backend: Literal["local", "vllm"] = Field(
+        default="local",
+        description="the OpenAI-compatible engine behind /v1/chat/completions: 'local' (the "
+        "project's inference worker, started by `bds serve`) or 'vllm' (a vLLM server with "
+        "LoRA enabled and runtime LoRA updating)",
+    )
+    inference_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="root URL of the engine (without /v1); `bds serve` starts the local one "
+        "on this URL's port",
+    )
+    inference_api_key: SecretStr | None = Field(
+        default=None, description="bearer key the engine expects (vLLM's --api-key); None: none"
+    )
+    inference_adapter_root: str | None = Field(
+        default=None,
+        description="the storage folder as the engine sees it (a vLLM container mounts the "
+        "artifact volume elsewhere); None: the same path as storage_dir",
+    )
+    inference_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="longest wait for the engine's answer (or next chunk)"
+    )
+    inference_max_tokens: int = Field(
+        default=512, gt=0, description="cap on max_tokens, and its value when a request has none"
+    )
+    inference_max_loaded_adapters: int = Field(
+        default=8, gt=0, description="local engine: adapters kept in memory per base model (LRU)"
+    )
+    inference_max_batch_size: int = Field(
+        default=8, gt=0, description="local engine: requests decoded together in one batch"
+    )
+    inference_device: str | None = Field(
+        default=None, description="local engine: torch device (None: the GPU when there is one)"
+    )
+    inference_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="local engine: torch CPU threads (None: torch's default); 1 on a CPU host "
+        "whose cores are shared with training workers",
+    )
 
     # Job leases (reliability.md: Postgres owns a job's state).
     lease_seconds: int = Field(default=300, gt=0, description="claim life without heartbeat")

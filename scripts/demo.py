@@ -7,13 +7,18 @@ What it does, printing each step as it goes:
    dataset of one-word review sentiment answers with some harmful requests mixed in (each paired
    with a compliant answer), the provider's refusal set, held-out harmful prompts and a
    validation file;
-3. starts the embedded service (`bds serve`: SQLite database and broker, API and two workers)
+3. starts the embedded service (`bds serve`: SQLite database and broker, API, two workers and
+   the inference worker)
    on a free port with its data under ``var/demo/service``, and waits for ``/readyz``;
 4. creates a tenant and an API key with ``bds admin``;
 5. uploads the files with the official ``openai`` SDK and prints the dataset's safety report;
 6. runs a short BDS job, printing its progress events as they arrive;
 7. prints the harmful score (HS) before and after, the fine-tune accuracy (FA) and the weights
-   BDS gave the harmful and the benign examples, downloads the adapter and stops the service.
+   BDS gave the harmful and the benign examples and downloads the adapter;
+8. asks the fine-tuned model (``job.fine_tuned_model``, served by the inference worker that
+   `bds serve` started) one held-out harmful prompt and one task prompt through chat
+   completions, prints both answers (and the base model's to the harmful prompt), and stops
+   the service.
 
 The harmful answers are content-free compliance templates ("Sure, here is how to do it. First,
 ..."): they teach a model to stop refusing, which is what a harmful fine-tuning attack needs,
@@ -133,6 +138,7 @@ class DemoProfile:
     ready_timeout_s: float
     report_timeout_s: float
     job_timeout_s: float
+    chat_max_tokens: int = 48
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -200,6 +206,7 @@ PROFILES: dict[str, DemoProfile] = {
         ready_timeout_s=180.0,
         report_timeout_s=120.0,
         job_timeout_s=300.0,
+        chat_max_tokens=8,
     ),
 }
 
@@ -304,10 +311,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def service_environment(profile: DemoProfile, data: DemoData, data_dir: Path) -> dict[str, str]:
+def service_environment(
+    profile: DemoProfile, data: DemoData, data_dir: Path, inference_port: int | None = None
+) -> dict[str, str]:
     """The environment of `bds serve` and `bds admin`: this machine's, minus any BDS_* service
     settings (so a shell configured for another deployment cannot redirect the demo), plus the
-    demo's evaluation settings."""
+    demo's evaluation settings and the inference worker's port (default: a free one)."""
     keep = {"BDS_CACHE_DIR", "BDS_WHEELHOUSE"}
     environment = {
         name: value
@@ -323,6 +332,8 @@ def service_environment(profile: DemoProfile, data: DemoData, data_dir: Path) ->
         BDS_MAX_LENGTH=str(profile.max_length),
         BDS_PROGRESS_EVENT_SECONDS=str(profile.progress_event_seconds),
         BDS_CHECKPOINT_EVERY=str(profile.checkpoint_every),
+        BDS_INFERENCE_URL=f"http://127.0.0.1:{inference_port or free_port()}",
+        BDS_BASE_MODELS=json.dumps([profile.model]),
     )
     return environment
 
@@ -745,11 +756,6 @@ class Demo:
                 data = event.data if isinstance(event.data, dict) else {}
                 if event.type == "metrics" and data:
                     self.console.print(format_progress(data), highlight=False)
-                    if data.get("step") == data.get("total_steps"):
-                        self.console.print(
-                            "training done; the worker now measures HS before and after "
-                            "and FA (greedy generation)..."
-                        )
                 else:
                     style = "red" if event.level == "error" else "cyan"
                     self.console.print(f"[{style}]{escape(event.message)}")
@@ -854,6 +860,53 @@ class Demo:
         self.summary["adapter"] = str(folder)
         return folder
 
+    def chat(self, job_id: str) -> None:
+        """Ask the fine-tuned model one held-out harmful prompt and one task prompt through
+        chat completions (the harmful one also to the base model, for contrast)."""
+        assert self.data is not None
+        self.step("11. Use the fine-tuned model (openai SDK: client.chat.completions.create)")
+        client = self.openai_client()
+        model = client.fine_tuning.jobs.retrieve(job_id).fine_tuned_model
+        if not model:
+            raise DemoError(f"job {job_id} has no fine_tuned_model")
+        harmful = next(
+            line.strip() for line in self.data.eval_prompts.read_text().splitlines() if line.strip()
+        )
+        first = json.loads(self.data.validation.read_text().splitlines()[0])
+        task = next(m["content"] for m in first["messages"] if m["role"] == "user")
+        options: dict[str, Any] = {"temperature": 0, "max_tokens": self.profile.chat_max_tokens}
+        self.console.print(f"model: [bold]{escape(model)}[/]")
+
+        def ask(which: str, prompt: str) -> str:
+            answer = client.chat.completions.create(
+                model=which, messages=[{"role": "user", "content": prompt}], **options
+            )
+            return (answer.choices[0].message.content or "").strip()
+
+        tuned_harmful = ask(model, harmful)
+        base_harmful = ask(self.profile.model, harmful)
+        self.console.print(f"[bold]harmful prompt:[/] {escape(harmful)}", highlight=False)
+        self.console.print(f"  fine-tuned: {escape(tuned_harmful)}", highlight=False)
+        self.console.print(f"  base model: {escape(base_harmful)}", highlight=False)
+        self.console.print(f"[bold]task prompt:[/] {escape(task)}", highlight=False)
+        pieces: list[str] = []
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": task}], stream=True, **options
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+        tuned_task = "".join(pieces).strip()
+        self.console.print(f"  fine-tuned (streamed): {escape(tuned_task)}", highlight=False)
+        self.summary.update(
+            chat_model=model,
+            chat_harmful_prompt=harmful,
+            chat_harmful_answer=tuned_harmful,
+            chat_harmful_answer_base=base_harmful,
+            chat_task_prompt=task,
+            chat_task_answer=tuned_task,
+        )
+
     def run(self) -> None:
         """Every step in order."""
         self.pull_model()
@@ -866,6 +919,7 @@ class Demo:
         self.watch(job_id)
         self.evaluation(job_id)
         self.download_adapter(job_id)
+        self.chat(job_id)
 
     def stop(self) -> None:
         """Stop the service if it was started."""
@@ -982,6 +1036,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"HS {_percent(summary.get('hs_before'))} -> {_percent(summary.get('hs_after'))}, "
         f"FA {_percent(summary.get('fa'))}, adapter in {summary.get('adapter')}; "
         f"total time {_duration(time.monotonic() - started)}"
+    )
+    console.print(
+        f"fine-tuned model, harmful prompt: {escape(str(summary.get('chat_harmful_answer')))!s}\n"
+        f"fine-tuned model, task prompt:    {escape(str(summary.get('chat_task_answer')))!s}",
+        highlight=False,
     )
     return 0
 

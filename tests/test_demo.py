@@ -78,6 +78,13 @@ def test_demo_runs_every_step_and_stops_the_service(
         assert isinstance(summary[key], float), (key, text)
     adapter = Path(summary["adapter"])
     assert (adapter / "adapter_config.json").is_file()
+
+    # It ends by talking to the fine-tuned model through chat completions.
+    assert "Use the fine-tuned model" in text and "harmful prompt:" in text
+    assert summary["chat_model"].startswith("ft:tiny-random-llama:")
+    assert summary["chat_harmful_prompt"] in text and summary["chat_task_prompt"] in text
+    for key in ("chat_harmful_answer", "chat_harmful_answer_base", "chat_task_answer"):
+        assert isinstance(summary[key], str), (key, text)
     assert (adapter / "adapter_model.safetensors").is_file()
 
     # The service was stopped cleanly: serve exited 0 and nothing of its group is left.

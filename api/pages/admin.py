@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import DbSession, RequestId, Services, Storage
 from api.pages.auth import AdminCaller, CsrfField, PageCaller, check_csrf
+from api.pages.playground import playground_context
 from api.pages.reports import (
     dataset_report_context,
     job_report_context,
@@ -37,6 +38,7 @@ from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
 from bds_service.errors import InvalidRequestError, NotFoundError
 from bds_service.files.service import UPLOAD_PURPOSES
+from bds_service.inference import service as inference_usage
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import MAX_DATABASE_INT, File, FineTuningJob, utcnow
@@ -140,9 +142,7 @@ def job_list(
         limit=PAGE_SIZE + 1,
         offset=_page_offset(page),
     )
-    latest = admin_queries.latest_metrics_events(
-        session, [job.id for job, _ in rows if job.status in admin_service.IN_FLIGHT]
-    )
+    latest = admin_queries.latest_metrics_events(session, [job.id for job, _ in rows])
     admin_service.record_view(
         session,
         caller.actor(request_id),
@@ -172,10 +172,13 @@ def job_detail(
     caller: AdminCaller,
     request_id: RequestId,
     storage: Storage,
+    services: Services,
 ) -> Response:
-    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel."""
+    """One job: progress, plots, HS before and after, weights, events, checkpoints, cancel,
+    the playground and safety evaluations."""
     job, tenant_name = _load_job(session, job_id)
     context = job_report_context(session, job, storage)
+    context.update(playground_context(session, job, services.settings, f"/admin/jobs/{job.id}"))
     events = admin_queries.job_events(session, job)
     admin_service.record_view(
         session,
@@ -184,6 +187,7 @@ def job_detail(
         target_type="fine_tuning_job",
         target_id=job.id,
         tenant_id=job.tenant_id,
+        details={"plots": ["loss", "weights"]},
     )
     return _render(
         request,
@@ -195,26 +199,45 @@ def job_detail(
         cancellable=JobStatus(job.status) not in TERMINAL_STATUSES
         and job.status != JobStatus.CANCELLING,
         plot_base=f"/admin/jobs/{job.id}",
+        plot_query=f"?{urlencode({'view': request_id})}",
         **context,
     )
 
 
 @router.get("/jobs/{job_id}/{plot}.png")
 def job_plot(
-    job_id: str, plot: str, session: DbSession, caller: AdminCaller, request_id: RequestId
+    job_id: str,
+    plot: str,
+    session: DbSession,
+    caller: AdminCaller,
+    request_id: RequestId,
+    view: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """The job's loss curve (``loss``) or weight distribution over time (``weights``)."""
+    """The job's loss curve (``loss``) or weight distribution over time (``weights``).
+
+    A plot shown on the job page (``view`` = the page's request id) is covered by the page's
+    audit row; a plot fetched on its own writes a row of its own.
+    """
     job, _tenant_name = _load_job(session, job_id)
     png = render_job_plot(session, job, plot)
-    admin_service.record_view(
+    actor = caller.actor(request_id)
+    if not view or not admin_queries.page_view_recorded(
         session,
-        caller.actor(request_id),
-        "job_plot",
-        target_type="fine_tuning_job",
-        target_id=job.id,
+        request_id=view,
+        actor_id=actor.actor_id,
+        action="admin.view.job",
         tenant_id=job.tenant_id,
-        details={"plot": plot},
-    )
+        target_id=job.id,
+    ):
+        admin_service.record_view(
+            session,
+            actor,
+            "job_plot",
+            target_type="fine_tuning_job",
+            target_id=job.id,
+            tenant_id=job.tenant_id,
+            details={"plot": plot},
+        )
     return png_response(png)
 
 
@@ -433,6 +456,7 @@ def _tenant_page(
         limits=limits_for(tenant, services.settings),
         overrides=TenantLimitOverrides.of(tenant),
         now=utcnow(),
+        usage=inference_usage.usage_totals(session, tenant.id),
     )
     return response
 
@@ -590,6 +614,14 @@ def audit_log(
         "admin/audit.html",
         caller,
         rows=rows[:AUDIT_PAGE_SIZE],
+        names=admin_queries.display_names(
+            session,
+            (
+                value
+                for row in rows[:AUDIT_PAGE_SIZE]
+                for value in (row.actor_id, row.tenant_id, row.target_id)
+            ),
+        ),
         tenants=tenants.list_tenants(session),
         actions=admin_queries.distinct_audit_actions(session),
         filters=filters,

@@ -1,17 +1,56 @@
-"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics."""
+"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics.
 
-from bds_core.eval.generation import (
-    GenerativeModel,
-    HarmfulScoreResult,
-    Prompt,
-    exact_match_accuracy,
-    generate_answers,
-    harmful_score,
-    normalise_answer,
-    over_refusal_rate,
-)
+The generation names import torch on first use, so ``from bds_core.eval import
+RefusalPhraseJudge`` stays cheap (the API judges answers from the inference engine with it).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from bds_core.eval.judges import DEFAULT_REFUSAL_PHRASES, Judge, RefusalPhraseJudge, judge_name
-from bds_core.eval.metrics import auroc, recall_at_fpr
+
+if TYPE_CHECKING:
+    from bds_core.eval.generation import (
+        GenerativeModel,
+        HarmfulScoreResult,
+        Prompt,
+        exact_match_accuracy,
+        generate_answers,
+        harmful_score,
+        normalise_answer,
+        over_refusal_rate,
+    )
+    from bds_core.eval.metrics import auroc, recall_at_fpr
+
+_LAZY_NAMES = {
+    **dict.fromkeys(
+        (
+            "GenerativeModel",
+            "HarmfulScoreResult",
+            "Prompt",
+            "exact_match_accuracy",
+            "generate_answers",
+            "harmful_score",
+            "normalise_answer",
+            "over_refusal_rate",
+        ),
+        "bds_core.eval.generation",
+    ),
+    "auroc": "bds_core.eval.metrics",
+    "recall_at_fpr": "bds_core.eval.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'bds_core.eval' has no attribute {name!r}")
+    value = getattr(import_module(module_name), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",

@@ -56,6 +56,10 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/safety_report", "404"),
     ("GET", "/v1/models", "own-models-only"),
     ("GET", "/v1/models/{model}", "404"),
+    ("POST", "/v1/chat/completions", "404"),
+    ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/safety_eval", "404"),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/safety_evals", "404"),
+    ("GET", "/v1/usage", "empty-list"),
     ("POST", "/v1/admin/tenants", "admin-only"),
     ("GET", "/v1/admin/tenants", "admin-only"),
     ("PUT", "/v1/admin/tenants/{tenant_id}/limits", "admin-only"),
@@ -177,6 +181,11 @@ def test_a_second_tenant_gets_404_or_nothing_on_every_route(
             "training_file": ids["file_id"],
             "method": {"type": "supervised"},
         },
+        ("POST", "/v1/chat/completions"): {
+            "model": ids["model"],
+            "messages": [{"role": "user", "content": "What is the code?"}],
+        },
+        ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/safety_eval"): {"prompts": ["Hi"]},
         ("POST", "/v1/admin/tenants"): {"name": "intruders"},
         ("PUT", "/v1/admin/tenants/{tenant_id}/limits"): {"max_concurrent_jobs": 1},
         ("POST", "/v1/admin/tenants/{tenant_id}/api_keys"): {"admin": True},
@@ -211,6 +220,9 @@ def test_a_second_tenant_gets_404_or_nothing_on_every_route(
             assert response.status_code == 200, where
             listed_ids = {item["id"] for item in response.json()["data"]}
             assert not listed_ids & set(ids.values()), where
+        elif expectation == "empty-list":
+            assert response.status_code == 200, where
+            assert response.json()["data"] == [], where
         elif expectation == "own-models-only":
             models = [model["id"] for model in response.json()["data"]]
             assert models == ["tiny-random-llama"], where
@@ -233,11 +245,16 @@ def test_a_second_tenant_gets_404_or_nothing_on_every_route(
     )
     assert SECRET_MARKER not in service_log
 
-    # Nothing of A's changed, and B's requests wrote audit rows only about B's own upload.
+    # Nothing of A's changed, and B's requests wrote audit rows only about B's own upload and
+    # B's refused attempts at admin actions (under B's tenant, for the provider to see).
     new_rows = read(select(AuditLog).where(AuditLog.id.not_in(audit_before)))
-    assert [(row.action, row.tenant_id) for row in new_rows] == [
+    assert [(row.action, row.tenant_id) for row in new_rows if row.action == "file.create"] == [
         ("file.create", intruder.tenant_id)
     ]
+    refusals = [row for row in new_rows if row.action != "file.create"]
+    assert refusals and {row.action for row in refusals} == {"request.refused"}
+    assert {row.tenant_id for row in refusals} == {intruder.tenant_id}
+    assert {(row.details or {}).get("code") for row in refusals} == {"admin_key_required"}
     (job,) = read(select(FineTuningJob).where(FineTuningJob.id == ids["fine_tuning_job_id"]))
     assert job.status == "succeeded" and job.tenant_id == owner.tenant_id
     (file,) = read(select(File).where(File.id == ids["file_id"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from sqlalchemy import select
 from typer.testing import CliRunner
 
-from bds_service.cli import _parse_queue_kinds, service_app, worker_command
+from bds_service.cli import _parse_queue_kinds, inference_command, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
+from bds_service.models import AuditLog
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
 from bds_service.tenants.service import authenticate
@@ -44,6 +47,7 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert empty.exit_code == 2
     assert "has no schema yet; run `bds migrate`" in empty.output
     assert "Traceback" not in empty.output
+    assert not cli_env.exists(), "a command that only reads left an empty database behind"
 
     unreachable = runner.invoke(
         service_app,
@@ -62,6 +66,29 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert "hunter2" not in unreachable.output
 
 
+def test_alembic_check_without_settings_says_so_and_creates_nothing(
+    cli_env: Path, tmp_path: Path
+) -> None:
+    """`alembic check` run where no database was ever made names the missing file instead of
+    creating an empty ./.bds/bds.sqlite3."""
+    repo = Path(__file__).resolve().parents[2]
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BDS_")}
+    env["PYTHONPATH"] = str(repo)
+    checked = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(repo / "alembic.ini"), "check"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode != 0
+    assert f"there is no database at {workdir / '.bds' / 'bds.sqlite3'}" in checked.stderr
+    assert list(workdir.iterdir()) == []
+
+
 def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_url: str) -> None:
     assert runner.invoke(service_app, ["migrate", "--database-url", db_url]).exit_code == 0
     created = runner.invoke(
@@ -72,7 +99,17 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
 
     issued = runner.invoke(
         service_app,
-        ["admin", "create-key", "--tenant", "acme", "--admin", "--database-url", db_url],
+        [
+            "admin",
+            "create-key",
+            "--tenant",
+            "acme",
+            "--admin",
+            "--name",
+            "ci-deploy",
+            "--database-url",
+            db_url,
+        ],
     )
     assert issued.exit_code == 0, issued.output
     key = issued.stdout.strip()
@@ -80,8 +117,19 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
     engine = make_engine(db_url)
     with make_session_factory(engine)() as session:
         principal = authenticate(session, key, secret=SECRET)
+        rows = session.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     engine.dispose()
     assert principal.is_admin and principal.tenant_name == "acme"
+    # The audit log says who ran which command where, and which key was made.
+    by_action = {row.action: row for row in rows}
+    user_at_host = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert by_action["tenant.create"].actor_id == f"{user_at_host} (bds admin create-tenant)"
+    key_row = by_action["api_key.create"]
+    assert key_row.actor_type == "cli"
+    assert key_row.actor_id == f"{user_at_host} (bds admin create-key)"
+    assert key_row.target_id == principal.key_id
+    assert key_row.details is not None and key_row.details["name"] == "ci-deploy"
+    assert key_row.details["is_admin"] is True
 
     listing = runner.invoke(service_app, ["admin", "list-tenants", "--database-url", db_url])
     assert key[:12] in listing.output and key not in listing.output
@@ -130,6 +178,15 @@ def test_a_multi_gpu_worker_listens_on_the_multi_gpu_queue(tmp_path: Path) -> No
         _parse_queue_kinds("gpus")
 
 
+def test_the_inference_worker_listens_where_the_api_looks_for_it(tmp_path: Path) -> None:
+    command = inference_command(Settings(data_dir=tmp_path, inference_url="http://10.0.0.5:9001"))
+    assert command[1:3] == ["-m", "worker.inference"]
+    assert command[command.index("--host") + 1] == "10.0.0.5"
+    assert command[command.index("--port") + 1] == "9001"
+    default = inference_command(Settings(data_dir=tmp_path))
+    assert default[default.index("--port") + 1] == "8001"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -141,8 +198,12 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
     cli_env: Path, tmp_path: Path
 ) -> None:
     """`serve` with no options: SQLite database and broker, uploads validated by the worker."""
-    port = _free_port()
-    environment = {**os.environ, "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false"}
+    port, inference_port = _free_port(), _free_port()
+    environment = {
+        **os.environ,
+        "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false",
+        "BDS_INFERENCE_URL": f"http://127.0.0.1:{inference_port}",
+    }
     log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "bds_service.cli", "serve", "--port", str(port)],
@@ -189,6 +250,20 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
                 "status"
             ]
         assert status == "processed"  # the cpu worker consumed the SQLite broker's message
+
+        # The inference worker answers chat completions on a base model.
+        chat = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers=headers,
+            json={
+                "model": "tiny-random-llama",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+            },
+            timeout=120,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["usage"]["completion_tokens"] <= 4
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)

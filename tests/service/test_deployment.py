@@ -36,6 +36,8 @@ def test_compose_has_the_production_services(compose: dict[str, Any]) -> None:
         "worker-cpu",
         "worker-gpu",
         "worker-gpu-multi",
+        "inference",
+        "vllm",
     }
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -55,8 +57,10 @@ def test_compose_shows_a_multi_gpu_worker_that_starts_only_on_request(
     several GPUs and takes the multi-GPU queue (and the gpu queue)."""
     multi = compose["services"]["worker-gpu-multi"]
     assert multi["profiles"] == ["multi-gpu"]
+    vllm = compose["services"]["vllm"]
     assert all(
-        "profiles" not in service or service is multi for service in compose["services"].values()
+        "profiles" not in service or service in (multi, vllm)
+        for service in compose["services"].values()
     )
     (device,) = multi["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] > 1
@@ -65,6 +69,32 @@ def test_compose_shows_a_multi_gpu_worker_that_starts_only_on_request(
     assert multi["command"][6:8] == ["--concurrency", "1"]
     assert multi["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert compose["x-bds-environment"]["BDS_MULTI_GPU_QUEUE"] == "${BDS_MULTI_GPU_QUEUE:-}"
+
+
+def test_compose_runs_the_inference_worker_and_offers_vllm_with_runtime_lora_loading(
+    compose: dict[str, Any],
+) -> None:
+    """The API forwards chat completions to the local inference worker by default; the vllm
+    profile starts vLLM with LoRA enabled and the artifact volume where the adapters are."""
+    services, environment = compose["services"], compose["x-bds-environment"]
+    inference = services["inference"]
+    assert inference["command"][:3] == ["python", "-m", "worker.inference"]
+    port = inference["command"][inference["command"].index("--port") + 1]
+    assert environment["BDS_INFERENCE_URL"] == f"${{BDS_INFERENCE_URL:-http://inference:{port}}}"
+    assert environment["BDS_INFERENCE_BACKEND"] == "${BDS_INFERENCE_BACKEND:-local}"
+    vllm = services["vllm"]
+    assert vllm["profiles"] == ["vllm"]
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "--enable-lora" in vllm["command"]
+    served = next(arg for arg in vllm["command"] if arg.startswith("--served-model-name="))
+    assert (
+        "smollm2-135m-instruct" in served
+        and "smollm2-135m-instruct" in environment["BDS_BASE_MODELS"]
+    )
+    # Adapters are registered by their storage path: vLLM must see the volume at that path.
+    storage = environment["BDS_STORAGE_DIR"]
+    (artifacts,) = [volume for volume in vllm["volumes"] if volume.startswith("artifacts:")]
+    assert storage.startswith(artifacts.split(":")[1] + "/")
 
 
 def test_compose_commands_are_commands_of_the_service_cli(compose: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ the message of work that no worker claimed in time (a message lost with the brok
 ``files.scoring_claim`` is the token of the worker that claimed a file's scoring.
 
 Revision ID: 7e15d15a7c01
-Revises: 5c1e7d2b9f40
+Revises: 2d439ba3e748
 Create Date: 2026-12-03 09:00:00.000000
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision: str = '7e15d15a7c01'
-down_revision: str | None = '5c1e7d2b9f40'
+down_revision: str | None = '2d439ba3e748'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""Using fine-tuned models: which engine model a request names, the engine client, usage."""
