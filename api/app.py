@@ -15,12 +15,12 @@ from fastapi import FastAPI
 
 from api.deps import AppServices
 from api.errors import install_error_handlers
-from api.middleware import RejectNulMiddleware, RequestIdMiddleware
+from api.middleware import RejectNulMiddleware, RequestBodyGuard, RequestIdMiddleware
 from api.pages import install_pages
 from api.publisher import CeleryPublisher
 from api.ratelimit import build_auth_failure_limiter, build_rate_limiter
 from api.routers import admin, files, fine_tuning, health, inference, models
-from bds_service.db import make_engine, make_session_factory
+from bds_service.db import make_engine, make_read_session_factory, make_session_factory
 from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings, get_settings
 from bds_service.storage import LocalStorage
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         settings=settings,
         engine=engine,
         session_factory=make_session_factory(engine),
+        read_session_factory=make_read_session_factory(engine),
         storage=LocalStorage(settings.resolved_storage_dir),
         publisher=publisher or celery_publisher,  # type: ignore[arg-type]
         rate_limiter=build_rate_limiter(settings),
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
     )
     app.state.services = services
     app.add_middleware(RejectNulMiddleware)
+    app.add_middleware(RequestBodyGuard, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     install_error_handlers(app)
     for router in (health.router, files.router, fine_tuning.router, models.router, admin.router):

@@ -40,6 +40,7 @@ class AppServices:
     session_factory: SessionFactory
     storage: LocalStorage
     publisher: TaskSender
+    read_session_factory: SessionFactory | None = None  # one-statement reads (authentication)
     rate_limiter: RateLimiter | None = None
     auth_failure_limiter: RateLimiter | None = None
     inference: InferenceClient | None = None
@@ -127,7 +128,7 @@ def authenticate_request(request: Request, services: Services) -> Principal:
     client = client_address(request)
     check_auth_failures(services.auth_failure_limiter, client, services.settings)
     try:
-        with services.session_factory() as session:
+        with (services.read_session_factory or services.session_factory)() as session:
             principal = authenticate(
                 session,
                 credentials.strip(),

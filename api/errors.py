@@ -10,6 +10,7 @@ import logging
 import re
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,6 +33,7 @@ _STATUS_CODES = {
     415: ("invalid_request_error", "unsupported_media_type"),
     422: ("invalid_request_error", "unprocessable"),
     429: ("rate_limit_error", "rate_limited"),
+    503: ("server_error", "service_unavailable"),
 }
 
 
@@ -122,6 +124,24 @@ async def _http_error(_request: Request, error: Exception) -> JSONResponse:
     )
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The one place where an unreachable or overloaded database becomes a 503 that says when
+    to retry (a connection refused or lost, a pool with no free connection)."""
+    request_id = getattr(request.state, "request_id", None)
+    logger.error("database unavailable in request %s: %s", request_id, error)
+    return error_response(
+        503,
+        message="the service's database is unavailable at the moment; retry in a few seconds "
+        f"(request id {request_id})",
+        code="service_unavailable",
+        error_type="server_error",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     logger.exception("unhandled error in request %s", request_id, exc_info=error)
@@ -138,4 +158,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # OperationalError: connection refused, lost or timed out (and lock timeouts); the pool's
+    # TimeoutError: every connection busy. Both are transient; anything else stays a 500.
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

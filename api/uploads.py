@@ -46,6 +46,7 @@ class _FormReader:
         self._part_name: str | None = None
         self._part_is_file = False
         self._field_value = bytearray()
+        self.ended = False
 
     # python-multipart callbacks -----------------------------------------------------------
     def on_part_begin(self) -> None:
@@ -80,7 +81,14 @@ class _FormReader:
                     "send exactly one file per upload", code="too_many_files", param="file"
                 )
             filename = options.get(b"filename")
-            self.result.filename = filename.decode("utf-8", "replace") if filename else None
+            try:
+                self.result.filename = filename.decode("utf-8") if filename else None
+            except UnicodeDecodeError as error:
+                raise InvalidRequestError(
+                    "the file's name is not valid UTF-8; send a plain UTF-8 name",
+                    code="invalid_filename",
+                    param="file",
+                ) from error
             self._part_is_file = True
             self.sink = self.open_sink()
         elif name not in self.text_fields:
@@ -104,8 +112,17 @@ class _FormReader:
                 param=self._part_name,
             )
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def on_part_end(self) -> None:
         if not self._part_is_file and self._part_name is not None:
+            if self._part_name in self.result.fields:
+                raise InvalidRequestError(
+                    f"form field {self._part_name!r} is sent more than once; send it once",
+                    code="duplicate_parameter",
+                    param=self._part_name,
+                )
             try:
                 self.result.fields[self._part_name] = self._field_value.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -159,6 +176,7 @@ async def receive_upload(
             "on_header_value": reader.on_header_value,
             "on_header_end": reader.on_header_end,
             "on_headers_finished": reader.on_headers_finished,
+            "on_end": reader.on_end,
         },
     )
     received = 0
@@ -173,6 +191,14 @@ async def receive_upload(
                 )
             parser.write(chunk)
         parser.finalize()
+        if not reader.ended:
+            # A body cut short (client or proxy gone mid-upload): never store a partial file.
+            raise InvalidRequestError(
+                "the multipart body ended before its closing boundary: the upload was cut "
+                "short; send the whole file again",
+                code="incomplete_upload",
+                param="file",
+            )
         if reader.sink is None:
             raise InvalidRequestError(
                 "the form has no 'file' part", code="missing_required_parameter", param="file"

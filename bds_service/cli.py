@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 from urllib.parse import urlparse
 
 import typer
@@ -296,6 +296,50 @@ def worker(
     os.execv(sys.executable, command)
 
 
+def liveness_age(path: Path) -> float | None:
+    """Seconds since a worker's consumer last refreshed ``path``; None if it never did."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+
+
+@service_app.command("worker-alive")
+def worker_alive(
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="the worker's liveness file (default: BDS_WORKER_LIVENESS_FILE)"
+        ),
+    ] = None,
+    max_age: Annotated[
+        float | None,
+        typer.Option("--max-age", min=0, help="seconds (default: BDS_WORKER_STALL_EXIT_SECONDS)"),
+    ] = None,
+) -> None:
+    """Liveness check of a worker: exit 0 if its consumer ran within the last max-age seconds.
+
+    The worker refreshes its liveness file every second while its consumer runs with a live
+    broker connection (worker.liveness). docker-compose's health check calls this.
+    """
+    settings = get_settings()
+    path = file or settings.worker_liveness_file
+    if path is None:
+        _fail_message("no liveness file: pass --file or set BDS_WORKER_LIVENESS_FILE")
+    limit = settings.worker_stall_exit_seconds if max_age is None else max_age
+    age = liveness_age(path)
+    if age is None:
+        _fail_message(f"{path} does not exist: the worker has not consumed yet")
+    if age > limit:
+        _fail_message(f"the worker last consumed {age:.0f} s ago (more than {limit:.0f} s)")
+    typer.echo(f"alive: consumed {age:.1f} s ago")
+
+
+def _fail_message(message: str) -> NoReturn:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=1)
+
+
 @service_app.command()
 def inference(
     host: Annotated[
@@ -378,16 +422,23 @@ def serve(
     typer.echo(f"storage:  {settings.resolved_storage_dir}")
     upgrade_database(settings.resolved_database_url)
 
-    commands = [_api_command(host, port)]
+    liveness_dir = settings.data_dir.resolve() / "liveness"
+    specs: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("api", _api_command(host, port), None)
+    ]
     if workers:
-        commands.append(worker_command(settings, ["cpu"], concurrency=1, beat=True))
-        commands.append(worker_command(settings, ["gpu"], concurrency=1, beat=False))
-    names = ["api", "cpu worker", "gpu worker"][: len(commands)]
+        kinds: tuple[tuple[QueueKind, bool], ...] = (("cpu", True), ("gpu", False))
+        for kind, beat in kinds:
+            environment = {
+                **os.environ,
+                "BDS_WORKER_LIVENESS_FILE": str(liveness_dir / f"{kind}.alive"),
+            }
+            command = worker_command(settings, [kind], concurrency=1, beat=beat)
+            specs.append((f"{kind} worker", command, environment))
     if inference and settings.inference_backend == "local":
-        commands.append(inference_command(settings))
-        names.append("inference worker")
+        specs.append(("inference worker", inference_command(settings), None))
         typer.echo(f"inference: {settings.inference_url} (local inference worker)")
-    processes = [subprocess.Popen(command) for command in commands]
+    processes = [subprocess.Popen(command, env=env) for _name, command, env in specs]
     typer.echo(f"API on http://{host}:{port}/v1 (Ctrl-C stops everything)")
 
     def _terminate(_signum: int, _frame: object) -> None:
@@ -397,26 +448,54 @@ def serve(
     exit_code = 0
     try:
         while True:
-            exited = [
-                (name, process)
-                for name, process in zip(names, processes, strict=True)
-                if process.poll() is not None
-            ]
-            if exited:
-                name, process = exited[0]
-                exit_code = process.returncode or 1
+            if processes[0].poll() is not None:
+                exit_code = processes[0].returncode or 1
                 typer.secho(
-                    f"the {name} exited with code {process.returncode}; stopping the others",
+                    f"the API exited with code {processes[0].returncode}; stopping the workers",
                     err=True,
                     fg=typer.colors.RED,
                 )
                 break
+            for index, (name, command, env) in enumerate(specs[1:], start=1):
+                if _worker_needs_restart(name, processes[index], env, settings):
+                    processes[index] = subprocess.Popen(command, env=env)
             time.sleep(0.5)
     except KeyboardInterrupt:
         typer.echo("stopping")
     finally:
         _stop(processes)
     raise typer.Exit(code=exit_code)
+
+
+def _worker_needs_restart(
+    name: str,
+    process: subprocess.Popen[bytes],
+    environment: dict[str, str] | None,
+    settings: Settings,
+) -> bool:
+    """Whether ``bds serve`` must start this worker again: it exited (a worker whose consumer
+    stalled exits with status 1), or its liveness file went stale without it exiting."""
+    if process.poll() is not None:
+        typer.secho(
+            f"the {name} exited with code {process.returncode}; starting it again",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        return True
+    path = Path((environment or {}).get("BDS_WORKER_LIVENESS_FILE", ""))
+    age = liveness_age(path) if path.name else None
+    # Twice the worker's own limit: normally it exits by itself first.
+    if age is not None and age > 2 * settings.worker_stall_exit_seconds:
+        typer.secho(
+            f"the {name} has not consumed for {age:.0f} s; killing and starting it again",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        process.kill()
+        process.wait()
+        path.unlink(missing_ok=True)
+        return True
+    return False
 
 
 def main() -> None:

@@ -84,6 +84,20 @@ def make_session_factory(engine: Engine) -> SessionFactory:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_read_session_factory(engine: Engine) -> SessionFactory:
+    """Sessions for a single read that needs no transaction (an API key's lookup).
+
+    On PostgreSQL they run in autocommit: no BEGIN and no ROLLBACK around the one SELECT, two
+    round trips fewer per request. On SQLite (one writer, BEGIN IMMEDIATE) they are ordinary
+    sessions.
+    """
+    if engine.dialect.name == "postgresql":
+        return sessionmaker(
+            bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
+    return make_session_factory(engine)
+
+
 _AFTER_COMMIT_KEY = "bds_after_commit"
 
 
@@ -127,8 +141,9 @@ def finish_commit(session: Session, sender: TaskSender) -> None:
         try:
             sender.send(message)
         except Exception:
-            # The change is committed; a job left queued without a message is picked up again
-            # by the lease reaper, so a broker hiccup must not turn a success into an error.
+            # The change is committed and records what waits for a worker; the dispatch sweep
+            # (bds_service.dispatch, on the beat) sends the message again when no worker has
+            # claimed the work in time, so a broker hiccup must not turn a success into an error.
             logger.exception("could not publish task %s%s", message.name, message.args)
     session.info.pop(_AFTER_ROLLBACK_KEY, None)
     callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT_KEY, [])

@@ -49,6 +49,10 @@ def unix_seconds(value: dt.datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
+MAX_DATABASE_INT = 2**31 - 1
+"""The largest value of an INTEGER column (and of the audit log's ids)."""
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC datetime on every backend.
 
@@ -121,7 +125,11 @@ class File(Base):
     """An uploaded dataset: its bytes live in storage, its validation and safety report here."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_files_status", "status"),
+        Index("ix_files_safety_status", "safety_status"),
+    )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
@@ -143,6 +151,12 @@ class File(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[dt.datetime | None]
     deleted_at: Mapped[dt.datetime | None]
+    # Dispatch owned by the database (bds_service.dispatch): when the message of the work the
+    # file waits for (validation, scoring) was last sent, or when scoring was claimed, how
+    # often it was sent again, and the token of the worker that claimed the scoring.
+    dispatched_at: Mapped[dt.datetime | None]
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    scoring_claim: Mapped[str | None] = mapped_column(String(64))
 
 
 class FineTuningJob(Base):
@@ -181,6 +195,10 @@ class FineTuningJob(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None]
+    # When the message that should wake a worker for a validating or queued job was last
+    # sent, and how often the dispatch sweep sent it again (bds_service.dispatch).
+    dispatched_at: Mapped[dt.datetime | None]
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Results.
     adapter_key: Mapped[str | None] = mapped_column(String(512))
     safety_report: Mapped[dict[str, Any] | None]

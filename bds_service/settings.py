@@ -61,6 +61,12 @@ class Settings(BaseSettings):
 
     # Uploads and datasets.
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="cap on one upload")
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="cap on every request body but the multipart upload (JSON, forms), refused "
+        "with 413 before it is read whole",
+    )
     max_line_bytes: int = Field(default=1024 * 1024, gt=0, description="cap on one JSONL line")
     max_examples: int = Field(default=100_000, gt=0, description="cap on examples in one file")
     min_examples: int = Field(default=1, gt=0, description="fewest examples in a training file")
@@ -171,7 +177,46 @@ class Settings(BaseSettings):
     )
 
     reaper_interval_seconds: float = Field(
-        default=60.0, gt=0, description="gap between runs of the lease reaper (celery beat)"
+        default=30.0,
+        gt=0,
+        description="gap between runs of the lease reaper and the dispatch sweep (celery beat)",
+    )
+    # Dispatch owned by the database (bds_service.dispatch).
+    redispatch_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a queued or validating job, or a file waiting for validation or scoring, "
+        "that no worker claimed this long after its message was sent gets the message again",
+    )
+    redispatch_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="the gap between re-sends doubles while the work stays unclaimed (a long "
+        "queue), up to this",
+    )
+    scoring_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a scoring claim not renewed this long belongs to a dead worker and is "
+        "taken over (the worker renews it every quarter of this)",
+    )
+    stale_partial_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="a .part file in storage untouched this long was left by a process killed "
+        "mid-write (an API killed mid-upload) and is removed by the beat, hourly",
+    )
+    # Workers that heal or die (worker.liveness).
+    worker_stall_exit_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a worker whose consumer has not run for this long (broker unreachable, or "
+        "a consumer that died) exits with status 1 so that its supervisor restarts it",
+    )
+    worker_liveness_file: Path | None = Field(
+        default=None,
+        description="file whose modification time the worker's consumer refreshes while it "
+        "runs (`bds worker-alive` checks it); None: none is written",
     )
 
     # Per-tenant caps (a tenant row may override each; NULL there means these defaults).

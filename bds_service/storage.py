@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,23 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         """Whether an object or folder exists at ``key``."""
         return self.path(key).exists()
+
+    def remove_stale_partials(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Remove the ``.part`` files (uploads and copies being written) that nobody touched
+        for ``older_than_seconds``: left behind by a process killed mid-write. Returns how
+        many were removed."""
+        if not self.root.is_dir():
+            return 0
+        limit = (time.time() if now is None else now) - older_than_seconds
+        removed = 0
+        for path in self.root.rglob("*.part"):
+            try:
+                if path.is_file() and path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished or aborted meanwhile
+        return removed
 
     def delete(self, key: str) -> None:
         """Remove an object or a whole folder; missing keys are ignored."""

@@ -11,6 +11,7 @@ from celery import Celery
 
 from bds_service.settings import Settings, get_settings
 from bds_service.tasks import REAP_JOBS, TASK_QUEUE_KIND, broker_settings, queue_name
+from worker.liveness import ConsumerPulse
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -24,7 +25,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A short broker outage must not stop a training run: the task keeps running while
+        # the consumer reconnects (its lease, not the message, says who owns the job; a
+        # redelivered copy loses the claim). A long one ends the worker (worker.liveness).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_track_started=True,
         task_default_queue=settings.cpu_queue,
         task_routes={
@@ -42,6 +46,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         },
         worker_hijack_root_logger=False,
     )
+    app.steps["consumer"].add(ConsumerPulse)
     return app
 
 

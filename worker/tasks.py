@@ -8,12 +8,16 @@ runs, so cpu workers never load torch for it.
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy.exc import OperationalError
 
+from bds_service.dispatch import redispatch_unclaimed
 from bds_service.files import service as files_service
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.reaper import reap_expired_leases
+from bds_service.jobs.repository import why_not_claimable
+from bds_service.models import utcnow
 from bds_service.tasks import (
     PREPARE_JOB,
     REAP_JOBS,
@@ -25,6 +29,9 @@ from worker.celery_app import app
 from worker.context import worker_context
 
 logger = logging.getLogger(__name__)
+
+PARTIALS_SWEEP_INTERVAL_S = 3600.0
+_last_partials_sweep = -PARTIALS_SWEEP_INTERVAL_S  # the first beat of a process sweeps
 
 # Transient database trouble is retried with backoff; anything else is a bug or bad data and
 # is recorded on the file or job by the service itself.
@@ -62,9 +69,16 @@ def prepare_job(job_id: str) -> str:
 @app.task(name=RUN_FINETUNE_JOB, **_RETRY)
 def run_finetune_job(job_id: str) -> str:
     """Claim and train a job; returns its final status or why it was not run."""
+    context = worker_context(app)
+    # A duplicate message (a cancelled job, a job another worker holds, a re-dispatched copy)
+    # costs one read, not the import of the training stack.
+    with context.uow() as session:
+        reason = why_not_claimable(session, job_id, utcnow())
+    if reason is not None:
+        logger.info("job %s not run: %s", job_id, reason)
+        return reason
     from bds_service.jobs.runner import RunContext, run_job
 
-    context = worker_context(app)
     status = run_job(RunContext(context.uow, context.storage, context.settings), job_id)
     if status == "succeeded":
         _register_adapter(job_id)
@@ -90,10 +104,21 @@ def _register_adapter(job_id: str) -> None:
 
 @app.task(name=REAP_JOBS, ignore_result=True)
 def reap_jobs() -> dict[str, list[str]]:
-    """Re-queue (or fail) jobs whose worker stopped renewing its lease."""
+    """Re-queue (or fail) jobs whose worker stopped renewing its lease, then send again the
+    messages of work no worker claimed in time (bds_service.dispatch)."""
     context = worker_context(app)
     with context.uow() as session:
         outcome = reap_expired_leases(session, max_attempts=context.settings.max_attempts)
     if any(outcome.values()):
         logger.warning("lease reaper: %s", outcome)
-    return outcome
+    with context.uow() as session:
+        sweep = redispatch_unclaimed(session, context.settings, utcnow())
+    if sweep:
+        logger.warning("dispatch sweep sent again: %s", sweep.sent)
+    global _last_partials_sweep
+    if time.monotonic() - _last_partials_sweep > PARTIALS_SWEEP_INTERVAL_S:
+        _last_partials_sweep = time.monotonic()
+        removed = context.storage.remove_stale_partials(context.settings.stale_partial_seconds)
+        if removed:
+            logger.warning("removed %d stale partial file(s) from storage", removed)
+    return {**outcome, **{f"redispatched {task}": ids for task, ids in sweep.sent.items()}}

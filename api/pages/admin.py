@@ -41,7 +41,7 @@ from bds_service.files.service import UPLOAD_PURPOSES
 from bds_service.inference import service as inference_usage
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
-from bds_service.models import File, FineTuningJob, utcnow
+from bds_service.models import MAX_DATABASE_INT, File, FineTuningJob, utcnow
 from bds_service.tenants import service as tenants
 from bds_service.tenants.limits import TenantLimitOverrides, limits_for
 
@@ -593,7 +593,7 @@ def audit_log(
     action: AuditQuery = "",
     since: AuditQuery = "",
     until: AuditQuery = "",
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_DATABASE_INT)] = None,
 ) -> Response:
     """The audit log, newest first, filtered by tenant, actor, action and time (UTC)."""
     audit_filter = _audit_filter(tenant, actor, action, since, until)

@@ -37,7 +37,7 @@ class RequestModel(BaseModel):
     rather than failing later inside a query.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -82,8 +82,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         400: "invalid request",
         401: "missing or invalid API key",
         404: "no such object for this tenant",
+        413: "request body over the cap (BDS_MAX_REQUEST_BODY_BYTES; uploads: the file cap)",
         429: "rate limit, failed-authentication limit or a per-tenant cap reached "
-        "(Retry-After says when to retry a rate limit)",
+        "(Retry-After says when to retry)",
+        503: "the database is unavailable for the moment (Retry-After says when to retry)",
     }.items()
 }
 

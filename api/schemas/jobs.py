@@ -23,7 +23,7 @@ class HyperparametersIn(RequestModel):
 
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(ge=1e-6, le=100)] = "auto"
 
 
 class BdsMethodIn(RequestModel):

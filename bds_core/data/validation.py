@@ -193,6 +193,23 @@ class _LineProblem(Exception):
         self.field = field
 
 
+MAX_NESTING_DEPTH = 64
+"""Deepest nesting of objects and arrays accepted on a line."""
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
 def _reject_constant(name: str) -> Any:
     raise _LineProblem(
         "non_finite_number",
@@ -393,6 +410,17 @@ class _Validator:
                 "not_an_object",
                 f'each line must be a JSON object such as {{"messages": [...]}}, '
                 f"got {_json_type_name(record)}",
+            )
+            return
+        if _nesting_depth(record) > MAX_NESTING_DEPTH:
+            # Refused whatever the caller's stack depth: the API (shallow stack) and a worker
+            # (deep stack) must give the same answer for the same line.
+            self.add_issue(
+                line,
+                None,
+                "invalid_json",
+                f"the JSON on this line nests objects and arrays more than {MAX_NESTING_DEPTH} "
+                "deep; flatten it",
             )
             return
         self._check_record(line, record)

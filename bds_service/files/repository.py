@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,11 +16,18 @@ class FileRepository(TenantScopedRepository[File]):
 
     model = File
 
-    def live(self, file_id: str) -> File | None:
-        """The tenant's file with this id unless deleted."""
-        return self.session.scalars(
-            self.scoped().where(File.id == file_id, File.deleted_at.is_(None))
-        ).one_or_none()
+    def live(self, file_id: str, *, lock: Literal["share", "update"] | None = None) -> File | None:
+        """The tenant's file with this id unless deleted.
+
+        ``lock="share"`` (a job being created on it) and ``lock="update"`` (its deletion) hold
+        the row until the transaction ends; they conflict, so a create and a delete of the same
+        file serialise: the later one sees the other's outcome (the job that uses the file, or
+        the file deleted). Many creates share the file at once.
+        """
+        statement = self.scoped().where(File.id == file_id, File.deleted_at.is_(None))
+        if lock is not None:
+            statement = statement.with_for_update(read=lock == "share")
+        return self.session.scalars(statement).one_or_none()
 
     def page(
         self, *, after: str | None, limit: int, order: SortOrder, purpose: str | None
@@ -30,6 +39,14 @@ class FileRepository(TenantScopedRepository[File]):
         return self.paginate_by_creation(statement, after=after, limit=limit, order=order)
 
 
-def load_file_for_task(session: Session, file_id: str) -> File | None:
-    """A file by id for a background task, which acts for the system, not a tenant."""
-    return session.scalars(select(File).where(File.id == file_id)).one_or_none()
+def load_file_for_task(session: Session, file_id: str, *, for_update: bool = False) -> File | None:
+    """A file by id for a background task, which acts for the system, not a tenant.
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
+    transactions are serialised anyway), so a check and the write that follows it cannot
+    interleave with another worker's.
+    """
+    statement = select(File).where(File.id == file_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).one_or_none()

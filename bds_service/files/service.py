@@ -10,11 +10,15 @@ same report. Either way a processed ``fine-tune`` file is then scored by the amo
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import secrets
+import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from bds_core.data import DatasetLimits, ValidationReport, load_examples, validate_file
@@ -51,6 +55,10 @@ SCORING_UNAVAILABLE = "scoring_unavailable"
 
 _ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "cancelling")
 _FORBIDDEN_FILENAME_CHARACTERS = set('/\\:*?"<>|')
+# Unicode categories refused in file names: controls (C0, DEL, C1), format characters (bidi
+# overrides and isolates, zero-width characters), line and paragraph separators, surrogates,
+# private-use and unassigned code points. A name is echoed in Content-Disposition and pages.
+_FORBIDDEN_FILENAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def new_file_id() -> str:
@@ -83,11 +91,18 @@ def check_upload_fields(filename: str | None, purpose: str | None) -> str:
     if (
         len(filename) > 255
         or filename in {".", ".."}
-        or any(ch in _FORBIDDEN_FILENAME_CHARACTERS or ord(ch) < 32 for ch in filename)
+        or not filename.strip()
+        or any(
+            ch in _FORBIDDEN_FILENAME_CHARACTERS
+            or unicodedata.category(ch) in _FORBIDDEN_FILENAME_CATEGORIES
+            for ch in filename
+        )
     ):
         raise InvalidRequestError(
             f"filename {filename[:80]!r} is not allowed: send a plain name of at most 255 "
-            "characters without path separators or control characters",
+            "characters, not only spaces, without path separators, control characters "
+            "(C0, DEL, C1 such as U+0085) or invisible format characters (bidi overrides such "
+            "as U+202E, zero-width characters)",
             code="invalid_filename",
             param="file",
         )
@@ -168,6 +183,7 @@ def _after_processed(session: Session, file: File) -> None:
 
     if file.status == PROCESSED and file.purpose == FINE_TUNE:
         file.safety_status = SAFETY_PENDING
+        file.dispatched_at, file.dispatch_count = utcnow(), 0
         enqueue_after_commit(session, TaskMessage(SCORE_DATASET, (file.id,)))
     enqueue_jobs_waiting_on_file(session, file.id)
 
@@ -206,6 +222,7 @@ def register_upload(
         details={"purpose": purpose, "bytes": stored.bytes, "sha256": stored.sha256},
     )
     if report is None:
+        file.dispatched_at, file.dispatch_count = utcnow(), 0
         enqueue_after_commit(session, TaskMessage(VALIDATE_FILE, (file.id,)))
     else:
         _apply_report(file, report)
@@ -233,9 +250,9 @@ def list_files(
     return page
 
 
-def get_file(session: Session, tenant_id: str, file_id: str) -> File:
+def get_file(session: Session, tenant_id: str, file_id: str, *, for_update: bool = False) -> File:
     """The tenant's live file; 404 for unknown, deleted and other tenants' ids alike."""
-    file = FileRepository(session, tenant_id).live(file_id)
+    file = FileRepository(session, tenant_id).live(file_id, lock="update" if for_update else None)
     if file is None:
         raise NotFoundError(f"no file with id {file_id!r}", code="file_not_found", param="file_id")
     return file
@@ -244,8 +261,12 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
 def delete_file(
     session: Session, tenant_id: str, file_id: str, *, actor: Actor, storage: LocalStorage
 ) -> File:
-    """Delete a file: the row is kept (jobs refer to it), the bytes go after commit."""
-    file = get_file(session, tenant_id, file_id)
+    """Delete a file: the row is kept (jobs refer to it), the bytes go after commit.
+
+    The row is locked first, so a job being created on the file at this moment either
+    commits before the in-use check below sees it, or finds the file deleted.
+    """
+    file = get_file(session, tenant_id, file_id, for_update=True)
     in_use = session.scalars(
         JobRepository(session, tenant_id)
         .scoped()
@@ -290,6 +311,53 @@ def content_path(
 # ---- background task bodies -------------------------------------------------------------
 
 
+def scoring_claim_expired(file: File, now: dt.datetime, settings: Settings) -> bool:
+    """Whether the worker scoring ``file`` stopped renewing its claim (a dead worker)."""
+    claimed_at = file.dispatched_at
+    return claimed_at is None or now - claimed_at > dt.timedelta(
+        seconds=settings.scoring_lease_seconds
+    )
+
+
+class _ScoringClaimKeeper:
+    """Renews a scoring claim from a thread while the file is scored.
+
+    Each renewal is one UPDATE that requires the claim to still be ours; a worker that lost
+    it keeps scoring but its result is not recorded (the final write checks the claim too).
+    """
+
+    def __init__(self, uow: UnitOfWork, file_id: str, claim: str, settings: Settings) -> None:
+        self._uow, self._file_id, self._claim = uow, file_id, claim
+        self._interval = settings.scoring_lease_seconds / 4
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scoring-claim", daemon=True)
+
+    def __enter__(self) -> _ScoringClaimKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                with self._uow() as session:
+                    session.execute(
+                        update(File)
+                        .where(
+                            File.id == self._file_id,
+                            File.scoring_claim == self._claim,
+                            File.safety_status == SAFETY_RUNNING,
+                        )
+                        .values(dispatched_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception:  # the database may be briefly away; the next beat tries again
+                logger.warning("could not renew the scoring claim of %s", self._file_id)
+
+
 def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: Settings) -> str:
     """Task body: validate an uploaded file and record the report; returns the file status.
 
@@ -306,7 +374,8 @@ def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, setting
         max_examples = _tenant_max_examples(session, file.tenant_id, settings)
     report = validate_content(path, settings, max_examples)
     with uow() as session:
-        file = load_file_for_task(session, file_id)
+        # Locked: of two deliveries validating at once, exactly one records the report.
+        file = load_file_for_task(session, file_id, for_update=True)
         if file is None or file.status != UPLOADED:
             return "missing" if file is None else file.status
         _apply_report(file, report)
@@ -329,13 +398,18 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
     If that module is not installed the report ends ``failed`` with code
     ``scoring_unavailable`` rather than staying pending forever.
     """
+    claim = secrets.token_hex(16)
     with uow() as session:
-        file = load_file_for_task(session, file_id)
+        file = load_file_for_task(session, file_id, for_update=True)
         if file is None or file.deleted_at is not None:
             return "missing"
         if file.safety_status not in (SAFETY_PENDING, SAFETY_RUNNING):
             return str(file.safety_status)
+        now = utcnow()
+        if file.safety_status == SAFETY_RUNNING and not scoring_claim_expired(file, now, settings):
+            return "claimed_elsewhere"  # another worker scores it and renews its claim
         file.safety_status = SAFETY_RUNNING
+        file.scoring_claim, file.dispatched_at = claim, now
         path = storage.path(file.storage_key)
         max_examples = _tenant_max_examples(session, file.tenant_id, settings)
 
@@ -351,16 +425,22 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
         )
     else:
         try:
-            examples = load_examples(path, dataset_limits(settings, max_examples))
-            report = score_examples(examples, scheduler_path=settings.scorer_path).to_dict()
+            with _ScoringClaimKeeper(uow, file_id, claim, settings):
+                examples = load_examples(path, dataset_limits(settings, max_examples))
+                report = score_examples(examples, scheduler_path=settings.scorer_path).to_dict()
         except Exception as failure:
             logger.exception("scoring file %s failed", file_id)
-            error = f"scoring_failed: {type(failure).__name__}: {failure}"
+            # The customer sees this: name the file by its id, never by the server's path.
+            reason = str(failure).replace(str(path), f"file {file_id}")
+            reason = reason.replace(str(storage.root), "<storage>")
+            error = f"scoring_failed: {type(failure).__name__}: {reason}"
 
     with uow() as session:
-        file = load_file_for_task(session, file_id)
-        if file is None or file.safety_status != SAFETY_RUNNING:
-            return "missing" if file is None else str(file.safety_status)
+        file = load_file_for_task(session, file_id, for_update=True)
+        if file is None or file.safety_status != SAFETY_RUNNING or file.scoring_claim != claim:
+            # Another delivery took the claim over (ours had expired) or finished first.
+            return "missing" if file is None else "claim_lost"
+        file.scoring_claim = None
         file.safety_status = SAFETY_SUCCEEDED if report is not None else SAFETY_FAILED
         file.safety_report = report
         file.safety_error = error

@@ -79,6 +79,7 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
             target=JobStatus.QUEUED,
             lease_owner=expired_owner,
             lease_expired_by=now,
+            values={"dispatched_at": now, "dispatch_count": 0},
         ):
             add_event(
                 session,

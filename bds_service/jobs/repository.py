@@ -119,6 +119,28 @@ def jobs_waiting_on_file(session: Session, file_id: str) -> list[str]:
     return list(session.scalars(statement))
 
 
+def why_not_claimable(session: Session, job_id: str, now: dt.datetime) -> str | None:
+    """Why no worker could claim the job now (its status, "missing", "held"), or None if
+    it waits for one: queued, or running with an expired lease.
+
+    One cheap read, so that a message for a job already finished, cancelled or held by a live
+    worker is dropped before the training stack is even imported.
+    """
+    row = session.execute(
+        select(FineTuningJob.status, FineTuningJob.lease_expires_at).where(
+            FineTuningJob.id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        return "missing"
+    status, lease_expires_at = row
+    if status == JobStatus.QUEUED:
+        return None
+    if status == JobStatus.RUNNING:
+        return None if lease_expires_at is not None and lease_expires_at < now else "held"
+    return str(status)
+
+
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
@@ -211,6 +233,31 @@ def renew_lease(
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) == 1
+
+
+def expire_leases_of_processes(
+    session: Session, host: str, pids: list[int], now: dt.datetime
+) -> list[str]:
+    """End now the leases held by these processes of ``host`` (a worker about to kill them),
+    so that the reaper re-queues their jobs at its next run instead of after the full lease.
+    Returns the job ids."""
+    if not pids:
+        return []
+    owned = or_(*(FineTuningJob.lease_owner.startswith(f"{host}:{pid}:") for pid in pids))
+    where = (
+        owned,
+        FineTuningJob.status.in_([JobStatus.RUNNING.value, JobStatus.CANCELLING.value]),
+        FineTuningJob.lease_expires_at > now,
+    )
+    ids = list(session.scalars(select(FineTuningJob.id).where(*where)))
+    if ids:
+        session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id.in_(ids), *where)
+            .values(lease_expires_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return ids
 
 
 def expired_leases(session: Session, now: dt.datetime, limit: int = 100) -> list[FineTuningJob]:

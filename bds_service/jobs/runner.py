@@ -42,7 +42,7 @@ from bds_service.ids import CHECKPOINT_PREFIX, new_id
 from bds_service.jobs.repository import claim, load_job_for_task, renew_lease, transition
 from bds_service.jobs.service import add_event, fine_tuned_model_name
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
-from bds_service.models import FineTuningJob, JobCheckpoint, Tenant, utcnow
+from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent, Tenant, utcnow
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage, job_key
 
@@ -205,6 +205,9 @@ class JobProgress(TrainerCallback):
         self._evaluation_started = 0.0
         self._first_batch: tuple[float, int] | None = None
         self.last_metrics: dict[str, Any] = {}
+        # After a resume: the last step an earlier attempt reported. The steps between the
+        # checkpoint and it run again but are not reported twice (progress never goes back).
+        self._reported_through = 0
 
     # cancellation, read from the database between steps ---------------------------------
     def should_cancel(self) -> bool:
@@ -259,7 +262,20 @@ class JobProgress(TrainerCallback):
 
     def on_resume(self, step: int, path: Path) -> None:
         """Say that the run continues from a checkpoint instead of starting over."""
-        self._event(f"Resumed from checkpoint at step {step}", data={"step": step})
+        with self.context.uow() as session:
+            latest = session.scalars(
+                select(JobEvent.data)
+                .where(JobEvent.job_id == self.plan.job_id, JobEvent.event_type == "metrics")
+                .order_by(JobEvent.seq.desc())
+                .limit(1)
+            ).first()
+        self._reported_through = int((latest or {}).get("step", 0))
+        message = f"Resumed from checkpoint at step {step}"
+        if self._reported_through > step:
+            message += (
+                f"; steps {step + 1}-{self._reported_through} run again and are not reported twice"
+            )
+        self._event(message, data={"step": step, "reported_through": self._reported_through})
 
     def on_step(self, event: ProgressEvent) -> None:
         """Record a metrics event (throttled; first and last step always) and the ETA."""
@@ -280,6 +296,8 @@ class JobProgress(TrainerCallback):
         now = time.monotonic()
         last_step = event.step >= event.total_steps
         due = now - self._last_event >= self.context.settings.progress_event_seconds
+        if event.step <= self._reported_through and not last_step:
+            return  # reported by an earlier attempt
         if not (due or last_step or self._last_event == 0.0):
             return
         self._last_event = now

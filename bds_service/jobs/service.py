@@ -61,6 +61,7 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_SEED = 2**31 - 1
 MAX_GPUS_PER_JOB = 8
 TENANT_LOCK_WAIT_S = 3.0
+ACTIVE_JOBS_RETRY_AFTER_S = 30
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ def _usable_file(
     param: str,
 ) -> File:
     """A tenant's live file of the right purpose that did not fail validation."""
-    file = FileRepository(session, tenant_id).live(file_id)
+    # Shared lock: a concurrent delete of the file waits for this create (and then refuses,
+    # the file being in use), or this create waits for the delete (and finds no file).
+    file = FileRepository(session, tenant_id).live(file_id, lock="share")
     if file is None:
         raise InvalidRequestError(
             f"{param} {file_id!r} is not one of your files", code=f"invalid_{param}", param=param
@@ -263,7 +266,7 @@ def create_job(
                 code="invalid_safety_file",
                 param="method.bds.safety_file",
             )
-        safety = FileRepository(session, tenant_id).live(safety_file_id)
+        safety = FileRepository(session, tenant_id).live(safety_file_id, lock="share")
         if safety is None or safety.purpose != SAFETY_ALIGNMENT or safety.status == ERROR:
             raise InvalidRequestError(
                 f"safety_file {safety_file_id!r} must be one of your valid files uploaded with "
@@ -305,8 +308,11 @@ def create_job(
     if unfinished >= cap:
         raise LimitExceededError(
             f"your organization already has {unfinished} unfinished fine-tuning jobs and may "
-            f"have at most {cap} at once; wait for one to finish or cancel one, then retry",
+            f"have at most {cap} at once; wait for one to finish or cancel one, then retry "
+            f"(a job's status, GET /v1/fine_tuning/jobs/{{id}}, says when it has finished; "
+            f"Retry-After is a polling interval, not a promise)",
             code="too_many_active_jobs",
+            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
         )
 
     # The provider's review: blocked files and the training file's policy.
@@ -356,6 +362,8 @@ def create_job(
         suffix=spec.suffix,
         seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
         job_metadata=spec.metadata,
+        dispatched_at=utcnow(),
+        dispatch_count=0,
     )
     session.add(job)
     session.flush()
@@ -552,7 +560,13 @@ def prepare_job(session: Session, job_id: str) -> str:
             pending = True
     if pending:
         return job.status
-    if transition(session, job.id, sources={JobStatus.VALIDATING_FILES}, target=JobStatus.QUEUED):
+    if transition(
+        session,
+        job.id,
+        sources={JobStatus.VALIDATING_FILES},
+        target=JobStatus.QUEUED,
+        values={"dispatched_at": utcnow(), "dispatch_count": 0},
+    ):
         add_event(session, job, "Files validated, job queued")
         audit.record(
             session,

@@ -17,7 +17,7 @@ from bds_service.errors import (
     NotFoundError,
 )
 from bds_service.ids import API_KEY_ID_PREFIX, TENANT_PREFIX, new_id
-from bds_service.models import ApiKey, Tenant, utcnow
+from bds_service.models import MAX_DATABASE_INT, ApiKey, Tenant, utcnow
 from bds_service.tenants.keys import display_prefix, generate_api_key, hash_api_key, is_well_formed
 from bds_service.tenants.limits import TenantLimitOverrides
 from bds_service.tenants.repository import ApiKeyRepository, TenantRepository, find_active_key
@@ -83,9 +83,13 @@ def set_tenant_limits(
 ) -> Tenant:
     """Replace a tenant's caps (None restores the deployment's default for that cap)."""
     for name, value in asdict(overrides).items():
-        if value is not None and value < 1:
+        # The columns' range (BIGINT for bytes, INTEGER for the others): past it the database
+        # would fail the statement; the same 400 for the JSON API and the dashboard form.
+        largest = 2**62 if name == "max_file_bytes" else MAX_DATABASE_INT
+        if value is not None and not 1 <= value <= largest:
             raise InvalidRequestError(
-                f"{name} must be a positive number or null (the default), got {value}",
+                f"{name} must be a positive number of at most {largest} or null (the "
+                f"default), got {value}",
                 code="invalid_value",
                 param=name,
             )

@@ -46,12 +46,14 @@ def test_celery_delivers_at_least_once_and_runs_the_reaper(tmp_path: Path) -> No
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    # A running task outlives a short broker outage (tests/reliability/test_broker_outage.py).
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
     assert (conf.task_serializer, list(conf.accept_content)) == ("json", ["json"])
     assert conf.broker_transport_options["visibility_timeout"] == 7200
     reaper = conf.beat_schedule["reap-expired-job-leases"]
     assert (reaper["task"], reaper["schedule"]) == ("bds.reap_jobs", 7.5)
     assert reaper["options"]["queue"] == settings.cpu_queue
+    assert "ConsumerPulse" in {step.__name__ for step in create_celery(settings).steps["consumer"]}
 
 
 def test_the_training_task_retries_only_transient_database_errors() -> None:

@@ -38,6 +38,7 @@ JOB_TEST = (
 API_UPLOADS = "tests/api/test_api_files.py::test_bad_uploads_are_refused_and_nothing_is_stored"
 API_JOBS = "tests/api/test_api_jobs.py::test_bad_job_requests_are_400_and_create_nothing"
 API_IDEMPOTENCY = "tests/api/test_api_jobs.py::test_idempotency_key_replays_and_detects_reuse"
+HOSTILE = "tests/reliability/test_hostile_requests.py"
 
 # Every case of the promise (docs/reliability.md, "Bad input") -> the tests that show it.
 BAD_INPUT_CASES: dict[str, list[str]] = {
@@ -73,6 +74,29 @@ BAD_INPUT_CASES: dict[str, list[str]] = {
         "tests/reliability/test_nul_characters.py::test_nul_in_a_query_parameter",
         "tests/reliability/test_nul_characters.py::test_nul_in_a_json_body_names_the_field_and_stores_nothing",
         "tests/reliability/test_nul_characters.py::test_nul_in_a_form_field",
+    ],
+    "JSON nested too deeply": [
+        f"{UPLOAD_TEST}[nested too deeply]",
+        f"{HOSTILE}::test_json_that_could_mean_two_things_is_refused[nested 100 deep]",
+    ],
+    "a request body over the cap": [
+        f"{HOSTILE}::test_a_body_over_the_cap_is_refused_with_413_before_authentication"
+    ],
+    "a JSON member sent twice": [
+        f"{HOSTILE}::test_json_that_could_mean_two_things_is_refused[repeated member]",
+        f"{HOSTILE}::test_json_that_could_mean_two_things_is_refused[repeated nested member]",
+    ],
+    "a job field of the wrong type": [
+        f"{HOSTILE}::test_job_fields_of_the_wrong_type_are_refused_not_coerced[string epochs]",
+        f"{HOSTILE}::test_job_fields_of_the_wrong_type_are_refused_not_coerced[string sgld]",
+        f"{HOSTILE}::test_job_fields_of_the_wrong_type_are_refused_not_coerced[denormal rate]",
+    ],
+    "a filename with control or invisible characters": [
+        f"{HOSTILE}::test_file_names_with_invisible_or_control_characters_are_refused",
+        f"{HOSTILE}::test_broken_multipart_bodies_are_refused_and_store_nothing",
+    ],
+    "a multipart body cut short, or a form field sent twice": [
+        f"{HOSTILE}::test_broken_multipart_bodies_are_refused_and_store_nothing"
     ],
     "an Idempotency-Key reused with a different body": [
         f"{JOB_TEST}[Idempotency-Key reused with a different body]",
@@ -152,6 +176,18 @@ BAD_UPLOADS: list[tuple[str, bytes, dict[str, Any], int, str, int | None, str | 
         400,
         "too_many_examples",
         3,
+        None,
+    ),
+    (
+        "nested too deeply",
+        b'{"prompt": "a", "completion": "b", "metadata": {"x": '
+        + b"[" * 950
+        + b"]" * 950
+        + b"}}\n",
+        {},
+        400,
+        "invalid_json",
+        1,
         None,
     ),
     (

@@ -55,10 +55,25 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
         "worker and service state changes by job id (callers loaded the job scoped or by id)"
     ),
     ("bds_service/jobs/repository.py", "claim"): "worker task: compare-and-set claim by job id",
+    ("bds_service/jobs/repository.py", "why_not_claimable"): (
+        "worker task: whether a delivered job id waits for a worker"
+    ),
     ("bds_service/jobs/repository.py", "renew_lease"): "worker heartbeat by job id and owner",
     ("bds_service/jobs/repository.py", "expired_leases"): "lease reaper: all tenants' jobs",
+    ("bds_service/jobs/repository.py", "expire_leases_of_processes"): (
+        "a stalled worker ends the leases of its own pool processes before killing them"
+    ),
     ("bds_service/files/repository.py", "load_file_for_task"): "worker task: loads a file by id",
+    ("bds_service/files/service.py", "_ScoringClaimKeeper._run"): (
+        "worker: renews the scoring claim of the file it scores, by id and claim token"
+    ),
+    ("bds_service/dispatch.py", "*"): (
+        "dispatch sweep (beat): all tenants' jobs and files waiting for a worker"
+    ),
     ("bds_service/jobs/runner.py", "_job_state"): "worker: its own job's status by id",
+    ("bds_service/jobs/runner.py", "JobProgress.on_resume"): (
+        "worker: the last step reported for the job it holds"
+    ),
     ("bds_service/jobs/runner.py", "JobProgress.on_checkpoint"): (
         "worker: checkpoints of the job it holds"
     ),

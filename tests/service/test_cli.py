@@ -269,3 +269,22 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
         serve.wait(timeout=60)
         log.close()
     assert serve.returncode == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_worker_alive_passes_only_while_the_liveness_file_is_fresh(
+    cli_env: Path, tmp_path: Path
+) -> None:
+    """The liveness check of docker-compose: a fresh file is alive; a stale or missing one is
+    not, with a message that says why."""
+    path = tmp_path / "worker.alive"
+    missing = runner.invoke(service_app, ["worker-alive", "--file", str(path)])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    path.touch()
+    fresh = runner.invoke(service_app, ["worker-alive", "--file", str(path), "--max-age", "30"])
+    assert fresh.exit_code == 0, fresh.output
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    stale = runner.invoke(service_app, ["worker-alive", "--file", str(path), "--max-age", "30"])
+    assert stale.exit_code == 1 and "last consumed 120 s ago" in stale.output
+    unnamed = runner.invoke(service_app, ["worker-alive"])
+    assert unnamed.exit_code == 1 and "BDS_WORKER_LIVENESS_FILE" in unnamed.output

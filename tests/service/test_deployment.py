@@ -146,3 +146,34 @@ def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPat
         Settings(api_key_secret=SecretStr("short"))
     assert Settings(environment="production", api_key_secret=SecretStr("x" * 32))
     assert Settings().api_key_secret.get_secret_value() == DEVELOPMENT_SECRET
+
+
+def test_every_worker_has_a_liveness_check_and_is_restarted_when_it_exits(
+    compose: dict[str, Any],
+) -> None:
+    """A stalled worker exits with status 1 (worker.liveness); the restart policy starts it
+    again, and the health check reads the liveness file the worker writes."""
+    workers = {name: s for name, s in compose["services"].items() if name.startswith("worker")}
+    assert set(workers) == {"worker-cpu", "worker-gpu", "worker-gpu-multi"}
+    for name, service in workers.items():
+        assert service["restart"] == "unless-stopped", name
+        liveness_file = service["environment"]["BDS_WORKER_LIVENESS_FILE"]
+        test = service["healthcheck"]["test"]
+        assert test[1:] == [
+            "python",
+            "-m",
+            "bds_service.cli",
+            "worker-alive",
+            "--file",
+            liveness_file,
+        ]
+        assert set(service["environment"]) - {"BDS_WORKER_LIVENESS_FILE"} <= _setting_names()
+
+
+def test_the_api_runs_several_processes_sharing_their_rate_limits(
+    compose: dict[str, Any],
+) -> None:
+    command = compose["services"]["api"]["command"]
+    assert command[command.index("--workers") + 1] == "${BDS_API_WORKERS:-4}"
+    shared = compose["x-bds-environment"]
+    assert shared["BDS_RATE_LIMIT_REDIS_URL"] != shared["BDS_BROKER_URL"]

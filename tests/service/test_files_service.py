@@ -129,3 +129,49 @@ def test_scoring_with_the_shipped_scheduler(
     (file,) = read(select(File).where(File.id == file_id))
     assert file.safety_report is not None and file.safety_error is None
     assert len(file.safety_report["examples"]) == 2
+
+
+def test_stale_partial_files_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
+    """An API killed mid-upload leaves a .part file; the beat removes it once it is stale,
+    never one being written now, nor a stored object."""
+    import os
+    import time
+
+    storage = LocalStorage(tmp_path)
+    sink = storage.open_upload("tenant-a/file-1", max_bytes=1024)
+    sink.write(b"half an upload")  # the process dies here: nothing aborts or commits
+    (leftover,) = list(tmp_path.rglob("*.part"))
+    writing = storage.open_upload("tenant-a/file-2", max_bytes=1024)
+    writing.write(b"still coming")
+    stored = storage.open_upload("tenant-a/file-3", max_bytes=1024)
+    stored.write(b"done")
+    stored.commit()
+    old = time.time() - 7200
+    os.utime(leftover, (old, old))
+
+    assert storage.remove_stale_partials(3600) == 1
+    assert not leftover.exists()
+    assert len(list(tmp_path.rglob("*.part"))) == 1  # the upload in progress
+    assert storage.path("tenant-a/file-3").read_bytes() == b"done"
+    writing.commit()
+    assert storage.path("tenant-a/file-2").read_bytes() == b"still coming"
+
+
+def test_a_scoring_failure_names_the_file_by_id_never_by_the_server_path(
+    stored_file: Callable[[bytes], str],
+    session_factory: SessionFactory,
+    service_settings: Settings,
+    read: Callable[..., list[Any]],
+) -> None:
+    file_id = stored_file((json.dumps(LINES[0]) + "\n").encode())
+    storage = LocalStorage(service_settings.resolved_storage_dir)
+    uow = _uow(session_factory, Recorder())
+    assert files.run_validation(uow, file_id, storage, service_settings) == "processed"
+    (file,) = read(select(File).where(File.id == file_id))
+    # The stored bytes no longer load (a disk fault): the loader's error names the path.
+    storage.path(file.storage_key).write_bytes(b"not json\n")
+    assert files.run_scoring(uow, file_id, storage, service_settings) == "failed"
+    (file,) = read(select(File).where(File.id == file_id))
+    assert file.safety_error.startswith("scoring_failed: DatasetError: file " + file_id)
+    assert str(storage.root) not in file.safety_error
+    assert "line 1" in file.safety_error

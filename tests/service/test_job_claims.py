@@ -259,3 +259,32 @@ def test_reaper_leaves_a_lease_renewed_after_it_looked(
     session.refresh(job)
     assert (job.status, job.lease_owner) == ("running", "slow")
     assert take_pending(session) == []
+
+
+def test_a_stalled_worker_ends_the_leases_of_its_processes_for_the_reaper(
+    session: Session, make_job: Callable[..., str]
+) -> None:
+    """A worker that must exit (its consumer stalled) ends the leases its pool processes
+    hold, so the reaper re-queues those jobs at once instead of after the full lease."""
+    soon = utcnow() + dt.timedelta(minutes=5)
+    doomed = make_job(
+        JobStatus.RUNNING, attempt=1, lease_owner="host-a:123:aaaa", lease_expires_at=soon
+    )
+    other_pid = make_job(
+        JobStatus.RUNNING, attempt=1, lease_owner="host-a:1234:bbbb", lease_expires_at=soon
+    )
+    other_host = make_job(
+        JobStatus.RUNNING, attempt=1, lease_owner="host-b:123:cccc", lease_expires_at=soon
+    )
+    now = utcnow()
+    assert jobs.expire_leases_of_processes(session, "host-a", [123], now) == [doomed]
+    session.commit()
+    outcome = reap_expired_leases(session, max_attempts=3)
+    session.commit()
+    assert outcome["requeued"] == [doomed]
+    statuses = dict(session.execute(select(FineTuningJob.id, FineTuningJob.status)).all())
+    assert (statuses[doomed], statuses[other_pid], statuses[other_host]) == (
+        "queued",
+        "running",
+        "running",
+    )

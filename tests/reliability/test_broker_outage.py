@@ -1,0 +1,260 @@
+"""The broker goes away: nothing is stranded, nothing runs twice, workers heal or die.
+
+Real processes on a private Redis (killed with SIGKILL and started again empty, so every
+message in it is lost) and the session's PostgreSQL: the in-process API publishes to it, a
+``celery worker`` with the beat consumes from it. The test plays the supervisor (docker's
+restart policy, ``bds serve``): a worker that exits is started again, nothing else is done by
+hand. Each case ends with every job and file in its final state, exactly once (one success
+event, one audit row per step of the work).
+
+Timings are shrunk by settings so that the whole module takes about a minute or two: the
+beat's sweep runs every second and re-sends work unclaimed for 2 s, a worker whose consumer
+has not run for 10 s exits with status 1. Production defaults are 30 s, 30 s and 60 s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bds_service.models import AuditLog, File
+
+pytestmark = pytest.mark.slow
+
+STALL_EXIT_S = 10  # above any pause of a starved consumer loop on a busy CI machine
+SHORT_OUTAGE_S = 2  # the consumer reconnects; nothing is restarted
+TOTAL_STEPS = 12
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+# Read by the live_service fixture (tests/reliability/conftest.py).
+LIVE_SETTINGS = {
+    "reaper_interval_seconds": 1,
+    "redispatch_after_seconds": 2,
+    "redispatch_max_seconds": 4,
+    "scoring_lease_seconds": 4,
+    # Longer than any wait below: a job resumed after its worker died was not waiting for it.
+    "lease_seconds": 900,
+    "checkpoint_every": 4,
+    "worker_stall_exit_seconds": STALL_EXIT_S,
+}
+
+LiveService = Any  # fixture types from tests/reliability/conftest.py
+PrivateRedis = Any
+
+
+@pytest.fixture(scope="module")
+def redis_url(private_redis: PrivateRedis) -> str:
+    """The live service's broker is the private Redis (overrides the session's)."""
+    return str(private_redis.url)
+
+
+class Supervisor:
+    """Starts the worker, and starts it again whenever it exits (recording its exit codes)."""
+
+    def __init__(self, live: LiveService) -> None:
+        self.live = live
+        self.exit_codes: list[int] = []
+        self.starts = 0
+        self.worker = self._start()
+        self.worker.wait_ready()
+
+    def _start(self) -> Any:
+        self.starts += 1
+        return self.live.start_worker(f"w{self.starts}", beat=True)
+
+    def tend(self) -> None:
+        """Restart the worker if it exited."""
+        code = self.worker.process.poll()
+        if code is not None:
+            self.exit_codes.append(code)
+            self.worker.stop()
+            self.worker = self._start()
+
+    def wait_for(
+        self, probe: Callable[[], Any], done: Callable[[Any], bool], what: str, timeout: float
+    ) -> Any:
+        """Poll ``probe`` until ``done``, tending the worker meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not done(value := probe()):
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.live.workers)
+                raise AssertionError(f"{what} not reached in {timeout} s; last {value!r}\n{logs}")
+            self.tend()
+            time.sleep(0.1)
+        return value
+
+
+@pytest.fixture(scope="module")
+def supervisor(live_service: LiveService) -> Supervisor:
+    return Supervisor(live_service)
+
+
+def _job_body(training: str, safety: str, steps: int = TOTAL_STEPS) -> dict[str, Any]:
+    return {
+        "model": "tiny-random-llama",
+        "training_file": training,
+        "method": {
+            "type": "bds",
+            "bds": {"safety_file": safety, "max_steps": steps, "reference": "none"},
+        },
+        "seed": 5,
+    }
+
+
+def _file(live: LiveService, file_id: str) -> File:
+    with live.session_factory() as session:
+        file = session.get(File, file_id)
+        assert file is not None
+        return file
+
+
+def _audit(live: LiveService, target_id: str) -> list[str]:
+    with live.session_factory() as session:
+        statement = select(AuditLog.action).where(AuditLog.target_id == target_id)
+        return list(session.scalars(statement.order_by(AuditLog.id)))
+
+
+def _scored(live: LiveService, supervisor: Supervisor, file_id: str) -> None:
+    status = supervisor.wait_for(
+        lambda: _file(live, file_id).safety_status,
+        lambda status: status in {"succeeded", "failed"},
+        f"safety report of {file_id}",
+        timeout=180,
+    )
+    assert status == "succeeded", _file(live, file_id).safety_error
+    assert _audit(live, file_id).count("file.safety_report") == 1
+
+
+def _succeeded_once(live: LiveService, supervisor: Supervisor, job_id: str) -> Any:
+    status = supervisor.wait_for(
+        lambda: live.job(job_id).status, lambda s: s in FINISHED, f"job {job_id}", timeout=420
+    )
+    job = live.job(job_id)
+    assert status == "succeeded", job.error
+    messages = [event.message for event in live.events(job_id)]
+    assert messages.count("The job has successfully completed") == 1
+    return job
+
+
+def test_work_sent_while_the_broker_is_down_is_sent_again_and_done_once(
+    live_service: LiveService, supervisor: Supervisor, private_redis: PrivateRedis
+) -> None:
+    live = live_service
+    training, safety = live.upload_datasets()
+    _scored(live, supervisor, training)
+
+    private_redis.kill()
+    # Created with the broker down: the answer is still the queued job; its message is lost.
+    created = live.api.post(
+        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety)
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["status"] == "queued"
+    job_id = created.json()["id"]
+    # An upload with the broker down: stored and validated, its scoring message lost.
+    second = live.upload("\n".join(_line(i) for i in range(5)) + "\n")
+    assert _file(live, second).safety_status == "pending"
+    time.sleep(SHORT_OUTAGE_S)
+    private_redis.start()  # empty: every message is gone
+
+    job = _succeeded_once(live, supervisor, job_id)
+    assert job.attempt == 1
+    assert live.audit_actions(job_id) == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.start",
+        "fine_tuning_job.succeed",
+    ]
+    _scored(live, supervisor, second)
+
+
+def _line(i: int) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"Spell {i} in words."},
+                {"role": "assistant", "content": f"number {i}"},
+            ]
+        }
+    )
+
+
+def test_training_rides_out_a_short_outage_without_a_restart_or_a_repeated_step(
+    live_service: LiveService, supervisor: Supervisor, private_redis: PrivateRedis
+) -> None:
+    live = live_service
+    training, safety = live.upload_datasets()
+    created = live.api.post(
+        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety)
+    )
+    job_id = created.json()["id"]
+    supervisor.wait_for(
+        lambda: live.losses_by_step(job_id), bool, "a first training step", timeout=300
+    )
+    exits_before = list(supervisor.exit_codes)
+    private_redis.kill()
+    time.sleep(SHORT_OUTAGE_S)
+    private_redis.start()
+
+    job = _succeeded_once(live, supervisor, job_id)
+    # The same worker and the same attempt: no lease expired, no step ran twice.
+    assert (job.attempt, supervisor.exit_codes) == (1, exits_before)
+    losses = live.losses_by_step(job_id)
+    assert sorted(losses) == list(range(1, TOTAL_STEPS + 1))
+    assert all(len(values) == 1 for values in losses.values())
+    assert live.audit_actions(job_id) == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.start",
+        "fine_tuning_job.succeed",
+    ]
+
+    # And the consumer consumes again: new work after the outage is done.
+    fresh = live.upload("\n".join(_line(i) for i in range(100, 106)) + "\n")
+    _scored(live, supervisor, fresh)
+
+
+def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_the_work(
+    live_service: LiveService, supervisor: Supervisor, private_redis: PrivateRedis
+) -> None:
+    live = live_service
+    training, safety = live.upload_datasets()
+    _scored(live, supervisor, training)
+    job_id = live.api.post(
+        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety, steps=40)
+    ).json()["id"]
+    supervisor.wait_for(
+        lambda: live.checkpoint_steps(job_id), bool, "a first checkpoint", timeout=300
+    )
+    exits_before = len(supervisor.exit_codes)
+    file_id = live.upload("\n".join(_line(i) for i in range(200, 206)) + "\n")
+    private_redis.kill()  # mid-training; maybe while the file is being scored, maybe before
+    # Longer than the worker tolerates: it exits with status 1 and the supervisor restarts it.
+    supervisor.wait_for(
+        lambda: supervisor.exit_codes[exits_before:],
+        bool,
+        "the stalled worker's exit",
+        timeout=STALL_EXIT_S * 10,
+    )
+    assert supervisor.exit_codes[exits_before:] == [1]
+    assert "has not consumed for" in "".join(w.log() for w in live.workers)
+    private_redis.start()
+
+    _scored(live, supervisor, file_id)
+    # The stalled worker ended its training child's lease before exiting: the job resumed from
+    # its checkpoint on the restarted worker long before the 900 s lease would have expired.
+    job = _succeeded_once(live, supervisor, job_id)
+    assert job.attempt == 2
+    messages = [event.message for event in live.events(job_id)]
+    assert any(message.startswith("Resumed from checkpoint") for message in messages)
+    assert live.audit_actions(job_id) == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.start",
+        "fine_tuning_job.requeue",
+        "fine_tuning_job.start",
+        "fine_tuning_job.succeed",
+    ]
