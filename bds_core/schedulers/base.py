@@ -479,6 +479,7 @@ def make_scheduler_optimizer(
             generator=generator,
             temperature=settings.sgld_temperature,
             decay=settings.sgld_step_decay,
+            adapt_steps=scheduler.burn_in_updates(),
         )
     return torch.optim.AdamW(
         trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay
