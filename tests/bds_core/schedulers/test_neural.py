@@ -16,6 +16,7 @@ from bds_core.schedulers import (
     build_scheduler,
 )
 from bds_core.schedulers.neural import (
+    MixtureComponent,
     NeuralOptions,
     NeuralScheduler,
     SafetyHead,
@@ -270,6 +271,19 @@ def test_scalar_logits_start_from_a_pretrained_scheduler(tmp_path: Path) -> None
     assert torch.allclose(
         scalar.scheduler_logits, pretrained_logits - pretrained_logits.mean(), atol=1e-5
     )
+
+
+def test_harmful_share_estimate_clamps_like_the_harm_scores() -> None:
+    """A broad harmful mode outweighs a narrow benign one far out in the benign tail; without
+    the clamp every very safe-looking example would count as harmful."""
+    calibration = ScoreCalibration(
+        [MixtureComponent(0.3, -2.0, 3.0), MixtureComponent(0.7, 2.0, 0.5)]
+    )
+    far_benign = torch.full((50,), 6.0)
+    assert calibration.harm_scores(far_benign).max().item() < 0.1
+    assert calibration.estimate_harmful_share(far_benign) < 0.01
+    far_harmful = torch.full((50,), -6.0)
+    assert calibration.estimate_harmful_share(far_harmful) > 0.99
 
 
 def test_calibration_finds_the_two_modes_without_labels() -> None:
