@@ -158,9 +158,10 @@ def test_phi_is_trained_in_a_bds_run(tmp_path: Path) -> None:
     assert len(set(weights)) > 1 and sum(weights) == pytest.approx(16, rel=1e-4)
 
 
-def test_neural_run_resumes_exactly(tmp_path: Path) -> None:
-    full = train(_config(tmp_path, "full", steps=4))
-    resumable = _config(tmp_path, "resumed", steps=4)
+@pytest.mark.parametrize("sampling", [False, True], ids=["optimised", "sampled"])
+def test_neural_run_resumes_exactly(tmp_path: Path, sampling: bool) -> None:
+    full = train(_config(tmp_path, "full", steps=4, sgld=sampling))
+    resumable = _config(tmp_path, "resumed", steps=4, sgld=sampling)
     events: list[ProgressEvent] = []
 
     class Recorder(TrainerCallback):
@@ -178,6 +179,8 @@ def test_neural_run_resumes_exactly(tmp_path: Path) -> None:
         json.loads(line)["weight"] for line in full.weights_file.read_text().splitlines()
     ]
     assert resumed_weights == pytest.approx(full_weights, abs=1e-6)
+    kinds = {json.loads(line)["uncertainty"] for line in full.weights_file.read_text().splitlines()}
+    assert kinds == {"posterior" if sampling else "optimisation"}
 
 
 def _trained_scheduler(embeddings: torch.Tensor, harmful: torch.Tensor) -> NeuralScheduler:
