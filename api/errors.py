@@ -13,8 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.refusals import record_refusal
 from bds_service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ def _validation_code(error_type: str) -> str:
     return "invalid_value"
 
 
-async def _service_error(_request: Request, error: Exception) -> JSONResponse:
+async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
+    await run_in_threadpool(record_refusal, request, error)
     headers = dict(error.headers)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"

@@ -91,7 +91,7 @@ def train_command(
         int | None, typer.Option(help="alignment examples per step")
     ] = None,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="micro-batches per step")] = 1,
-    epochs: Annotated[float, typer.Option(help="passes over the longer dataset")] = 1.0,
+    epochs: Annotated[float, typer.Option(help="passes over the training file")] = 1.0,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
     max_length: Annotated[int, typer.Option(help="tokens per example")] = 256,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,

@@ -10,8 +10,10 @@ neither of them.
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +28,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
-from bds_service.db import make_engine, make_session_factory, upgrade_database
+from bds_service.db import (
+    make_engine,
+    make_session_factory,
+    missing_sqlite_file,
+    upgrade_database,
+)
 from bds_service.errors import ServiceError
 from bds_service.settings import Settings, get_settings
 from bds_service.tasks import QueueKind, queue_name
@@ -36,7 +43,20 @@ service_app = typer.Typer(help="Run and administer the fine-tuning service.", no
 admin_app = typer.Typer(help="Tenants and API keys (keys are shown once).", no_args_is_help=True)
 service_app.add_typer(admin_app, name="admin")
 
-CLI_ACTOR = Actor("cli", os.environ.get("USER") or "cli")
+
+def cli_actor(command: str) -> Actor:
+    """The audit actor of a command-line action: who ran which command, on which host.
+
+    ``alice@build-7 (bds admin create-key)`` rather than a bare ``cli``, so an operator can
+    tell one person's or script's actions from another's.
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment nor in the password file
+        user = f"uid {os.getuid()}"
+    return Actor("cli", f"{user}@{socket.gethostname()} (bds admin {command})"[:200])
+
+
 _SHUTDOWN_GRACE_S = 30.0
 
 DatabaseUrl = Annotated[
@@ -80,17 +100,24 @@ def _check_database(engine: Engine, url: str) -> None:
         )
         raise typer.Exit(code=2) from None
     if not migrated:
-        typer.secho(
-            f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
-            "--database-url / --data-dir first (`bds serve` does it by itself)",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        raise typer.Exit(code=2)
+        raise _no_schema(shown)
+
+
+def _no_schema(shown: str) -> typer.Exit:
+    typer.secho(
+        f"error: the database at {shown} has no schema yet; run `bds migrate` with the same "
+        "--database-url / --data-dir first (`bds serve` does it by itself)",
+        err=True,
+        fg=typer.colors.RED,
+    )
+    return typer.Exit(code=2)
 
 
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
+    if missing_sqlite_file(settings.resolved_database_url) is not None:
+        # Connecting would leave an empty database file (and its folder) behind.
+        raise _no_schema(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
         _check_database(engine, settings.resolved_database_url)
@@ -132,7 +159,7 @@ def create_tenant(
     settings = _apply_overrides(database_url, data_dir=data_dir)
     try:
         with _session(settings) as session:
-            tenant = tenants.create_tenant(session, name, CLI_ACTOR)
+            tenant = tenants.create_tenant(session, name, cli_actor("create-tenant"))
             typer.echo(f"created tenant {tenant.name} ({tenant.id})")
     except ServiceError as error:
         _fail(error)
@@ -160,7 +187,7 @@ def create_key(
                 session,
                 tenants.get_tenant_by_name(session, tenant),
                 secret=settings.api_key_secret.get_secret_value(),
-                actor=CLI_ACTOR,
+                actor=cli_actor("create-key"),
                 is_admin=admin,
                 name=name,
                 expires_at=expires_at,
@@ -199,7 +226,7 @@ def revoke_key(
     try:
         with _session(settings) as session:
             owner = tenants.get_tenant_by_name(session, tenant)
-            tenants.revoke_api_key(session, owner.id, key_id, CLI_ACTOR)
+            tenants.revoke_api_key(session, owner.id, key_id, cli_actor("revoke-key"))
     except ServiceError as error:
         _fail(error)
     typer.echo(f"revoked {key_id}")

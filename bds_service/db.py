@@ -31,6 +31,21 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist yet (None for other databases).
+
+    Commands that only read the schema check this first: connecting would create an empty
+    file (and its folder) and leave it behind.
+    """
+    parsed = make_url(normalize_database_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and serialised write transactions."""
     url = normalize_database_url(url)

@@ -169,6 +169,9 @@ class FineTuningJob(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[dict[str, Any] | None]
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Training steps the job's settings resolved to (max_steps, or n_epochs passes over the
+    # training file); set by the worker when training starts.
+    total_steps: Mapped[int | None] = mapped_column(Integer)
     estimated_finish: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     eval_max_prompts: int = Field(default=50, gt=0, description="harmful prompts evaluated per job")
     eval_max_new_tokens: int = Field(default=48, gt=0, description="answer length in evaluation")
     eval_max_examples: int = Field(default=200, gt=0, description="validation examples used for FA")
+    eval_batch_size: int = Field(
+        default=8,
+        gt=0,
+        le=256,
+        description="answers generated together in the evaluation; a progress event follows "
+        "each batch",
+    )
 
     # Job leases (reliability.md: Postgres owns a job's state).
     lease_seconds: int = Field(default=300, gt=0, description="claim life without heartbeat")

@@ -11,7 +11,7 @@ from typing import Any
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
-from bds_service.db import make_engine, normalize_database_url
+from bds_service.db import make_engine, missing_sqlite_file, normalize_database_url
 from bds_service.models import Base, UTCDateTime
 from bds_service.settings import Settings
 
@@ -46,9 +46,24 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _command_name() -> str | None:
+    """The alembic command run from the command line (None when called from code)."""
+    command = getattr(getattr(config, "cmd_opts", None), "cmd", None)
+    return getattr(command[0], "__name__", None) if command else None
+
+
 def run_migrations_online() -> None:
     """Apply the migrations over a live connection."""
-    engine = make_engine(_database_url())
+    url = _database_url()
+    missing = missing_sqlite_file(url)
+    if missing is not None and _command_name() not in (None, "upgrade", "stamp"):
+        # `alembic check` (or current, downgrade, ...) on a database that does not exist:
+        # connecting would leave an empty SQLite file and its folder behind.
+        raise SystemExit(
+            f"error: there is no database at {missing}; set BDS_DATABASE_URL (or BDS_DATA_DIR) "
+            "to the deployment's database, or create it with `bds migrate`"
+        )
+    engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

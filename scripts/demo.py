@@ -745,11 +745,6 @@ class Demo:
                 data = event.data if isinstance(event.data, dict) else {}
                 if event.type == "metrics" and data:
                     self.console.print(format_progress(data), highlight=False)
-                    if data.get("step") == data.get("total_steps"):
-                        self.console.print(
-                            "training done; the worker now measures HS before and after "
-                            "and FA (greedy generation)..."
-                        )
                 else:
                     style = "red" if event.level == "error" else "cyan"
                     self.console.print(f"[{style}]{escape(event.message)}")

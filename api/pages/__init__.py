@@ -5,6 +5,7 @@ the app itself (``/static``); nothing loads from another origin."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.pages import admin, auth, reports
@@ -17,3 +18,12 @@ def install_pages(app: FastAPI) -> None:
     app.include_router(admin.router)
     app.include_router(reports.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """The tab icon browsers ask for on every page."""
+        return FileResponse(
+            STATIC_DIR / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )

@@ -140,9 +140,7 @@ def job_list(
         limit=PAGE_SIZE + 1,
         offset=_page_offset(page),
     )
-    latest = admin_queries.latest_metrics_events(
-        session, [job.id for job, _ in rows if job.status in admin_service.IN_FLIGHT]
-    )
+    latest = admin_queries.latest_metrics_events(session, [job.id for job, _ in rows])
     admin_service.record_view(
         session,
         caller.actor(request_id),
@@ -184,6 +182,7 @@ def job_detail(
         target_type="fine_tuning_job",
         target_id=job.id,
         tenant_id=job.tenant_id,
+        details={"plots": ["loss", "weights"]},
     )
     return _render(
         request,
@@ -195,26 +194,45 @@ def job_detail(
         cancellable=JobStatus(job.status) not in TERMINAL_STATUSES
         and job.status != JobStatus.CANCELLING,
         plot_base=f"/admin/jobs/{job.id}",
+        plot_query=f"?{urlencode({'view': request_id})}",
         **context,
     )
 
 
 @router.get("/jobs/{job_id}/{plot}.png")
 def job_plot(
-    job_id: str, plot: str, session: DbSession, caller: AdminCaller, request_id: RequestId
+    job_id: str,
+    plot: str,
+    session: DbSession,
+    caller: AdminCaller,
+    request_id: RequestId,
+    view: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """The job's loss curve (``loss``) or weight distribution over time (``weights``)."""
+    """The job's loss curve (``loss``) or weight distribution over time (``weights``).
+
+    A plot shown on the job page (``view`` = the page's request id) is covered by the page's
+    audit row; a plot fetched on its own writes a row of its own.
+    """
     job, _tenant_name = _load_job(session, job_id)
     png = render_job_plot(session, job, plot)
-    admin_service.record_view(
+    actor = caller.actor(request_id)
+    if not view or not admin_queries.page_view_recorded(
         session,
-        caller.actor(request_id),
-        "job_plot",
-        target_type="fine_tuning_job",
-        target_id=job.id,
+        request_id=view,
+        actor_id=actor.actor_id,
+        action="admin.view.job",
         tenant_id=job.tenant_id,
-        details={"plot": plot},
-    )
+        target_id=job.id,
+    ):
+        admin_service.record_view(
+            session,
+            actor,
+            "job_plot",
+            target_type="fine_tuning_job",
+            target_id=job.id,
+            tenant_id=job.tenant_id,
+            details={"plot": plot},
+        )
     return png_response(png)
 
 
@@ -590,6 +608,14 @@ def audit_log(
         "admin/audit.html",
         caller,
         rows=rows[:AUDIT_PAGE_SIZE],
+        names=admin_queries.display_names(
+            session,
+            (
+                value
+                for row in rows[:AUDIT_PAGE_SIZE]
+                for value in (row.actor_id, row.tenant_id, row.target_id)
+            ),
+        ),
         tenants=tenants.list_tenants(session),
         actions=admin_queries.distinct_audit_actions(session),
         filters=filters,

@@ -90,7 +90,11 @@ def _interval_bars(axis: Any, rows: Sequence[ExampleWeight], color: str) -> None
         )
 
 
-def weights_plot(series: MetricsSeries, final: Sequence[ExampleWeight]) -> bytes:
+def weights_plot(
+    series: MetricsSeries,
+    final: Sequence[ExampleWeight],
+    no_weights: str = "no weight statistics recorded",
+) -> bytes:
     """Left: the spread of BDS weights over the steps (min-max and mean ± std around the mean).
     Right: each example's final weight against its pre-training harm score; flagged examples
     in red, so harmful-looking examples sinking to low weight is visible at a glance."""
@@ -124,7 +128,7 @@ def weights_plot(series: MetricsSeries, final: Sequence[ExampleWeight]) -> bytes
         over_time.grid(alpha=0.3)
         over_time.legend(fontsize=7, loc="upper left")
     else:
-        _empty(over_time, "no weight statistics (method without BDS?)")
+        _empty(over_time, no_weights)
     if not final:
         _empty(per_example, "final weights appear when the job succeeds")
     elif any(row.harm_score is not None for row in final):

@@ -7,17 +7,18 @@ like an id that never existed. The report contexts built here are shared with th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from api.deps import DbSession, Storage
+from api.deps import DbSession, RequestId, Storage
 from api.pages import plots
 from api.pages.auth import Caller
 from api.pages.routing import PageRoute
 from api.pages.templating import templates
+from api.routers.fine_tuning import adapter_response
 from bds_service.admin import repository as admin_queries
 from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
@@ -25,8 +26,15 @@ from bds_service.errors import NotFoundError
 from bds_service.files import service as files
 from bds_service.files.previews import example_previews
 from bds_service.files.repository import FileRepository
+from bds_service.jobs import artifacts
 from bds_service.jobs import service as jobs
-from bds_service.jobs.history import final_weights, metrics_series, progress_from_event
+from bds_service.jobs.history import (
+    evaluation_progress,
+    final_weights,
+    metrics_series,
+    progress_from_event,
+)
+from bds_service.jobs.states import JobStatus
 from bds_service.models import File, FineTuningJob, utcnow
 from bds_service.storage import LocalStorage
 
@@ -70,6 +78,11 @@ def job_report_context(
             storage.path(training_file.storage_key), {row.line for row in lowest}
         )
     latest = admin_queries.latest_metrics_events(session, [job.id]).get(job.id)
+    evaluating = (
+        evaluation_progress(admin_queries.job_events(session, job, limit=10))
+        if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING)
+        else None
+    )
     weight_summary = {
         key: value
         for key, value in (report.get("weights") or {}).items()
@@ -78,6 +91,7 @@ def job_report_context(
     return {
         "job": job,
         "progress": progress_from_event(latest),
+        "evaluating": evaluating,
         "report": report or None,
         "evaluation": report.get("evaluation") or {},
         "weight_summary": weight_summary,
@@ -106,7 +120,15 @@ def render_job_plot(session: Session, job: FineTuningJob, plot: str) -> bytes:
         return plots.loss_plot(series)
     training_file = FileRepository(session, job.tenant_id).get(job.training_file_id)
     dataset_report = training_file.safety_report if training_file is not None else None
-    return plots.weights_plot(series, final_weights(job.safety_report, dataset_report))
+    if job.method.get("type") != "bds":
+        no_weights = "no weights: supervised training counts every example once"
+    elif not series.steps:
+        no_weights = "weights appear after the first training step"
+    else:
+        no_weights = "no weight statistics recorded"
+    return plots.weights_plot(
+        series, final_weights(job.safety_report, dataset_report), no_weights=no_weights
+    )
 
 
 def _render(request: Request, template: str, caller: Any, **context: Any) -> Response:
@@ -169,6 +191,27 @@ def job_report(
         plot_base=f"/reports/jobs/{job.id}",
         **job_report_context(session, job, storage),
     )
+
+
+@router.get("/jobs/{job_id}/adapter.{archive_format}")
+def job_adapter(
+    job_id: str,
+    archive_format: Literal["tar.gz", "zip"],
+    session: DbSession,
+    caller: Caller,
+    storage: Storage,
+    request_id: RequestId,
+) -> Response:
+    """Your job's trained adapter (a PEFT folder) as tar.gz or zip; audited like the API's."""
+    archive, filename = artifacts.adapter_archive_for_download(
+        session,
+        caller.principal.tenant_id,
+        job_id,
+        storage,
+        archive_format,
+        caller.actor(request_id),
+    )
+    return adapter_response(archive, filename)
 
 
 @router.get("/jobs/{job_id}/{plot}.png")

@@ -11,8 +11,10 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from api.pages.templating import templates
+from api.refusals import record_refusal
 from bds_service.errors import ServiceError
 
 # Everything comes from this origin: the stylesheet, the one small script and the plots.
@@ -83,6 +85,7 @@ class PageRoute(APIRoute):
             except LoginRequired:
                 response = RedirectResponse(login_url(request), status_code=303)
             except ServiceError as error:
+                await run_in_threadpool(record_refusal, request, error)
                 title = _TITLES.get(error.status_code, "Error")
                 response = error_page(request, error.status_code, title, error.message)
                 response.headers.update(error.headers)  # e.g. Retry-After on a 429

@@ -47,6 +47,25 @@ def format_number(value: Any, digits: int = 3) -> str:
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def format_bytes(value: int | None) -> str:
+    """A size for people: ``512 MiB``, ``1.5 GiB``, ``900 bytes`` ("-" for none)."""
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value} bytes"
+    size = float(value)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if size == int(size) else f"{size:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_count(value: int | None) -> str:
+    """A whole number with thousands separators: ``100,000`` ("-" for none)."""
+    return "-" if value is None else f"{value:,}"
+
+
 def until(value: dt.datetime | None, now: dt.datetime) -> str:
     """How far ``value`` lies ahead of ``now`` ("-" for none, "now" when past)."""
     if value is None:
@@ -57,6 +76,11 @@ def until(value: dt.datetime | None, now: dt.datetime) -> str:
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.filters.update(
-    time=format_time, duration=format_duration, percent=format_percent, number=format_number
+    time=format_time,
+    duration=format_duration,
+    percent=format_percent,
+    number=format_number,
+    bytes=format_bytes,
+    count=format_count,
 )
 templates.env.globals.update(until=until)

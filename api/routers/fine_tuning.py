@@ -170,18 +170,29 @@ def download_adapter(
     session: DbSession,
     principal: CurrentPrincipal,
     storage: Storage,
+    request_id: RequestId,
     format: Literal["tar.gz", "zip"] = "tar.gz",
 ) -> FileResponse:
     """The trained LoRA adapter: a standard PEFT folder (adapter_config.json and
-    adapter_model.safetensors) packed as tar.gz or zip."""
-    source = artifacts.adapter_dir(session, principal.tenant_id, fine_tuning_job_id, storage)
-    root_name = f"{fine_tuning_job_id}-adapter"
-    archive = artifacts.build_adapter_archive(source, root_name, format)
+    adapter_model.safetensors) packed as tar.gz or zip; every download is audited."""
+    archive, filename = artifacts.adapter_archive_for_download(
+        session,
+        principal.tenant_id,
+        fine_tuning_job_id,
+        storage,
+        format,
+        principal.actor(request_id),
+    )
+    return adapter_response(archive, filename)
+
+
+def adapter_response(archive: Path, filename: str) -> FileResponse:
+    """An adapter archive as a download; the temporary file goes once it is sent."""
     return FileResponse(
         archive,
-        media_type="application/gzip" if format == "tar.gz" else "application/zip",
-        filename=f"{root_name}.{format}",
-        background=BackgroundTask(Path(archive).unlink, missing_ok=True),
+        media_type="application/gzip" if filename.endswith(".tar.gz") else "application/zip",
+        filename=filename,
+        background=BackgroundTask(archive.unlink, missing_ok=True),
     )
 
 

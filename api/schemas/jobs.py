@@ -172,6 +172,12 @@ class FineTuningJobObject(BaseModel):
         "validating_files", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"
     ]
     trained_tokens: int | None = None
+    total_steps: int | None = Field(
+        default=None,
+        description="BDS addition: the training steps the job's settings resolved to "
+        "(method.bds.max_steps, or n_epochs passes over the training file); null until "
+        "training starts",
+    )
     training_file: str
     validation_file: str | None = None
     estimated_finish: int | None = None
@@ -195,6 +201,7 @@ class FineTuningJobObject(BaseModel):
             seed=job.seed,
             status=job.status,  # type: ignore[arg-type]
             trained_tokens=job.trained_tokens,
+            total_steps=job.total_steps,
             training_file=job.training_file_id,
             validation_file=job.validation_file_id,
             estimated_finish=unix_seconds(job.estimated_finish),

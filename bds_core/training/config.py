@@ -58,7 +58,10 @@ class TrainConfig:
     )
     epochs: float = field(
         default=1.0,
-        metadata={"help": "passes over max(|D_ft|, |D_safe|); ignored when max_steps is set"},
+        metadata={
+            "help": "passes over the training file D_ft (the alignment data cycles as needed); "
+            "ignored when max_steps is set"
+        },
     )
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps"})
     max_length: int = field(
@@ -167,11 +170,14 @@ class TrainConfig:
                 )
 
     def total_steps(self, num_train: int, num_safety: int) -> int:
-        """Steps of the run: max_steps, or epochs over the longer of the two datasets."""
+        """Steps of the run: max_steps, or ``epochs`` passes over the training file.
+
+        The alignment data does not lengthen the run: its sampler cycles through it as often
+        as the training file's passes need (``num_safety`` is kept for callers' symmetry).
+        """
         if self.max_steps is not None:
             return self.max_steps
-        longest = max(num_train, num_safety if self.uses_safety_data else 0)
-        return max(1, math.ceil(self.epochs * longest / self.batch_size))
+        return max(1, math.ceil(self.epochs * num_train / self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

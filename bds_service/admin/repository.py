@@ -10,7 +10,7 @@ own tenant.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Select, func, or_, select
@@ -389,3 +389,66 @@ def iter_audit_log(
 def distinct_audit_actions(session: Session) -> list[str]:
     """Every action name in the audit log, sorted (for the filter's suggestions)."""
     return sorted(str(action) for action in session.scalars(select(AuditLog.action).distinct()))
+
+
+def display_names(session: Session, ids: Iterable[str | None]) -> dict[str, str]:
+    """Names for the ids an audit row mentions, so a page can show them beside the ids.
+
+    Tenants by name, API keys by name (or prefix) and tenant, files by file name, jobs by
+    tenant and suffix; ids of anything else (or of nothing that exists) are left out.
+    """
+    wanted = {value for value in ids if value}
+    if not wanted:
+        return {}
+    names: dict[str, str] = {}
+    tenant_names = {
+        str(row[0]): str(row[1]) for row in session.execute(select(Tenant.id, Tenant.name))
+    }
+    for tenant_id in wanted & set(tenant_names):
+        names[tenant_id] = tenant_names[tenant_id]
+    keys = session.execute(
+        select(ApiKey.id, ApiKey.name, ApiKey.key_prefix, ApiKey.tenant_id).where(
+            ApiKey.id.in_(wanted)
+        )
+    ).all()
+    for key_id, name, prefix, tenant_id in keys:
+        label = f"“{name}”" if name else f"{prefix}…"
+        names[key_id] = f"{label} of {tenant_names.get(tenant_id, tenant_id)}"
+    files = session.execute(select(File.id, File.filename).where(File.id.in_(wanted))).all()
+    names.update({str(file_id): str(filename) for file_id, filename in files})
+    jobs = session.execute(
+        select(FineTuningJob.id, FineTuningJob.tenant_id, FineTuningJob.suffix).where(
+            FineTuningJob.id.in_(wanted)
+        )
+    ).all()
+    for job_id, tenant_id, suffix in jobs:
+        owner = tenant_names.get(tenant_id, tenant_id)
+        names[job_id] = f"job of {owner}" + (f" ({suffix})" if suffix else "")
+    return names
+
+
+def page_view_recorded(
+    session: Session,
+    *,
+    request_id: str,
+    actor_id: str | None,
+    action: str,
+    tenant_id: str,
+    target_id: str,
+    within: dt.timedelta = dt.timedelta(hours=1),
+) -> bool:
+    """Whether ``actor_id``'s view ``action`` of ``target_id`` was audited under
+    ``request_id`` lately (the plots of an audited page then need no row of their own)."""
+    statement = (
+        select(AuditLog.id)
+        .where(
+            AuditLog.tenant_id == tenant_id,
+            AuditLog.created_at >= utcnow() - within,
+            AuditLog.request_id == request_id,
+            AuditLog.actor_id == actor_id,
+            AuditLog.action == action,
+            AuditLog.target_id == target_id,
+        )
+        .limit(1)
+    )
+    return session.scalar(statement) is not None

@@ -42,6 +42,40 @@ def progress_from_event(event: JobEvent | None) -> Progress | None:
     )
 
 
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """Where the post-training evaluation of a job stands, from its newest evaluation event."""
+
+    done: int
+    total: int
+    percent: float
+    stage: str | None
+    eta: dt.datetime | None
+    updated_at: dt.datetime
+
+
+def evaluation_progress(events: Sequence[JobEvent]) -> EvaluationProgress | None:
+    """The evaluation progress in the newest evaluation event of ``events`` (any order);
+    None when the evaluation has not started or has already reported its result."""
+    newest = max(
+        (e for e in events if (e.data or {}).get("phase") == "evaluation"),
+        key=lambda e: e.seq,
+        default=None,
+    )
+    if newest is None or newest.data is None or "total" not in newest.data:
+        return None
+    data = newest.data
+    eta_s = data.get("eta_s")
+    return EvaluationProgress(
+        done=int(data.get("done", 0)),
+        total=int(data["total"]),
+        percent=float(data.get("percent", 0.0)),
+        stage=data.get("stage"),
+        eta=newest.created_at + dt.timedelta(seconds=float(eta_s)) if eta_s is not None else None,
+        updated_at=newest.created_at,
+    )
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 

@@ -204,6 +204,8 @@ class JobProgress(TrainerCallback):
         self.plan = plan
         self.lease = lease
         self._last_event = 0.0
+        self._evaluation_started = 0.0
+        self._first_batch: tuple[float, int] | None = None
         self.last_metrics: dict[str, Any] = {}
 
     # cancellation, read from the database between steps ---------------------------------
@@ -216,6 +218,7 @@ class JobProgress(TrainerCallback):
         return status == JobStatus.CANCELLING
 
     def _event(self, message: str, **kwargs: Any) -> None:
+        """Append an event to the job in its own short transaction."""
         with self.context.uow() as session:
             job = load_job_for_task(session, self.plan.job_id)
             if job is not None:
@@ -226,20 +229,34 @@ class JobProgress(TrainerCallback):
         """Announce the run's size."""
         world_size = int(info.get("world_size", 1))
         where = f"device {info['device']}" if world_size == 1 else f"{world_size} GPUs"
-        self._event(
+        message = (
             f"Training {info['total_steps']} steps on {info['num_train_examples']} examples "
-            f"(method {info['method']}, {where})",
-            data={
-                key: info[key]
-                for key in (
-                    "total_steps",
-                    "num_train_examples",
-                    "num_safety_examples",
-                    "start_step",
-                    "world_size",
-                )
-                if key in info
-            },
+            f"(method {info['method']}, {where}; {self._steps_from()})"
+        )
+        data: dict[str, Any] = {
+            key: info[key]
+            for key in (
+                "total_steps",
+                "num_train_examples",
+                "num_safety_examples",
+                "start_step",
+                "world_size",
+            )
+            if key in info
+        }
+        with self.context.uow() as session:
+            job = load_job_for_task(session, self.plan.job_id)
+            if job is not None:
+                job.total_steps = int(info["total_steps"])
+                add_event(session, job, message, data=data)
+
+    def _steps_from(self) -> str:
+        max_steps = self.plan.bds.get("max_steps")
+        if max_steps is not None:
+            return f"max_steps {max_steps}"
+        return (
+            f"n_epochs {self.plan.hyperparameters['n_epochs']} over the training file, "
+            f"batch_size {self.plan.hyperparameters['batch_size']}"
         )
 
     def on_resume(self, step: int, path: Path) -> None:
@@ -316,6 +333,101 @@ class JobProgress(TrainerCallback):
 
     def on_end(self, result: TrainResult) -> None:
         """Nothing to do: the runner records the outcome after evaluation."""
+
+    # the evaluation phase -----------------------------------------------------------------
+    def start_evaluation(self, n_prompts: int, n_validation: int) -> None:
+        """Announce the post-training evaluation and its size."""
+        self.lease.check()
+        self._evaluation_started = time.monotonic()
+        self._first_batch = None
+        self._last_event = 0.0
+        total = 2 * n_prompts + n_validation
+        parts = []
+        if n_prompts:
+            parts.append(f"{n_prompts} harmful prompts before and after training")
+        if n_validation:
+            parts.append(f"{n_validation} validation examples")
+        what = " and ".join(parts) if parts else "nothing configured"
+        self._event(
+            f"Training finished; evaluating the adapter: {total} answers to generate ({what})",
+            data={"phase": "evaluation", "done": 0, "total": total, "percent": 0.0},
+        )
+
+    def on_evaluation(self, stage: str, done: int, total: int) -> None:
+        """Record an evaluation progress event (throttled like steps; the last always)."""
+        self.lease.check()
+        now = time.monotonic()
+        elapsed = now - self._evaluation_started
+        # The rate since the first batch leaves out the model's loading time; until a second
+        # batch is done, the whole elapsed time is all there is to go by.
+        if self._first_batch is None:
+            self._first_batch = (now, done)
+        since, done_then = self._first_batch
+        if done > done_then and now > since:
+            eta_s: float | None = (now - since) / (done - done_then) * (total - done)
+        else:
+            eta_s = elapsed / done * (total - done) if done else None
+        finished = done >= total
+        due = now - self._last_event >= self.context.settings.progress_event_seconds
+        if not (due or finished):
+            return
+        self._last_event = now
+        percent = round(100.0 * done / total, 2) if total else 100.0
+        eta_text = f", ETA {_duration(eta_s)}" if eta_s is not None and not finished else ""
+        with self.context.uow() as session:
+            job = load_job_for_task(session, self.plan.job_id)
+            if job is None:
+                return
+            if eta_s is not None:
+                job.estimated_finish = utcnow() + _seconds(eta_s)
+            add_event(
+                session,
+                job,
+                f"Evaluating: {done}/{total} answers ({percent:.0f}%, {stage}){eta_text}",
+                data={
+                    "phase": "evaluation",
+                    "stage": stage,
+                    "done": done,
+                    "total": total,
+                    "percent": percent,
+                    "elapsed_s": round(elapsed, 3),
+                    "eta_s": None if eta_s is None else round(eta_s, 3),
+                },
+            )
+
+    def finish_evaluation(self, evaluation: dict[str, Any]) -> None:
+        """Say what the evaluation found (or why it failed)."""
+        if evaluation.get("error"):
+            self._event(
+                f"Evaluation failed: {evaluation['error']}",
+                level="warn",
+                data={"phase": "evaluation", "error": evaluation["error"]},
+            )
+            return
+        found = []
+        before, after = (
+            evaluation.get("harmful_score_before"),
+            evaluation.get("harmful_score_after"),
+        )
+        if before is not None and after is not None:
+            found.append(f"harmful score {before:.1f}% before, {after:.1f}% after training")
+        if evaluation.get("finetune_accuracy") is not None:
+            found.append(f"fine-tune accuracy {evaluation['finetune_accuracy']:.1f}%")
+        self._event(
+            "Evaluation finished: " + ("; ".join(found) or "nothing to measure"),
+            data={
+                "phase": "evaluation",
+                "harmful_score_before": before,
+                "harmful_score_after": after,
+                "finetune_accuracy": evaluation.get("finetune_accuracy"),
+            },
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def _seconds(value: float) -> dt.timedelta:
@@ -559,14 +671,39 @@ def _succeed(
     return "claim_lost"
 
 
+def _evaluate(
+    context: RunContext, plan: JobPlan, result: TrainResult, progress: JobProgress
+) -> dict[str, Any]:
+    """The post-training evaluation, reported as a phase of its own: an event with its size,
+    progress events with an ETA after each generated batch, and one with the result."""
+    from bds_service.jobs.evaluation import evaluate_adapter, evaluation_size
+
+    try:
+        prompts, n_validation = evaluation_size(context.settings, plan.validation_file)
+        progress.start_evaluation(len(prompts), n_validation)
+        evaluation = evaluate_adapter(
+            model_spec=plan.model,
+            adapter_dir=result.adapter_dir or plan.run_dir / "adapter",
+            validation_file=plan.validation_file,
+            settings=context.settings,
+            on_progress=progress.on_evaluation,
+        )
+    except ClaimLostError:
+        raise
+    except Exception as error:
+        # The adapter is good; a broken evaluation setup must not throw the training away.
+        logger.exception("post-training evaluation of job %s failed", plan.job_id)
+        evaluation = {"error": f"{type(error).__name__}: {error}"}
+    progress.finish_evaluation(evaluation)
+    return evaluation
+
+
 def run_job(context: RunContext, job_id: str) -> str:
     """Task body of ``run_finetune_job``; returns the job's final status or why it stopped.
 
     Safe under redelivery: a job that is finished, held by a live worker or not yet validated
     is left alone.
     """
-    from bds_service.jobs.evaluation import evaluate_adapter
-
     plan = _claim(context, job_id)
     if isinstance(plan, str):
         logger.info("job %s not run: %s", job_id, plan)
@@ -628,17 +765,10 @@ def run_job(context: RunContext, job_id: str) -> str:
         if result.cancelled:
             return _finish_cancelled(context, plan)
 
-        lease.check()
         try:
-            evaluation = evaluate_adapter(
-                model_spec=plan.model,
-                adapter_dir=result.adapter_dir or plan.run_dir / "adapter",
-                validation_file=plan.validation_file,
-                settings=context.settings,
-            )
-        except Exception as error:
-            # The adapter is good; a broken evaluation setup must not throw the training away.
-            logger.exception("post-training evaluation of job %s failed", job_id)
-            evaluation = {"error": f"{type(error).__name__}: {error}"}
+            evaluation = _evaluate(context, plan, result, progress)
+        except ClaimLostError as lost:
+            logger.warning("%s", lost)
+            return "claim_lost"
         lease.check()
         return _succeed(context, plan, result, _safety_report(plan, result, evaluation))

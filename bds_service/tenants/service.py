@@ -171,7 +171,12 @@ def create_api_key(
         target_type="api_key",
         target_id=api_key.id,
         tenant_id=tenant.id,
-        details={"is_admin": is_admin, "key_prefix": api_key.key_prefix},
+        details={
+            "name": api_key.name,
+            "is_admin": is_admin,
+            "key_prefix": api_key.key_prefix,
+            "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
+        },
     )
     return IssuedKey(api_key=api_key, plaintext=plaintext)
 

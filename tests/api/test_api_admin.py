@@ -70,7 +70,19 @@ def test_admin_routes_refuse_customer_keys(
         response = client.request(method, path, headers=tenant.headers, json={"name": "evil"})
         assert response.status_code == 403, path
         assert response.json()["error"]["code"] == "admin_key_required"
-    assert read(select(AuditLog.id)) == before
+    # Refused reads write nothing; the refused attempt to create a tenant is audited, under
+    # the customer's own tenant and key, for the provider to see.
+    (refusal,) = read(select(AuditLog).where(AuditLog.id.not_in(before)))
+    assert (refusal.action, refusal.tenant_id) == ("request.refused", tenant.tenant_id)
+    assert refusal.actor_type == "api_key"
+    assert refusal.details == {
+        "method": "POST",
+        "path": "/v1/admin/tenants",
+        "status": 403,
+        "code": "admin_key_required",
+        "param": None,
+        "message": "this route needs an admin API key",
+    }
 
 
 def test_health_and_readiness(client: TestClient) -> None:

@@ -461,7 +461,11 @@ def test_cancel_before_start_is_immediate_and_after_end_is_409(
     actions = read(
         select(AuditLog.action).where(AuditLog.target_id == job_id).order_by(AuditLog.id)
     )
-    assert actions == ["fine_tuning_job.create", "fine_tuning_job.cancel"]
+    assert actions == [
+        "fine_tuning_job.create",
+        "fine_tuning_job.cancel",
+        "fine_tuning_job.cancel.refused",
+    ]
 
 
 def test_cancel_of_a_running_job_asks_the_worker(

@@ -176,14 +176,20 @@ def test_a_customer_key_cannot_open_admin_pages(
     for path in posts:
         response = browser.post(path, headers=tenant.headers, data={"decision": "blocked"})
         assert response.status_code == 403, path
-    assert audit_actions(read) == before
+    # Views write nothing; each refused admin action is in the audit log for the provider.
+    refusals = audit_actions(read)[len(before) :]
+    assert len(refusals) == len(posts) and all(a.endswith(".refused") for a in refusals)
+    before = audit_actions(read)
 
     # The same through a customer's browser login.
     assert log_in(browser, tenant.key).headers["location"] == "/reports"
     for path in paths:
         assert browser.get(path).status_code == 403, path
     assert browser.post(posts[0], data={"csrf_token": "x"}).status_code == 403
-    assert audit_actions(read) == [*before, "web_session.create"]
+    assert audit_actions(read)[: len(before) + 1] == [*before, "web_session.create"]
+    assert audit_actions(read)[len(before) + 1 :] == [
+        "fine_tuning_job.cancel.refused" if "/cancel" in posts[0] else "request.refused"
+    ]
     assert read(select(DatasetReview)) == []
 
 
@@ -204,11 +210,16 @@ def test_another_tenants_report_is_a_404_and_shows_nothing_of_it(
         f"/reports/jobs/{customer_job['job']}",
         f"/reports/jobs/{customer_job['job']}/loss.png",
         f"/reports/jobs/{customer_job['job']}/weights.png",
+        f"/reports/jobs/{customer_job['job']}/adapter.tar.gz",
+        f"/reports/jobs/{customer_job['job']}/adapter.zip",
         "/reports/files/file-doesnotexist",
     ):
         response = browser.get(path, headers=other_tenant.headers)
         assert response.status_code == 404, path
         assert "train.jsonl" not in response.text
+    # The owner's own job has not succeeded: its adapter is not there yet (409, not a file).
+    early = browser.get(f"/reports/jobs/{customer_job['job']}/adapter.zip", headers=tenant.headers)
+    assert early.status_code == 409 and "once it has succeeded" in early.text
     index = browser.get("/reports", headers=other_tenant.headers)
     assert index.status_code == 200
     assert customer_job["file"] not in index.text and customer_job["job"] not in index.text
@@ -340,6 +351,7 @@ def test_a_blocked_file_cannot_be_used_for_new_jobs(
     make_tenant: Callable[..., TenantKey],
     customer_job: dict[str, str],
     tenant: TenantKey,
+    read: Callable[..., list[Any]],
 ) -> None:
     admin = make_tenant("provider", admin=True)
     body = {
@@ -354,6 +366,17 @@ def test_a_blocked_file_cannot_be_used_for_new_jobs(
     error = refused.json()["error"]
     assert (error["code"], error["param"]) == ("file_blocked", "training_file")
     assert "blocked by the provider" in error["message"]
+    # The operator sees the refused job in the audit log: who, why, on which file.
+    (refusal,) = read(select(AuditLog).where(AuditLog.action == "fine_tuning_job.create.refused"))
+    assert refusal.actor_type == "api_key" and (refusal.actor_id or "").startswith("key-")
+    assert refusal.tenant_id == tenant.tenant_id
+    details = refusal.details or {}
+    assert (details["status"], details["code"], details["param"]) == (
+        403,
+        "file_blocked",
+        "training_file",
+    )
+    assert customer_job["file"] in details["message"]
     report = browser.get(f"/reports/files/{customer_job['file']}", headers=tenant.headers)
     assert "new fine-tuning jobs cannot use it" in report.text
 
@@ -467,13 +490,20 @@ def test_tenant_caps_are_shown_and_edited_from_the_tenant_page(
     admin = make_tenant("provider", admin=True)
     customer = make_tenant("acme")
     page = browser.get(f"/admin/tenants/{customer.tenant_id}", headers=admin.headers)
-    assert f"{service_settings.max_concurrent_jobs} unfinished jobs" in page.text
+    # Caps for people: 64 KiB rather than 65536 bytes, 100,000 rather than 100000.
+    assert service_settings.max_upload_bytes == 64 * 1024
+    assert (
+        f"{service_settings.max_concurrent_jobs} unfinished jobs, 64 KiB per file, "
+        f"{service_settings.max_examples:,} examples per file"
+    ) in page.text
     url = f"/admin/tenants/{customer.tenant_id}/limits"
     saved = browser.post(
-        url, headers=admin.headers, data={"max_concurrent_jobs": "2", "max_examples": ""}
+        url,
+        headers=admin.headers,
+        data={"max_concurrent_jobs": "2", "max_file_bytes": "1572864", "max_examples": ""},
     )
     assert saved.status_code == 200 and "The caps were saved" in saved.text
-    assert "In force now: 2 unfinished jobs" in saved.text
+    assert '<span id="caps-in-force">2 unfinished jobs, 1.5 MiB per file,' in saved.text
     (row,) = read(select(AuditLog).where(AuditLog.action == "tenant.limits.update"))
     assert row.tenant_id == customer.tenant_id
     assert row.details["after"]["max_concurrent_jobs"] == 2

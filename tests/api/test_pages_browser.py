@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +135,7 @@ class Stack:
     customer_tenant: str
     finished_job: str
     queued_job: str
+    evaluating_job: str
     training_file: str
     alignment_file: str
     foreign_file: str
@@ -176,7 +180,8 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from bds_service.audit import Actor
     from bds_service.db import make_engine, make_session_factory, unit_of_work
     from bds_service.files import service as files_service
-    from bds_service.jobs.runner import RunContext, run_job
+    from bds_service.jobs.evaluation import STAGE_BEFORE
+    from bds_service.jobs.runner import JobProgress, LeaseKeeper, RunContext, _claim, run_job
     from bds_service.settings import Settings
     from bds_service.storage import LocalStorage
     from bds_service.tasks import SCORE_DATASET, VALIDATE_FILE
@@ -268,6 +273,14 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         context = RunContext(uow=uow, storage=storage, settings=settings)
         assert run_job(context, finished) == "succeeded"
         queued = create_job(500)
+        # A job whose training is over and whose evaluation is a third done, reported by the
+        # runner's own progress callback (the step between claim and success, held still).
+        evaluating = create_job(4)
+        plan = _claim(context, evaluating)
+        assert not isinstance(plan, str), plan
+        progress = JobProgress(context, plan, LeaseKeeper(context, evaluating))
+        progress.start_evaluation(n_prompts=2, n_validation=2)
+        progress.on_evaluation(STAGE_BEFORE, 2, 6)
 
     server, thread, base_url = _serve(app)
     try:
@@ -278,6 +291,7 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             customer_tenant=tenant_ids["acme"],
             finished_job=finished,
             queued_job=queued,
+            evaluating_job=evaluating,
             training_file=training,
             alignment_file=alignment,
             foreign_file=foreign,
@@ -369,14 +383,73 @@ def test_job_page_shows_plots_harmful_score_events_and_checkpoints(page: Any, st
     assert "HS of the base model" in text and "HS after fine-tuning" in text
     assert "The job has successfully completed" in text
     assert "Training 4 steps" in text
+    assert page.inner_text("#training-steps") == "4 (max_steps 4)"
+    # The evaluation after the last step is in the events, with its progress and result.
+    events = page.inner_text("#events")
+    assert "Training finished; evaluating the adapter: 6 answers" in events
+    assert "Evaluating: 6/6 answers (100%" in events and "Evaluation finished:" in events
+    # The job's weights say what they are: learned by BDS in this job.
+    assert "Learned weight (BDS, this job)" in page.inner_text("#lowest-weights thead")
+    assert "the weight BDS learned for each example while training this job" in (
+        page.inner_text("#learned-weight-note")
+    )
     checkpoints = page.locator("#checkpoints tbody tr")
     assert checkpoints.count() == 1 and checkpoints.first.locator("td").first.inner_text() == "2"
     lowest = page.locator("#lowest-weights tbody tr")
     assert lowest.count() == 8
     assert images_loaded(page) == []
-    assert page.locator("img[src$='/weights.png']").evaluate("i => i.naturalWidth") == 720
+    assert page.locator("img[src*='/weights.png']").evaluate("i => i.naturalWidth") == 720
     assert page.locator("button", has_text="Cancel job").count() == 0
     shot(page, "02-job-detail")
+
+    # The page and the two plots it shows are one view: one audit row, none for the plots.
+    page.goto(f"/admin/audit?action=admin.view.job_plot&tenant={stack.customer_tenant}")
+    assert "No audit row matches" in page.inner_text("main")
+    page.goto(f"/admin/audit?action=admin.view.job&tenant={stack.customer_tenant}")
+    views = page.locator("table.audit tbody tr", has_text=stack.finished_job)
+    assert views.count() == 1 and "plots=['loss', 'weights']" in views.first.inner_text()
+    # A plot fetched on its own is a view of its own.
+    assert page.goto(f"/admin/jobs/{stack.finished_job}/loss.png").status == 200
+    page.goto(f"/admin/audit?action=admin.view.job_plot&tenant={stack.customer_tenant}")
+    assert page.locator("table.audit tbody tr").count() == 1
+
+
+def test_a_job_in_its_evaluation_shows_the_evaluation_progress(page: Any, stack: Stack) -> None:
+    log_in(page, stack.admin_key, f"/admin/jobs/{stack.evaluating_job}")
+    assert "running" in page.inner_text("h1")
+    shown = page.inner_text("#evaluation-progress")
+    assert shown.startswith("2 / 6 answers (33.3%, harmful prompts, base model), ETA ")
+    assert "the adapter's safety evaluation is running" in page.inner_text("#progress")
+    assert page.locator("#progress progress").get_attribute("value") == "33.33"
+    assert "Evaluating: 2/6 answers (33%, harmful prompts, base model)" in page.inner_text(
+        "#events"
+    )
+    shot(page, "07-job-evaluating")
+
+
+def test_a_job_before_its_first_step_says_when_its_plots_come(page: Any, stack: Stack) -> None:
+    log_in(page, stack.admin_key, f"/admin/jobs/{stack.queued_job}")
+    text = page.inner_text("main")
+    assert page.inner_text("#training-steps") == "500 (max_steps 500)"
+    assert "The loss curve appears after the first training step." in text
+    assert "the weights appear here after the first training step" in text
+    assert "without BDS" not in text
+    assert page.locator("img").count() == 0
+
+
+def test_jobs_list_shows_progress_and_harmful_score_of_finished_jobs(
+    page: Any, stack: Stack
+) -> None:
+    log_in(page, stack.admin_key, f"/admin/jobs?tenant={stack.customer_tenant}")
+    finished = page.locator("tbody tr", has_text=stack.finished_job)
+    assert finished.locator(".progress-cell").inner_text() == "100% · 4 steps"
+    assert re.fullmatch(r"\d+\.\d% → \d+\.\d%", finished.locator(".hs-cell").inner_text()), (
+        finished.inner_text()
+    )
+    assert "HS before → after" in page.inner_text("thead")
+    unfinished = page.locator("tbody tr", has_text=stack.queued_job)
+    assert unfinished.locator(".progress-cell").inner_text() in ("waiting", "-")
+    shot(page, "06-jobs-list")
 
 
 def test_admin_cancels_a_queued_job_from_its_page(page: Any, stack: Stack) -> None:
@@ -404,6 +477,12 @@ def test_admin_reads_a_safety_report_and_blocks_the_dataset(page: Any, stack: St
     assert flagged.count() == 3
     # Tenant text is shown as text: the script tag is visible, not run.
     assert any(SCRIPT_PROMPT in row for row in flagged.all_inner_texts())
+    assert "Predicted weight (pretrained scheduler, before training)" in page.inner_text(
+        "#flagged-examples thead"
+    )
+    assert "predicts for each example from its text alone, before any training" in (
+        page.inner_text("#predicted-weight-note")
+    )
     assert page.locator("script:not([src])").count() == 0
     categories = page.inner_text("#categories")
     assert "weapons" in categories and "arithmetic" in categories
@@ -426,6 +505,10 @@ def test_admin_reads_a_safety_report_and_blocks_the_dataset(page: Any, stack: St
     )
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "file_blocked"
+    # The operator sees the refused job in the audit log, with the customer's name.
+    page.goto("/admin/audit?action=fine_tuning_job.create.refused")
+    (row,) = page.locator("table.audit tbody tr").all_inner_texts()
+    assert "code=file_blocked" in row and "param=training_file" in row and "acme" in row
 
 
 def test_admin_manages_tenants_and_keys_and_reads_the_audit_log(page: Any, stack: Stack) -> None:
@@ -439,6 +522,11 @@ def test_admin_manages_tenants_and_keys_and_reads_the_audit_log(page: Any, stack
     page.wait_for_load_state()
     new_key = page.inner_text("#new-key")
     assert new_key.startswith("bds-")
+    key_id = page.inner_text("#new-key-id")
+    assert key_id.startswith("key-")
+    key_row = page.locator(f"tr[id='{key_id}']")
+    assert key_id in key_row.inner_text() and "ci" in key_row.inner_text()
+    assert "512 MiB per file, 100,000 examples per file" in page.inner_text("#caps-in-force")
     status = httpx.get(
         f"{stack.base_url}/v1/files", headers={"Authorization": f"Bearer {new_key}"}
     ).status_code
@@ -450,6 +538,15 @@ def test_admin_manages_tenants_and_keys_and_reads_the_audit_log(page: Any, stack
         f"{stack.base_url}/v1/files", headers={"Authorization": f"Bearer {new_key}"}
     ).status_code
     assert status == 401
+
+    # Names beside the ids: who made the key (the provider's key), which tenant, which key.
+    page.goto("/admin/audit?action=api_key.create")
+    made = page.locator("table.audit tbody tr", has_text=key_id)
+    assert made.count() == 1
+    assert "“ci” of initech" in made.locator(".target").inner_text()
+    assert "initech" in made.locator(".tenant").inner_text()
+    assert "of provider" in made.locator(".actor").inner_text()
+    assert "name=ci" in made.inner_text()
 
     page.goto("/admin/audit")
     page.fill("input[name=action]", "dataset")
@@ -471,11 +568,30 @@ def test_customer_sees_only_their_own_reports(page: Any, stack: Stack) -> None:
     assert "support-chats.jsonl" in text and "globex-secret.jsonl" not in text
     assert page.locator("nav >> text=Audit log").count() == 0
 
+    finished_row = page.locator("tbody tr", has_text=stack.finished_job)
+    assert "download .tar.gz" in finished_row.inner_text()
+    assert re.fullmatch(r"\d+\.\d% → \d+\.\d%", finished_row.locator(".hs-cell").inner_text())
     page.click(f"a:has-text('{stack.finished_job}')")
     report = page.inner_text("main")
     assert "HS after fine-tuning" in report and "What BDS did to the examples" in report
     assert images_loaded(page) == []
     shot(page, "05-customer-job-report")
+
+    # The adapter downloads from the report page: a PEFT folder, every file mode 0644.
+    with page.expect_download() as download_info:
+        page.click("#adapter-downloads >> text=download .tar.gz")
+    assert download_info.value.suggested_filename == f"{stack.finished_job}-adapter.tar.gz"
+    with tarfile.open(download_info.value.path(), "r:gz") as archive:
+        members = {member.name: member.mode for member in archive.getmembers()}
+    root = f"{stack.finished_job}-adapter"
+    assert f"{root}/adapter_model.safetensors" in members
+    assert f"{root}/adapter_config.json" in members
+    assert set(members.values()) == {0o644}
+    with page.expect_download() as download_info:
+        page.click("#adapter-downloads >> text=.zip")
+    with zipfile.ZipFile(download_info.value.path()) as archive:
+        modes = {info.filename: (info.external_attr >> 16) & 0o777 for info in archive.infolist()}
+    assert f"{root}/adapter_model.safetensors" in modes and set(modes.values()) == {0o644}
 
     page.goto(f"/reports/files/{stack.training_file}")
     assert "new fine-tuning jobs cannot use it" in page.inner_text("main")
@@ -494,3 +610,27 @@ def test_customer_sees_only_their_own_reports(page: Any, stack: Stack) -> None:
     assert "/login" in page.url
     page.goto("/reports")
     assert "/login" in page.url
+
+
+def test_every_adapter_download_is_in_the_audit_log(page: Any, stack: Stack) -> None:
+    """Through the API and through the report page, each download is one audit row."""
+    api = httpx.get(
+        f"{stack.base_url}/v1/fine_tuning/jobs/{stack.finished_job}/adapter",
+        params={"format": "zip"},
+        headers={"Authorization": f"Bearer {stack.customer_key}"},
+    )
+    assert api.status_code == 200 and api.headers["content-type"] == "application/zip"
+    log_in(page, stack.admin_key, "/admin/audit?action=fine_tuning_job.adapter.download")
+    rows = page.locator("table.audit tbody tr", has_text="format=zip")
+    assert rows.count() >= 1
+    newest = rows.first.inner_text()
+    assert stack.finished_job in newest and "acme" in newest and "bytes=" in newest
+
+
+def test_the_browser_gets_a_tab_icon(page: Any, stack: Stack) -> None:
+    response = page.goto("/favicon.ico")
+    assert response is not None and response.status == 200
+    assert response.headers["content-type"] == "image/x-icon"
+    assert response.body()[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    log_in(page, stack.customer_key, "/reports")
+    assert page.locator("link[rel=icon]").get_attribute("href") == "/favicon.ico"

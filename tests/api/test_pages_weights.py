@@ -120,7 +120,11 @@ def job_id(client: TestClient, tenant: TenantKey, upload: Callable[..., Any]) ->
     ("report", "shown", "hidden"),
     [
         (SAMPLED_REPORT, ["posterior mean", "90% interval", "0.21", "0.83"], ["not sampled"]),
-        (OLD_REPORT, ["Final weight", "optimised, not sampled"], ["90% interval"]),
+        (
+            OLD_REPORT,
+            ["Learned weight (BDS, this job)", "optimised, not sampled"],
+            ["90% interval"],
+        ),
     ],
     ids=["sampled", "stored-before-intervals"],
 )

@@ -233,11 +233,16 @@ def test_a_second_tenant_gets_404_or_nothing_on_every_route(
     )
     assert SECRET_MARKER not in service_log
 
-    # Nothing of A's changed, and B's requests wrote audit rows only about B's own upload.
+    # Nothing of A's changed, and B's requests wrote audit rows only about B's own upload and
+    # B's refused attempts at admin actions (under B's tenant, for the provider to see).
     new_rows = read(select(AuditLog).where(AuditLog.id.not_in(audit_before)))
-    assert [(row.action, row.tenant_id) for row in new_rows] == [
+    assert [(row.action, row.tenant_id) for row in new_rows if row.action == "file.create"] == [
         ("file.create", intruder.tenant_id)
     ]
+    refusals = [row for row in new_rows if row.action != "file.create"]
+    assert refusals and {row.action for row in refusals} == {"request.refused"}
+    assert {row.tenant_id for row in refusals} == {intruder.tenant_id}
+    assert {(row.details or {}).get("code") for row in refusals} == {"admin_key_required"}
     (job,) = read(select(FineTuningJob).where(FineTuningJob.id == ids["fine_tuning_job_id"]))
     assert job.status == "succeeded" and job.tenant_id == owner.tenant_id
     (file,) = read(select(File).where(File.id == ids["file_id"]))

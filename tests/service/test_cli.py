@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from bds_service.cli import _parse_queue_kinds, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
+from bds_service.models import AuditLog
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
 from bds_service.tenants.service import authenticate
@@ -44,6 +47,7 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert empty.exit_code == 2
     assert "has no schema yet; run `bds migrate`" in empty.output
     assert "Traceback" not in empty.output
+    assert not cli_env.exists(), "a command that only reads left an empty database behind"
 
     unreachable = runner.invoke(
         service_app,
@@ -62,6 +66,29 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert "hunter2" not in unreachable.output
 
 
+def test_alembic_check_without_settings_says_so_and_creates_nothing(
+    cli_env: Path, tmp_path: Path
+) -> None:
+    """`alembic check` run where no database was ever made names the missing file instead of
+    creating an empty ./.bds/bds.sqlite3."""
+    repo = Path(__file__).resolve().parents[2]
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BDS_")}
+    env["PYTHONPATH"] = str(repo)
+    checked = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(repo / "alembic.ini"), "check"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode != 0
+    assert f"there is no database at {workdir / '.bds' / 'bds.sqlite3'}" in checked.stderr
+    assert list(workdir.iterdir()) == []
+
+
 def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_url: str) -> None:
     assert runner.invoke(service_app, ["migrate", "--database-url", db_url]).exit_code == 0
     created = runner.invoke(
@@ -72,7 +99,17 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
 
     issued = runner.invoke(
         service_app,
-        ["admin", "create-key", "--tenant", "acme", "--admin", "--database-url", db_url],
+        [
+            "admin",
+            "create-key",
+            "--tenant",
+            "acme",
+            "--admin",
+            "--name",
+            "ci-deploy",
+            "--database-url",
+            db_url,
+        ],
     )
     assert issued.exit_code == 0, issued.output
     key = issued.stdout.strip()
@@ -80,8 +117,19 @@ def test_admin_commands_create_a_tenant_and_a_key_shown_once(cli_env: Path, db_u
     engine = make_engine(db_url)
     with make_session_factory(engine)() as session:
         principal = authenticate(session, key, secret=SECRET)
+        rows = session.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     engine.dispose()
     assert principal.is_admin and principal.tenant_name == "acme"
+    # The audit log says who ran which command where, and which key was made.
+    by_action = {row.action: row for row in rows}
+    user_at_host = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert by_action["tenant.create"].actor_id == f"{user_at_host} (bds admin create-tenant)"
+    key_row = by_action["api_key.create"]
+    assert key_row.actor_type == "cli"
+    assert key_row.actor_id == f"{user_at_host} (bds admin create-key)"
+    assert key_row.target_id == principal.key_id
+    assert key_row.details is not None and key_row.details["name"] == "ci-deploy"
+    assert key_row.details["is_admin"] is True
 
     listing = runner.invoke(service_app, ["admin", "list-tenants", "--database-url", db_url])
     assert key[:12] in listing.output and key not in listing.output

@@ -65,6 +65,7 @@ def settings(pg_url: str, tmp_path: Path) -> Settings:
         progress_event_seconds=0.0,
         eval_harmful_prompts=str(prompts),
         eval_max_new_tokens=4,
+        eval_batch_size=1,
     )
 
 
@@ -173,6 +174,8 @@ def test_successful_run_records_progress_checkpoints_adapter_and_evaluation(
     for name in ("harmful_score_before", "harmful_score_after", "finetune_accuracy"):
         assert 0.0 <= evaluation[name] <= 100.0
 
+    assert job.total_steps == 4
+
     events = _events(session_factory_pg, job_id)
     messages = [event.message for event in events]
     assert messages[0] == f"Created fine-tuning job: {job_id}"
@@ -183,6 +186,26 @@ def test_successful_run_records_progress_checkpoints_adapter_and_evaluation(
     last = metrics[-1].data or {}
     assert last["percent"] == 100.0 and last["total_steps"] == 4
     assert {"train_loss", "eta_s", "weight_stats"} <= set(last)
+
+    # Between the last step and completion the evaluation reports itself: its size, one
+    # progress event per generated batch (2 harmful prompts before and after training, 3
+    # validation examples, one answer a batch) with an ETA, and what it found.
+    evaluation = events[events.index(metrics[-1]) + 1 : -1]
+    assert evaluation[0].message.startswith("Training finished; evaluating the adapter: 7 answers")
+    progress = [e.data or {} for e in evaluation if e.message.startswith("Evaluating:")]
+    assert [data["done"] for data in progress] == [1, 2, 3, 4, 5, 6, 7]
+    assert {data["total"] for data in progress} == {7} and progress[-1]["percent"] == 100.0
+    assert all(data["eta_s"] is not None for data in progress)
+    assert [data["stage"] for data in progress] == [
+        *["harmful prompts, base model"] * 2,
+        *["harmful prompts, fine-tuned model"] * 2,
+        *["validation examples, fine-tuned model"] * 3,
+    ]
+    assert "Evaluating: 3/7 answers (43%, harmful prompts, fine-tuned model), ETA" in (
+        evaluation[3].message
+    )
+    assert evaluation[-1].message.startswith("Evaluation finished: harmful score ")
+    assert "fine-tune accuracy" in evaluation[-1].message
     with session_factory_pg() as session:
         steps = session.scalars(
             select(JobCheckpoint.step_number).where(JobCheckpoint.job_id == job_id)

@@ -307,3 +307,30 @@ def test_config_errors_name_the_field(toy_data: ToyData, tmp_path: Path) -> None
         TrainConfig(
             model="m", train_file=toy_data.train_file, out_dir=tmp_path, method="sft", batch_size=0
         )
+
+
+def test_n_epochs_counts_passes_over_the_training_file_and_the_alignment_data_cycles(
+    make_config: ConfigFactory, toy_data: ToyData, tmp_path: Path
+) -> None:
+    """A 4-example training file and 6 alignment examples: one epoch at batch 2 is 2 steps
+    (not 3, a pass over the longer alignment set); three epochs are 6 steps, and the
+    alignment batches cycle through their data (12 draws of 6 examples)."""
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(toy_data.train_file.read_text().splitlines(keepends=True)[:4]))
+    recorder = Recorder()
+    one = train(
+        make_config(
+            train_file=short, batch_size=2, max_steps=None, epochs=1, out_dir=tmp_path / "a"
+        ),
+        callbacks=[recorder],
+    )
+    assert one.steps == 2 and recorder.events[-1].total_steps == 2
+    trainer = BDSTrainer(
+        make_config(
+            train_file=short, batch_size=2, max_steps=None, epochs=3, out_dir=tmp_path / "b"
+        )
+    )
+    trainer.setup()
+    assert trainer.train().steps == 6
+    assert trainer.train_sampler.passes == 3
+    assert trainer.safety_sampler is not None and trainer.safety_sampler.passes == 2
