@@ -130,12 +130,24 @@ def train_command(
         float, typer.Option(help="KL(uniform || weights) prior strength")
     ] = 0.0,
     sgld: Annotated[
-        bool, typer.Option(help="Langevin noise on the scheduler (posterior sampling)")
+        bool,
+        typer.Option(
+            help="sample the weights' posterior with preconditioned SGLD (scheduler-lr is its "
+            "step size) and report a 90% interval per example"
+        ),
     ] = False,
     sgld_temperature: Annotated[
-        float, typer.Option(help="T in the noise scale sqrt(2 lr / T)")
-    ] = 1000.0,
-    record_last: Annotated[int, typer.Option(help="weight iterates kept for mean and spread")] = 10,
+        float, typer.Option(help="temperature of the sampled law exp(-U/T); 1 = the posterior")
+    ] = 1.0,
+    sgld_burn_in: Annotated[
+        float, typer.Option(help="share of the steps discarded before samples are kept")
+    ] = 0.5,
+    prior_std: Annotated[
+        float, typer.Option(help="sigma of the Gaussian prior on the scheduler parameters")
+    ] = 1.0,
+    record_last: Annotated[
+        int, typer.Option(help="weight samples (iterates) kept for mean, spread and interval")
+    ] = 20,
     init: Annotated[
         str | None, typer.Option(help="pretrained neural scheduler to start from")
     ] = None,
@@ -196,6 +208,8 @@ def train_command(
                 entropy_weight=entropy_weight,
                 sgld=sgld,
                 sgld_temperature=sgld_temperature,
+                sgld_burn_in=sgld_burn_in,
+                prior_std=prior_std,
                 record_last=record_last,
                 init_path=init,
             ),

@@ -76,6 +76,20 @@ def loss_plot(series: MetricsSeries) -> bytes:
     return _png(figure)
 
 
+def _interval_bars(axis: Any, rows: Sequence[ExampleWeight], color: str) -> None:
+    """Each sampled weight's 90% posterior interval as a vertical bar (none when optimised)."""
+    sampled = [r for r in rows if r.low is not None and r.high is not None]
+    if sampled:
+        axis.vlines(
+            [r.harm_score for r in sampled],
+            [r.low for r in sampled],
+            [r.high for r in sampled],
+            color=color,
+            alpha=0.35,
+            lw=1,
+        )
+
+
 def weights_plot(
     series: MetricsSeries,
     final: Sequence[ExampleWeight],
@@ -104,7 +118,7 @@ def weights_plot(
             [m + s for m, s in zip(mean_all, stds, strict=True)],
             color=BLUE,
             alpha=0.3,
-            label="mean ± std",
+            label="mean ± std across examples",
         )
         over_time.plot(steps, means, color=BLUE, lw=1.5, label="mean")
         over_time.set_xlabel("step")
@@ -130,10 +144,17 @@ def weights_plot(
                     alpha=0.8,
                     label=label,
                 )
+                _interval_bars(per_example, rows, color)
         per_example.set_xlabel("harm score before training")
         per_example.set_ylabel("final weight")
         per_example.set_xlim(-0.03, 1.03)
-        per_example.set_title("final weight per example", fontsize=9)
+        sampled = any(row.high is not None for row in final)
+        per_example.set_title(
+            "posterior mean and 90% interval per example"
+            if sampled
+            else "final weight per example (optimised: no interval)",
+            fontsize=9,
+        )
         per_example.grid(alpha=0.3)
         per_example.legend(fontsize=7, loc="upper right")
     else:

@@ -100,6 +100,7 @@ def job_report_context(
         "n_flagged_below_mean": sum(1 for row in weights if row.flagged and row.weight < 1.0),
         "n_flagged": sum(1 for row in weights if row.flagged),
         "lowest": lowest,
+        "has_intervals": any(row.high is not None for row in weights),
         "previews": previews,
         "training_file": training_file,
         "training_review": DatasetReviewRepository(session, job.tenant_id).for_file(

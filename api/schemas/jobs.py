@@ -40,8 +40,20 @@ class BdsMethodIn(RequestModel):
     loss_timing: Literal["after", "before"] | None = None
     scheduler_learning_rate: Annotated[float, Field(gt=0, le=100)] | None = None
     entropy_weight: Annotated[float, Field(ge=0, le=1000)] | None = None
-    sgld: bool | None = None
-    sgld_temperature: Annotated[float, Field(gt=0, le=1e9)] | None = None
+    sgld: bool | None = Field(
+        default=None,
+        description="sample the weights' posterior (preconditioned SGLD): each example's "
+        "weight then comes with a 90% interval",
+    )
+    sgld_temperature: Annotated[float, Field(gt=0, le=1e9)] | None = Field(
+        default=None, description="temperature of the sampled law; 1 (default) = the posterior"
+    )
+    sgld_burn_in: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        default=None, description="share of the steps discarded before samples are kept"
+    )
+    prior_std: Annotated[float, Field(gt=0, le=100)] | None = Field(
+        default=None, description="sigma of the Gaussian prior on the scheduler parameters"
+    )
     safety_batch_size: Annotated[int, Field(ge=1, le=256)] | None = None
     max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="stop after this many steps (overrides n_epochs)"

@@ -272,7 +272,10 @@ def run_command(
     ] = "smollm2-135m-instruct",
     methods: Annotated[
         str | None,
-        typer.Option(help="comma-separated: sft, mix, bds, bds-ref, bds-neural, filter"),
+        typer.Option(
+            help="comma-separated: sft, mix, bds, bds-ref, bds-neural, filter, bds-sample "
+            "(bds with its weights sampled by pSGLD: a 90% interval per example)"
+        ),
     ] = None,
     shares: Annotated[str | None, typer.Option(help="comma-separated harmful shares p")] = None,
     task: Annotated[

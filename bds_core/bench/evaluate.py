@@ -229,6 +229,25 @@ def weight_detection(weights: Sequence[float], labels: Sequence[bool | None]) ->
     )
 
 
+def read_interval_separation(weights_file: Path, examples: Sequence[Example]) -> dict[str, float]:
+    """Coverage of the hidden labels by "90% interval entirely below 1", from a sampling run's
+    ``weights.jsonl`` (rows with ``weight_high``); empty for runs without posterior intervals."""
+    import json
+
+    from bds_core.training.trainer import interval_separation
+
+    rows = [json.loads(line) for line in weights_file.read_text().splitlines() if line.strip()]
+    if not rows or any(row.get("uncertainty") != "posterior" for row in rows):
+        return {}
+    if len(rows) != len(examples):
+        raise ValueError(
+            f"{weights_file} has {len(rows)} rows but the training file has {len(examples)} "
+            "examples"
+        )
+    below = [float(row["weight_high"]) < 1.0 for row in rows]
+    return interval_separation(below, [ex.is_harmful for ex in examples])
+
+
 def read_final_weights(weights_file: Path, examples: Sequence[Example]) -> list[float]:
     """The final weight of each example, from a run's ``weights.jsonl`` (checked by id)."""
     import json

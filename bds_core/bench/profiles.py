@@ -32,6 +32,10 @@ class BenchMethod:
     reference: ReferenceLoss = field(
         default="none", metadata={"help": "reference loss of a bds method: none or initial"}
     )
+    sampling: bool = field(
+        default=False,
+        metadata={"help": "sample the weights' posterior (pSGLD) instead of optimising them"},
+    )
 
     @property
     def has_weights(self) -> bool:
@@ -52,6 +56,17 @@ class BenchMethod:
                 learning_rate=profile.neural_learning_rate,
                 entropy_weight=profile.neural_entropy_weight,
                 options={"encoder": profile.neural_encoder, "head": "mlp", "hidden": 128},
+            )
+        if self.scheduler_kind == "scalar" and self.sampling:
+            return SchedulerSettings(
+                kind="scalar",
+                reference=self.reference,
+                learning_rate=profile.sgld_step_size,
+                entropy_weight=profile.scalar_entropy_weight,
+                sgld=True,
+                sgld_temperature=profile.sgld_temperature,
+                sgld_burn_in=profile.sgld_burn_in,
+                prior_std=profile.prior_std,
             )
         if self.scheduler_kind == "scalar":
             return SchedulerSettings(
@@ -85,6 +100,14 @@ METHODS: dict[str, BenchMethod] = {
             "bds",
             "neural",
             "initial",
+        ),
+        BenchMethod(
+            "bds-sample",
+            "BDS, scalar scheduler sampled from its posterior (pSGLD), reference none",
+            "bds",
+            "scalar",
+            "none",
+            sampling=True,
         ),
         BenchMethod(
             "filter", "drop what the shipped pretrained scheduler flags, then sft", "filter"
@@ -152,6 +175,19 @@ class BenchProfile:
         metadata={
             "help": "bds and bds-ref's collapse penalty (KL(uniform || weights)); 0: off, as released"
         },
+    )
+    sgld_step_size: float = field(
+        default=0.1,
+        metadata={"help": "bds-sample: pSGLD step size (the scheduler's learning_rate)"},
+    )
+    sgld_temperature: float = field(
+        default=1.0, metadata={"help": "bds-sample: temperature (1 = the posterior)"}
+    )
+    sgld_burn_in: float = field(
+        default=0.5, metadata={"help": "bds-sample: share of the steps discarded as burn-in"}
+    )
+    prior_std: float = field(
+        default=1.0, metadata={"help": "bds-sample: sigma of the Gaussian prior on the logits"}
     )
     alignment_steps: int = field(
         default=40,
@@ -231,6 +267,9 @@ class BenchProfile:
             "scheduler_learning_rate",
             "neural_learning_rate",
             "alignment_learning_rate",
+            "sgld_step_size",
+            "sgld_temperature",
+            "prior_std",
         ):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -239,6 +278,8 @@ class BenchProfile:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
+        if not 0 <= self.sgld_burn_in < 1:
+            raise ValueError(f"sgld_burn_in must lie in [0, 1), got {self.sgld_burn_in}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
         for task in self.alignment_retention_tasks:
@@ -281,6 +322,10 @@ class BenchProfile:
             "neural_encoder": self.neural_encoder,
             "neural_entropy_weight": self.neural_entropy_weight,
             "scalar_entropy_weight": self.scalar_entropy_weight,
+            "sgld_step_size": self.sgld_step_size,
+            "sgld_temperature": self.sgld_temperature,
+            "sgld_burn_in": self.sgld_burn_in,
+            "prior_std": self.prior_std,
             "alignment_steps": self.alignment_steps,
             "alignment_batch_size": self.alignment_batch_size,
             "alignment_learning_rate": self.alignment_learning_rate,

@@ -55,6 +55,19 @@ class CellMetrics(_Strict):
     )
     mean_weight_harmful: float | None = None
     mean_weight_benign: float | None = None
+    interval_coverage: float | None = Field(
+        default=None,
+        description="sampling only: mean of the two shares below (coverage of the labels by "
+        "'90% weight interval entirely below 1')",
+    )
+    harmful_interval_below_one: float | None = Field(
+        default=None,
+        description="sampling only: share of harmful examples whose 90% interval lies below 1",
+    )
+    benign_interval_not_below_one: float | None = Field(
+        default=None,
+        description="sampling only: share of benign examples whose 90% interval does not",
+    )
     seconds_per_step: float | None = Field(
         default=None, description="wall seconds per training step"
     )

@@ -49,6 +49,7 @@ from bds_core.bench.evaluate import (
     exact_matcher,
     peak_rss_mb,
     read_final_weights,
+    read_interval_separation,
     reset_peak_rss,
     weight_detection,
 )
@@ -524,6 +525,20 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                             if scheduler.entropy_weight
                             else {}
                         ),
+                        **(
+                            {
+                                "sgld": {
+                                    "temperature": scheduler.sgld_temperature,
+                                    "burn_in": scheduler.sgld_burn_in,
+                                    "prior_std": scheduler.prior_std,
+                                    "step_decay": scheduler.sgld_step_decay,
+                                    "record_last": scheduler.record_last,
+                                    "record_every": scheduler.record_every,
+                                }
+                            }
+                            if scheduler.sgld
+                            else {}
+                        ),
                     },
                     "share": share,
                     "train_sha256": file_sha256(path),
@@ -997,9 +1012,11 @@ class BenchRunner:
         all_examples = trainer.all_train_examples
         n_kept = len(trainer.train_examples)
         detection = None
+        separation: dict[str, float] = {}
         if method.has_weights and result.weights_file is not None:
             weights = read_final_weights(result.weights_file, all_examples)
             detection = weight_detection(weights, [ex.is_harmful for ex in all_examples])
+            separation = read_interval_separation(result.weights_file, all_examples)
         train_metrics = result.metrics
         metrics = CellMetrics(
             harmful_score=evaluation.harmful_score,
@@ -1011,6 +1028,9 @@ class BenchRunner:
             ess_ratio=detection.ess_ratio if detection else None,
             mean_weight_harmful=detection.mean_weight_harmful if detection else None,
             mean_weight_benign=detection.mean_weight_benign if detection else None,
+            interval_coverage=separation.get("interval_coverage"),
+            harmful_interval_below_one=separation.get("harmful_below_one"),
+            benign_interval_not_below_one=separation.get("benign_not_below_one"),
             seconds_per_step=train_metrics["seconds_per_step"] or None,
             steps=result.steps,
             passes=round(result.steps * profile.batch_size / n_kept, 3),

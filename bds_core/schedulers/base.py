@@ -77,16 +77,40 @@ class SchedulerSettings:
     )
     sgld: bool = field(
         default=False,
-        metadata={"help": "add Langevin noise after each scheduler update (posterior sampling)"},
+        metadata={
+            "help": "sample the posterior of the scheduler parameters with preconditioned SGLD "
+            "(learning_rate is its step size) instead of optimising them with AdamW"
+        },
     )
     sgld_temperature: float = field(
-        default=1000.0,
-        metadata={"help": "T in the SGLD noise scale sqrt(2*lr/T); larger T means less noise"},
+        default=1.0,
+        metadata={
+            "help": "T of the sampled law exp(-U/T): 1 is the posterior, < 1 sharper, > 1 flatter"
+        },
+    )
+    sgld_step_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "gamma of the step-size schedule eps_t = learning_rate * (1 + t)^-gamma "
+            "(0: constant step; 0.5-1: the decreasing steps of Welling and Teh)"
+        },
+    )
+    sgld_burn_in: float = field(
+        default=0.5,
+        metadata={"help": "share of the run's scheduler steps discarded before samples are kept"},
+    )
+    prior_std: float = field(
+        default=1.0,
+        metadata={
+            "help": "sigma of the Gaussian prior N(initial value, sigma^2) on every scheduler "
+            "parameter when sampling (the posterior needs a proper prior)"
+        },
     )
     record_last: int = field(
-        default=10,
+        default=20,
         metadata={
-            "help": "K: number of recent weight iterates kept for the per-example mean and spread"
+            "help": "K: the most recent kept weight samples (sampling) or iterates (optimising) "
+            "behind each example's mean, spread and interval"
         },
     )
     record_every: int = field(
@@ -122,6 +146,12 @@ class SchedulerSettings:
             raise ValueError(f"scheduler entropy_weight must be >= 0, got {self.entropy_weight}")
         if not self.sgld_temperature > 0:
             raise ValueError(f"sgld_temperature must be positive, got {self.sgld_temperature}")
+        if not 0 <= self.sgld_step_decay <= 1:
+            raise ValueError(f"sgld_step_decay must lie in [0, 1], got {self.sgld_step_decay}")
+        if not 0 <= self.sgld_burn_in < 1:
+            raise ValueError(f"sgld_burn_in must lie in [0, 1), got {self.sgld_burn_in}")
+        if not (self.prior_std > 0 and math.isfinite(self.prior_std)):
+            raise ValueError(f"prior_std must be a positive number, got {self.prior_std}")
         if self.record_last < 1:
             raise ValueError(f"record_last must be at least 1, got {self.record_last}")
         if self.record_every < 1:
@@ -140,7 +170,8 @@ def transform_logits(logits: torch.Tensor, transform: str) -> torch.Tensor:
     if transform == "sigmoid":
         return 2.0 * torch.sigmoid(logits)
     if transform == "identity":
-        return logits
+        # Clamped: a negative weight would be gradient ascent on that example.
+        return logits.clamp_min(0.0)
     raise ValueError(f"unknown weight transform {transform!r}")
 
 
@@ -188,6 +219,8 @@ class DataScheduler(nn.Module, ABC):
         self.register_buffer("iterates", torch.zeros(settings.record_last, num_examples))
         self.register_buffer("n_recorded", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
+        # The run's number of scheduler updates (set by the trainer): burn-in is a share of it.
+        self.total_updates: int | None = None
 
     @abstractmethod
     def logits_for(self, indices: torch.Tensor) -> torch.Tensor:
@@ -258,40 +291,132 @@ class DataScheduler(nn.Module, ABC):
         probs = weights / weights.sum()
         return -(torch.log(probs * self.num_examples)).mean()
 
-    @torch.no_grad()
-    def add_langevin_noise(self, learning_rate: float, generator: torch.Generator) -> None:
-        """SGLD: add sqrt(2 * lr / T) * N(0, I) to every scheduler parameter."""
-        scale = math.sqrt(2.0 * learning_rate / self.settings.sgld_temperature)
-        for parameter in self.parameters():
+    @property
+    def samples(self) -> bool:
+        """Whether this scheduler samples its posterior (pSGLD) rather than optimising."""
+        return self.settings.sgld
+
+    def set_prior_centre(self) -> None:
+        """Record the current parameters as the centre of the Gaussian prior (once, at build).
+
+        Stored as buffers, so checkpoints keep the centre of a run that started from a
+        pretrained scheduler.
+        """
+        for name, parameter in self.named_parameters():
             if parameter.requires_grad:
-                noise = torch.randn(
-                    parameter.shape, generator=generator, dtype=parameter.dtype, device="cpu"
+                self.register_buffer(_centre_name(name), parameter.detach().clone())
+
+    def log_prior_penalty(self) -> torch.Tensor:
+        """-log p(a) up to a constant: sum ||a - a_0||^2 / (2 sigma^2) over the parameters."""
+        sigma = self.settings.prior_std
+        buffers = dict(self.named_buffers())
+        total = torch.zeros((), device=self.iterates.device)
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            centre = buffers.get(_centre_name(name))
+            if centre is None:
+                raise RuntimeError(
+                    "the scheduler has no prior centre; build it with build_scheduler or call "
+                    "set_prior_centre()"
                 )
-                parameter.add_(noise.to(parameter.device) * scale)
+            total = total + ((parameter - centre) ** 2).sum() / (2.0 * sigma**2)
+        return total
+
+    def posterior_energy(
+        self,
+        indices: torch.Tensor,
+        losses: torch.Tensor,
+        reference: torch.Tensor,
+        shard: BatchShard | None = None,
+    ) -> torch.Tensor:
+        """U(a): the N-scaled negative log posterior that pSGLD samples (exp(-U/T)).
+
+        N times the batch's scheduler loss is an unbiased mini-batch estimate of the full-data
+        term sum_i w_i (l_i - r_i) (for the batch update, of its batch-centred form), and the
+        Gaussian prior is added once per global batch (each data-parallel slice its share).
+        """
+        if shard is None:
+            shard = BatchShard(indices, 0)
+        energy = self.num_examples * self.scheduler_loss(indices, losses, reference, shard)
+        share = len(indices) / len(shard.batch_indices)
+        return energy + share * self.log_prior_penalty()
 
     @torch.no_grad()
     def after_update(self) -> None:
-        """Count the update and record the weight iterate when it is due."""
+        """Count the update and keep the weights as a sample (iterate) when one is due.
+
+        Sampling, the first `sgld_burn_in` share of the run's `total_updates` is burn-in and
+        not kept; then every `record_every`-th state is kept (thinning). Optimising, every
+        `record_every`-th iterate is kept.
+        """
         self.n_updates += 1
-        if int(self.n_updates) % self.settings.record_every == 0:
+        since = int(self.n_updates) - self.burn_in_updates()
+        if since > 0 and since % self.settings.record_every == 0:
             slot = int(self.n_recorded) % self.settings.record_last
             self.iterates[slot] = self.all_weights().to(self.iterates.device)
             self.n_recorded += 1
 
+    def burn_in_updates(self) -> int:
+        """Updates discarded before samples are kept (0 when optimising or the run length is
+        unknown)."""
+        if not self.samples or self.total_updates is None:
+            return 0
+        return int(self.settings.sgld_burn_in * self.total_updates)
+
     @torch.no_grad()
     def weight_summary(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example mean and standard deviation of the weight over the recorded iterates.
+        """Per-example mean and standard deviation of the weight over the kept samples.
 
-        Without recorded iterates (no update yet) the mean is the current weight and the
-        spread is zero.
+        Without kept samples (no update yet) the mean is the current weight and the spread
+        is zero. See `summarise_weights` for the interval and what the spread means.
+        """
+        summary = self.summarise_weights()
+        return summary.mean, summary.std
+
+    @torch.no_grad()
+    def summarise_weights(self, level: float = 0.9) -> WeightSummary:
+        """Per-example mean, spread and central `level` interval over the kept samples.
+
+        Sampling, these are posterior summaries (kind "posterior"); optimising, they describe
+        the optimiser's last iterates (kind "optimisation"), which is not an uncertainty.
         """
         count = min(int(self.n_recorded), self.settings.record_last)
+        kind: UncertaintyKind = "posterior" if self.samples else "optimisation"
         if count == 0:
             current = self.all_weights()
-            return current, torch.zeros_like(current)
-        recorded = self.iterates[:count]
+            return WeightSummary(current, torch.zeros_like(current), current, current, 0, kind)
+        recorded = self.iterates[:count].float()
         std = recorded.std(dim=0, unbiased=False) if count > 1 else torch.zeros_like(recorded[0])
-        return recorded.mean(dim=0), std
+        tail = (1.0 - level) / 2.0
+        quantiles = torch.quantile(
+            recorded, torch.tensor([tail, 1.0 - tail], device=recorded.device), dim=0
+        )
+        return WeightSummary(recorded.mean(dim=0), std, quantiles[0], quantiles[1], count, kind)
+
+
+UncertaintyKind = Literal["posterior", "optimisation", "none"]
+
+
+@dataclass(frozen=True)
+class WeightSummary:
+    """Each example's weight over the kept samples: mean, standard deviation and interval.
+
+    `kind` says what the spread is: "posterior" (pSGLD samples of the posterior),
+    "optimisation" (the optimiser's last iterates: jitter, not uncertainty) or "none" (fixed
+    weights).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    n_samples: int
+    kind: UncertaintyKind
+
+
+def _centre_name(parameter_name: str) -> str:
+    return "prior_centre__" + parameter_name.replace(".", "__")
 
 
 @dataclass
@@ -331,4 +456,31 @@ def build_scheduler(settings: SchedulerSettings, context: SchedulerContext) -> D
     if settings.kind not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS)) or "none"
         raise ValueError(f"unknown scheduler kind {settings.kind!r}; known kinds: {known}")
-    return _BUILDERS[settings.kind](settings, context)
+    scheduler = _BUILDERS[settings.kind](settings, context)
+    scheduler.set_prior_centre()
+    return scheduler
+
+
+def make_scheduler_optimizer(
+    scheduler: DataScheduler, generator: torch.Generator
+) -> torch.optim.Optimizer:
+    """AdamW on the scheduler parameters, or the pSGLD sampler when `settings.sgld` is on.
+
+    `generator` supplies the sampler's noise (the trainer seeds and checkpoints it).
+    """
+    from bds_core.schedulers.sampling import PreconditionedSGLD
+
+    settings = scheduler.settings
+    trainable = [p for p in scheduler.parameters() if p.requires_grad]
+    if settings.sgld:
+        return PreconditionedSGLD(
+            trainable,
+            lr=settings.learning_rate,
+            generator=generator,
+            temperature=settings.sgld_temperature,
+            decay=settings.sgld_step_decay,
+            adapt_steps=scheduler.burn_in_updates(),
+        )
+    return torch.optim.AdamW(
+        trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )

@@ -296,7 +296,9 @@ class ScoreCalibration:
         """
         if logits.numel() == 0:
             return 0.0
-        log_ratio = self._log_ratio(logits)
+        # Clamped as in `harm_scores`: a broad harmful mode must not claim the far benign tail.
+        clamped = logits.double().clamp(self.harmful.mean, self.components[1].mean)
+        log_ratio = self._log_ratio(clamped)
         share = 0.5
         for _ in range(iterations):
             prior_logit = math.log(max(share, 1e-12)) - math.log(max(1 - share, 1e-12))

@@ -36,6 +36,7 @@ from bds_core.data import Example, collate, encode_example, load_examples
 from bds_core.data.tokenize import EncodedExample
 from bds_core.models import CATALOG, apply_lora, load_model
 from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
+from bds_core.schedulers.base import WeightSummary, make_scheduler_optimizer
 from bds_core.training.buckets import plan_buckets
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
@@ -124,6 +125,82 @@ def weight_statistics(
             stats["benign_ess_ratio"] = (
                 benign_tensor.sum() ** 2 / benign_tensor.pow(2).sum().clamp_min(1e-12)
             ).item() / len(benign)
+    return stats
+
+
+INTERVAL_LEVEL = 0.9
+"""Coverage of the per-example weight interval reported when sampling."""
+
+
+def weight_row(
+    index: int, example: Example, weight: float, summary: WeightSummary | None
+) -> dict[str, Any]:
+    """One line of `weights.jsonl`.
+
+    Every row has `weight` (the posterior mean when sampling, else the final weight),
+    `weight_mean` and `uncertainty`, which says what any spread means: "posterior" (pSGLD
+    samples: `weight_std`, the 90% interval `weight_low`..`weight_high`, `n_samples`),
+    "optimisation" (`weight_spread`: the standard deviation of the optimiser's last iterates,
+    jitter rather than uncertainty) or "none" (fixed weights: sft, mix, filter).
+    """
+    row: dict[str, Any] = {"index": index, "id": example.id, "line": example.line}
+    row["weight"] = round(weight, 6)
+    if summary is None:
+        row["weight_mean"] = round(weight, 6)
+        row["uncertainty"] = "none"
+        return row
+    row["weight_mean"] = round(float(summary.mean[index]), 6)
+    row["uncertainty"] = summary.kind
+    if summary.kind == "posterior":
+        row["weight_std"] = round(float(summary.std[index]), 6)
+        row["weight_low"] = round(float(summary.low[index]), 6)
+        row["weight_high"] = round(float(summary.high[index]), 6)
+        row["interval_level"] = INTERVAL_LEVEL
+        row["n_samples"] = summary.n_samples
+    else:
+        row["weight_spread"] = round(float(summary.std[index]), 6)
+    return row
+
+
+def uncertainty_statistics(
+    summary: WeightSummary | None, harmful_labels: Sequence[bool | None] | None = None
+) -> dict[str, Any]:
+    """What the per-example intervals say, when sampling: how many lie entirely below 1.
+
+    With labels (evaluation only), `harmful_below_one` is the share of harmful examples whose
+    interval lies entirely below 1 and `benign_not_below_one` the share of benign ones whose
+    interval does not; their mean is the coverage of the labels by "interval below 1".
+    """
+    if summary is None or summary.kind != "posterior" or summary.n_samples == 0:
+        return {"kind": summary.kind if summary is not None else "none"}
+    below = (summary.high < 1.0).cpu().tolist()
+    stats: dict[str, Any] = {
+        "kind": "posterior",
+        "interval_level": INTERVAL_LEVEL,
+        "n_samples": summary.n_samples,
+        "share_interval_below_one": sum(below) / len(below),
+        "mean_interval_width": float((summary.high - summary.low).mean()),
+    }
+    if harmful_labels is not None:
+        stats.update(interval_separation(below, harmful_labels))
+    return stats
+
+
+def interval_separation(
+    below_one: Sequence[bool], harmful_labels: Sequence[bool | None]
+) -> dict[str, float]:
+    """Coverage of the labels by "interval entirely below 1" (rows without a label skipped)."""
+    harmful = [b for b, lab in zip(below_one, harmful_labels, strict=True) if lab is True]
+    benign = [b for b, lab in zip(below_one, harmful_labels, strict=True) if lab is False]
+    stats: dict[str, float] = {}
+    if harmful:
+        stats["harmful_below_one"] = sum(harmful) / len(harmful)
+    if benign:
+        stats["benign_not_below_one"] = 1.0 - sum(benign) / len(benign)
+    if harmful and benign:
+        stats["interval_coverage"] = (
+            stats["harmful_below_one"] + stats["benign_not_below_one"]
+        ) / 2.0
     return stats
 
 
@@ -246,6 +323,8 @@ class BDSTrainer:
 
         self.scheduler = None
         self.scheduler_optimizer: torch.optim.Optimizer | None = None
+        # The sampler's noise (pSGLD): seeded alike on every rank, so every rank draws the same.
+        self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         if config.method == "bds":
             context = SchedulerContext(
                 num_examples=len(self.train_examples),
@@ -259,12 +338,11 @@ class BDSTrainer:
             # fills it, the others read it.
             with self.parallel.main_first(active=config.scheduler.kind != "scalar"):
                 self.scheduler = build_scheduler(config.scheduler, context).to(self.device)
-            self.scheduler_optimizer = torch.optim.AdamW(
-                [p for p in self.scheduler.parameters() if p.requires_grad],
-                lr=config.scheduler.learning_rate,
-                weight_decay=config.scheduler.weight_decay,
+            # Burn-in is a share of the run's scheduler updates (one per step).
+            self.scheduler.total_updates = self.total_steps
+            self.scheduler_optimizer = make_scheduler_optimizer(
+                self.scheduler, self.noise_generator
             )
-        self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         n = len(self.train_examples)
         self.reference_cache = torch.zeros(n)
         self.reference_known = torch.zeros(n, dtype=torch.bool)
@@ -362,8 +440,16 @@ class BDSTrainer:
 
     @torch.no_grad()
     def _train_losses_no_grad(self, indices: torch.Tensor) -> torch.Tensor:
+        """Losses of the customer rows at `indices` without gradients, in eval mode (no
+        dropout: the reference cache and the scheduler's signal stay exact); the model's
+        mode is restored afterwards."""
         chunks = torch.chunk(indices, self.config.gradient_accumulation_steps)
-        return torch.cat([self._losses(chunk, None)[0].detach() for chunk in chunks])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return torch.cat([self._losses(chunk, None)[0].detach() for chunk in chunks])
+        finally:
+            self.model.train(was_training)
 
     def _reference_losses(
         self, batch_indices: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
@@ -566,15 +652,18 @@ class BDSTrainer:
             reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
         self.scheduler_optimizer.zero_grad(set_to_none=True)
         shard = BatchShard(batch_indices, start, self.parallel.sum)
-        loss = self.scheduler.scheduler_loss(indices, losses, reference, shard=shard)
+        if settings.sgld:
+            # pSGLD draws the next sample from grad U (docs/bds-method.md, "Sampling").
+            loss = self.scheduler.posterior_energy(indices, losses, reference, shard=shard)
+        else:
+            loss = self.scheduler.scheduler_loss(indices, losses, reference, shard=shard)
         loss.backward()
         trainable = [p for p in self.scheduler.parameters() if p.requires_grad]
         self.parallel.sum_gradients(trainable)
-        torch.nn.utils.clip_grad_norm_(self.scheduler.parameters(), settings.grad_clip)
+        if not settings.sgld:
+            # No clipping when sampling: it would change the drift and not the noise.
+            torch.nn.utils.clip_grad_norm_(self.scheduler.parameters(), settings.grad_clip)
         self.scheduler_optimizer.step()
-        if settings.sgld:
-            # The noise generator is seeded alike on every rank: the same noise everywhere.
-            self.scheduler.add_langevin_noise(settings.learning_rate, self.noise_generator)
         self.scheduler.after_update()
 
     # ----------------------------------------------------------------------------- train
@@ -721,29 +810,22 @@ class BDSTrainer:
         )
 
         final = self.current_weights()
+        summary: WeightSummary | None = None
         if self.scheduler is not None:
-            mean, std = self.scheduler.weight_summary()
-            mean, std = mean.cpu(), std.cpu()
+            summary = self.scheduler.summarise_weights(INTERVAL_LEVEL)
+            if summary.kind == "posterior" and summary.n_samples > 0:
+                # Sampling: the reported weight is the posterior mean (bds-method.md).
+                final = summary.mean.cpu()
         elif self.dropped_ids:
             # Report every uploaded example: the ones the filter dropped have weight 0.
             final = torch.tensor(
                 [0.0 if ex.id in self.dropped_ids else 1.0 for ex in self.all_train_examples]
             )
-            mean, std = final, torch.zeros_like(final)
-        else:
-            mean, std = final, torch.zeros_like(final)
         reported = self.all_train_examples if self.dropped_ids else self.train_examples
         weights_file = out / "weights.jsonl"
         with weights_file.open("w") as handle:
             for index, example in enumerate(reported):
-                row: dict[str, Any] = {
-                    "index": index,
-                    "id": example.id,
-                    "line": example.line,
-                    "weight": round(float(final[index]), 6),
-                    "weight_mean": round(float(mean[index]), 6),
-                    "weight_std": round(float(std[index]), 6),
-                }
+                row = weight_row(index, example, float(final[index]), summary)
                 handle.write(json.dumps(row) + "\n")
 
         labels = [ex.is_harmful for ex in reported]
@@ -765,6 +847,9 @@ class BDSTrainer:
             "trained_tokens": int(sum(record.get("tokens") or 0 for record in self.history)),
             "weight_stats": weight_statistics(
                 final, labels if any(x is not None for x in labels) else None
+            ),
+            "weight_uncertainty": uncertainty_statistics(
+                summary, labels if any(x is not None for x in labels) else None
             ),
             "history": self.history,
             "resumed_from_step": self.resumed_from_step,
@@ -988,4 +1073,14 @@ def train(
     return trainer.train()
 
 
-__all__ = ["BDSTrainer", "TrainResult", "peak_rss_mb", "train", "weight_statistics"]
+__all__ = [
+    "INTERVAL_LEVEL",
+    "BDSTrainer",
+    "TrainResult",
+    "interval_separation",
+    "peak_rss_mb",
+    "train",
+    "uncertainty_statistics",
+    "weight_row",
+    "weight_statistics",
+]

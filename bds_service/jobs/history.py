@@ -132,6 +132,15 @@ class ExampleWeight:
     weight: float
     harm_score: float | None
     flagged: bool | None
+    # The 90% posterior interval when the job sampled its weights (`uncertainty` "posterior");
+    # None for optimised weights, whose spread is not an uncertainty, and for older reports.
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def interval_below_one(self) -> bool:
+        """Whether the posterior interval lies entirely below 1 (confidently down-weighted)."""
+        return self.high is not None and self.high < 1.0
 
 
 def final_weights(
@@ -151,6 +160,15 @@ def final_weights(
                 weight=float(row.get("weight", 0.0)),
                 harm_score=None if score is None else float(score["harm_score"]),
                 flagged=None if score is None else bool(score["flagged"]),
+                **_interval(row),
             )
         )
     return sorted(weights, key=lambda weight: weight.line)
+
+
+def _interval(row: dict[str, Any]) -> dict[str, float | None]:
+    """A row's posterior interval; rows written before intervals existed (whose `weight_std`
+    was an optimiser's spread) and optimised rows have none."""
+    if row.get("uncertainty") != "posterior":
+        return {"low": None, "high": None}
+    return {"low": _number(row.get("weight_low")), "high": _number(row.get("weight_high"))}

@@ -59,6 +59,8 @@ _SCHEDULER_FIELDS = {
     "entropy_weight": "entropy_weight",
     "sgld": "sgld",
     "sgld_temperature": "sgld_temperature",
+    "sgld_burn_in": "sgld_burn_in",
+    "prior_std": "prior_std",
 }
 
 
@@ -606,6 +608,11 @@ def _read_weights(weights_file: Path | None) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _uncertainty_kind(weights: list[dict[str, Any]]) -> str:
+    kinds = {str(row.get("uncertainty", "optimisation")) for row in weights}
+    return kinds.pop() if len(kinds) == 1 else "none"
+
+
 def _safety_report(
     plan: JobPlan, result: TrainResult, evaluation: dict[str, Any]
 ) -> dict[str, Any]:
@@ -625,6 +632,10 @@ def _safety_report(
             "min": min(values) if values else None,
             "max": max(values) if values else None,
             "statistics": metrics.get("weight_stats"),
+            # What each example's spread means: "posterior" (sampled: mean and 90% interval),
+            # "optimisation" (the optimiser's last iterates, not an uncertainty) or "none".
+            "uncertainty": metrics.get("weight_uncertainty")
+            or {"kind": _uncertainty_kind(weights)},
             "lowest": lowest,
             "examples": weights,
         },

@@ -146,7 +146,8 @@ def test_profiles_follow_the_benchmark_specification() -> None:
     quick, full = PROFILES["quick"], PROFILES["full"]
     assert quick.shares == (0.2,) and quick.methods == ("sft", "mix", "bds")
     assert full.shares == (0.0, 0.05, 0.1, 0.2, 0.5)
-    assert set(full.methods) == set(METHODS)
+    # Every method but the sampled scheduler, which is an option (its cell: bds-method.md).
+    assert set(full.methods) == set(METHODS) - {"bds-sample"}
     assert full.max_steps is None and full.epochs >= 5
     assert full.steps_for(200) == 125  # 5 passes of batch 8 over n = 200
     assert quick.steps_for(200) == 30
@@ -154,10 +155,15 @@ def test_profiles_follow_the_benchmark_specification() -> None:
     assert (references["bds"].kind, references["bds"].reference) == ("scalar", "none")
     assert (references["bds-ref"].kind, references["bds-ref"].reference) == ("scalar", "initial")
     assert references["bds-neural"].kind == "neural"
+    sampled = references["bds-sample"]
+    assert (sampled.kind, sampled.reference, sampled.sgld) == ("scalar", "none", True)
+    assert sampled.sgld_temperature == 1.0
+    assert not any(references[name].sgld for name in METHODS if name != "bds-sample")
     assert {name for name, method in METHODS.items() if method.has_weights} == {
         "bds",
         "bds-ref",
         "bds-neural",
+        "bds-sample",
         "filter",
     }
 

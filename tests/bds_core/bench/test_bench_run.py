@@ -361,3 +361,28 @@ def test_the_scalar_entropy_weight_option_reaches_the_run(bench: Bench, tmp_path
     assert result.exit_code != 0
     assert "scalar_entropy_weight must be a number >= 0, got -1.0" in result.output
     assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_a_sampled_bds_cell_reports_interval_separation(bench: Bench, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        bench_app,
+        bench.run_args(out, "--shares", "0.5", "--methods", "bds-sample", "--no-report"),
+    )
+    assert result.exit_code == 0, result.output
+    cell = read_cell(out / "cells" / "sort-words__bds-sample__p0.5.json")
+    assert cell.settings["train"]["scheduler"]["sgld"] is True
+    metrics = cell.metrics
+    assert metrics.weight_auroc is not None
+    for share in (metrics.harmful_interval_below_one, metrics.benign_interval_not_below_one):
+        assert share is not None and 0.0 <= share <= 1.0
+    assert metrics.interval_coverage == pytest.approx(
+        (metrics.harmful_interval_below_one + metrics.benign_interval_not_below_one) / 2
+    )
+    rows = [
+        json.loads(line)
+        for line in (out / "work" / "sort-words__bds-sample__p0.5" / "weights.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert all(row["uncertainty"] == "posterior" for row in rows)

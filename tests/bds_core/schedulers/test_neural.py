@@ -16,6 +16,7 @@ from bds_core.schedulers import (
     build_scheduler,
 )
 from bds_core.schedulers.neural import (
+    MixtureComponent,
     NeuralOptions,
     NeuralScheduler,
     SafetyHead,
@@ -157,9 +158,10 @@ def test_phi_is_trained_in_a_bds_run(tmp_path: Path) -> None:
     assert len(set(weights)) > 1 and sum(weights) == pytest.approx(16, rel=1e-4)
 
 
-def test_neural_run_resumes_exactly(tmp_path: Path) -> None:
-    full = train(_config(tmp_path, "full", steps=4))
-    resumable = _config(tmp_path, "resumed", steps=4)
+@pytest.mark.parametrize("sampling", [False, True], ids=["optimised", "sampled"])
+def test_neural_run_resumes_exactly(tmp_path: Path, sampling: bool) -> None:
+    full = train(_config(tmp_path, "full", steps=4, sgld=sampling))
+    resumable = _config(tmp_path, "resumed", steps=4, sgld=sampling)
     events: list[ProgressEvent] = []
 
     class Recorder(TrainerCallback):
@@ -177,6 +179,8 @@ def test_neural_run_resumes_exactly(tmp_path: Path) -> None:
         json.loads(line)["weight"] for line in full.weights_file.read_text().splitlines()
     ]
     assert resumed_weights == pytest.approx(full_weights, abs=1e-6)
+    kinds = {json.loads(line)["uncertainty"] for line in full.weights_file.read_text().splitlines()}
+    assert kinds == {"posterior" if sampling else "optimisation"}
 
 
 def _trained_scheduler(embeddings: torch.Tensor, harmful: torch.Tensor) -> NeuralScheduler:
@@ -270,6 +274,19 @@ def test_scalar_logits_start_from_a_pretrained_scheduler(tmp_path: Path) -> None
     assert torch.allclose(
         scalar.scheduler_logits, pretrained_logits - pretrained_logits.mean(), atol=1e-5
     )
+
+
+def test_harmful_share_estimate_clamps_like_the_harm_scores() -> None:
+    """A broad harmful mode outweighs a narrow benign one far out in the benign tail; without
+    the clamp every very safe-looking example would count as harmful."""
+    calibration = ScoreCalibration(
+        [MixtureComponent(0.3, -2.0, 3.0), MixtureComponent(0.7, 2.0, 0.5)]
+    )
+    far_benign = torch.full((50,), 6.0)
+    assert calibration.harm_scores(far_benign).max().item() < 0.1
+    assert calibration.estimate_harmful_share(far_benign) < 0.01
+    far_harmful = torch.full((50,), -6.0)
+    assert calibration.estimate_harmful_share(far_harmful) > 0.99
 
 
 def test_calibration_finds_the_two_modes_without_labels() -> None:

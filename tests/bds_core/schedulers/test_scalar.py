@@ -79,15 +79,16 @@ def test_entropy_prior_pulls_towards_uniform() -> None:
     assert scheduler.scheduler_logits.grad[0] > 0 > scheduler.scheduler_logits.grad[2]
 
 
-def test_langevin_noise_depends_on_the_seed() -> None:
-    a, b, c = (_scheduler(5, sgld=True) for _ in range(3))
-    a.add_langevin_noise(0.1, torch.Generator().manual_seed(1))
-    b.add_langevin_noise(0.1, torch.Generator().manual_seed(1))
-    c.add_langevin_noise(0.1, torch.Generator().manual_seed(2))
-    assert torch.equal(a.scheduler_logits, b.scheduler_logits)
-    assert not torch.equal(a.scheduler_logits, c.scheduler_logits)
-    expected_scale = (2 * 0.1 / 1000.0) ** 0.5
-    assert a.scheduler_logits.abs().max().item() < 6 * expected_scale
+@pytest.mark.parametrize("transform", ["softmax", "sigmoid", "identity"])
+def test_every_transform_gives_non_negative_weights(transform: str) -> None:
+    """A negative weight would be gradient ascent on its example: every transform clamps."""
+    logits = torch.linspace(-5.0, 5.0, 11)
+    assert (transform_logits(logits, transform) >= 0).all()
+    scheduler = _scheduler(11, transform=transform)
+    with torch.no_grad():
+        scheduler.scheduler_logits.copy_(logits)
+    assert (scheduler.all_weights() >= 0).all()
+    assert (scheduler.batch_weights(torch.arange(11)) >= 0).all()
 
 
 def test_weight_summary_over_recorded_iterates() -> None:

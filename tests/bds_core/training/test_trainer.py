@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bds_core.data import encode_example, load_examples
-from bds_core.models import load_model
+from bds_core.models import LoraSettings, load_model
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, train
 from bds_core.training.checkpoint import list_checkpoints
@@ -124,7 +124,7 @@ def test_without_sgld_runs_are_deterministic(make_config: ConfigFactory, tmp_pat
 
 
 def test_sgld_sampling_depends_on_the_seed(make_config: ConfigFactory, tmp_path: Path) -> None:
-    sgld = SchedulerSettings(sgld=True, sgld_temperature=10.0, record_last=4)
+    sgld = SchedulerSettings(sgld=True, sgld_temperature=1.0, record_last=4)
     runs = {
         name: train(make_config(out_dir=tmp_path / name, seed=seed, scheduler=sgld))
         for name, seed in (("a", 1), ("b", 1), ("c", 2))
@@ -135,6 +135,72 @@ def test_sgld_sampling_depends_on_the_seed(make_config: ConfigFactory, tmp_path:
     assert runs["a"].weights_file is not None
     rows = [json.loads(line) for line in runs["a"].weights_file.read_text().splitlines()]
     assert any(row["weight_std"] > 0 for row in rows)
+    # 6 steps, half of them burn-in: 3 kept samples give each example's mean and interval.
+    for row in rows:
+        assert row["uncertainty"] == "posterior" and row["n_samples"] == 3
+        assert row["interval_level"] == 0.9
+        assert row["weight_low"] <= row["weight_mean"] <= row["weight_high"]
+        assert row["weight"] == row["weight_mean"]
+    uncertainty = runs["a"].metrics["weight_uncertainty"]
+    assert uncertainty["kind"] == "posterior" and uncertainty["n_samples"] == 3
+    assert 0.0 <= uncertainty["interval_coverage"] <= 1.0
+
+
+def test_without_sampling_the_spread_is_named_optimisation_spread(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    bds = train(make_config(out_dir=tmp_path / "bds"))
+    sft = train(make_config(out_dir=tmp_path / "sft", method="sft"))
+    assert bds.weights_file is not None and sft.weights_file is not None
+    for row in (json.loads(line) for line in bds.weights_file.read_text().splitlines()):
+        assert row["uncertainty"] == "optimisation" and "weight_spread" in row
+        assert "weight_std" not in row and "weight_low" not in row
+    for row in (json.loads(line) for line in sft.weights_file.read_text().splitlines()):
+        assert row["uncertainty"] == "none" and row["weight"] == 1.0
+    assert bds.metrics["weight_uncertainty"] == {"kind": "optimisation"}
+
+
+def test_no_grad_loss_passes_run_in_eval_mode_and_restore_it(
+    make_config: ConfigFactory,
+) -> None:
+    """With LoRA dropout, a loss pass in train mode would differ between two calls (and the
+    cached reference would keep the noise)."""
+    trainer = BDSTrainer(make_config(lora=LoraSettings(dropout=0.5)))
+    trainer.setup()
+    indices = torch.arange(8)
+    for mode in (True, False):
+        trainer.model.train(mode)
+        first = trainer._train_losses_no_grad(indices)
+        second = trainer._train_losses_no_grad(indices)
+        assert torch.equal(first, second)
+        assert trainer.model.training is mode
+    trainer.model.train()
+    with trainer.model.disable_adapter():
+        base = trainer._train_losses_no_grad(indices)
+    with torch.no_grad():
+        trainer.model.eval()
+        with trainer.model.disable_adapter():
+            expected = trainer._losses(indices, None)[0]
+    assert torch.allclose(base, expected)
+
+
+def test_a_row_without_answer_tokens_is_refused_with_line_and_reason(
+    make_config: ConfigFactory, toy_data: ToyData
+) -> None:
+    """Such a row would have loss 0 and, with reference none, gain weight from every other
+    row: it never reaches training (validation names its line and why)."""
+    lines = toy_data.train_file.read_text().splitlines()
+    lines[4] = json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": "Say nothing."},
+                {"role": "assistant", "content": "   "},
+            ]
+        }
+    )
+    toy_data.train_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"line 5.*must not be empty.*empty_content"):
+        train(make_config())
 
 
 @pytest.mark.parametrize(
