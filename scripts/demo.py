@@ -333,7 +333,6 @@ def service_environment(
         BDS_PROGRESS_EVENT_SECONDS=str(profile.progress_event_seconds),
         BDS_CHECKPOINT_EVERY=str(profile.checkpoint_every),
         BDS_INFERENCE_URL=f"http://127.0.0.1:{inference_port or free_port()}",
-        BDS_BASE_MODELS=json.dumps([profile.model]),
     )
     return environment
 
