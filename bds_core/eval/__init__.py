@@ -10,7 +10,13 @@ from bds_core.eval.generation import (
     normalise_answer,
     over_refusal_rate,
 )
-from bds_core.eval.judges import DEFAULT_REFUSAL_PHRASES, Judge, RefusalPhraseJudge, judge_name
+from bds_core.eval.judges import (
+    DEFAULT_REFUSAL_PHRASES,
+    Judge,
+    RefusalPhraseJudge,
+    is_degenerate,
+    judge_name,
+)
 from bds_core.eval.metrics import auroc, recall_at_fpr
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "exact_match_accuracy",
     "generate_answers",
     "harmful_score",
+    "is_degenerate",
     "judge_name",
     "normalise_answer",
     "over_refusal_rate",
