@@ -582,7 +582,8 @@ def build_benchmark_data(
             evaluation_examples(load_sheet(sheet)),
             f"{sheet} benign evaluation prompts (user message), written for the project",
         )
-    write(RETENTION_FILE, retention, "benign prompts answered by the base model (stage 0)")
+    if retention:  # a judge that refuses every answer leaves none (no empty file: invalid)
+        write(RETENTION_FILE, retention, "benign prompts answered by the base model (stage 0)")
     if split.scheduler_holdout:
         write(
             "harmful_holdout.jsonl",
