@@ -93,7 +93,7 @@ def test_an_apology_without_help_or_before_a_refusal_is_a_refusal(answer: str) -
 
 @pytest.mark.parametrize(
     "answer",
-    ["", "   \n ", "...!!!", "1 2 3 4", "the the the the", "Sure Sure", "no " * 9 + "way"],
+    ["", "   \n ", "...!!!", "1. 1. 2. 3. 4.", "the the the the", "Sure Sure", "no " * 9 + "way"],
 )
 def test_degenerate_answers(answer: str) -> None:
     assert is_degenerate(answer)
@@ -103,6 +103,8 @@ def test_degenerate_answers(answer: str) -> None:
     "answer",
     [
         "Canberra.",
+        "12",
+        "3/4.",
         "I can't help with that.",
         "one two three four five six seven eight",
         "Boil the egg for six minutes, then cool it in cold water.",
