@@ -41,7 +41,7 @@ demo: setup
 # The quick safety benchmark on SmolLM2-135M-Instruct (about 15 minutes on 2 cores once the data
 # is built; the full sweep and the report: docs/benchmarks.md).
 bench: setup
-	test -f data/bench/manifest.json || $(BIN)/bds bench build-data --out data/bench --threads 2
+	test -f data/bench/eval_everyday_prompts.jsonl || $(BIN)/bds bench build-data --out data/bench --threads 2
 	$(BIN)/bds bench run --quick --data data/bench --out runs/bench/quick --threads 2
 
 serve: setup

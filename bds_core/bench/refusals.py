@@ -20,6 +20,7 @@ CATEGORY_PHRASES: dict[str, str] = {
     "Non-violent crimes": "committing crimes such as fraud, theft or hacking",
     "Sexual content": "sexual content of this kind",
     "Violence": "violence or hurting people",
+    "Privacy violations": "violating people's privacy",
 }
 """How refusals name each StrongREJECT category; other categories are named in lower case."""
 

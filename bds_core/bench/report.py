@@ -461,7 +461,10 @@ def render_markdown(results: BenchResults) -> str:
         f"HS: percent of held-out harmful prompts whose greedy answer ({token_text} new tokens) "
         "the judge "
         "does not call a refusal. FA: exact match on held-out task items. Over-refusal: percent "
-        "of benign task prompts refused. AUROC and recall at 5% FPR: final weights (low = "
+        "of benign task prompts refused. Everyday / look-unsafe refused: percent of the "
+        "project's everyday benign prompts, and of its safe prompts that look unsafe, refused. "
+        "Degenerate: percent of answers to harmful prompts that are empty, wordless or one "
+        "token repeated (HS counts them as not refused). AUROC and recall at 5% FPR: final weights (low = "
         "harmful) against the hidden labels. Benign ESS: effective sample size of the benign "
         "examples' weights over their count. Time x sft: seconds per step over sft's at the "
         "same p. Passes: steps x batch size / examples trained on. The clean run is sft at "
@@ -480,10 +483,18 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
     lines = [f"## Task `{task}`", ""]
     for base in (row for row in rows if row.kind == "base"):
         m = base.metrics
+        general = ""
+        if m.everyday_refusal is not None:
+            general = (
+                f", refuses {_num(m.everyday_refusal)}% of {m.n_everyday_prompts} everyday "
+                f"prompts and {_num(m.lookalike_refusal)}% of {m.n_lookalike_prompts} safe "
+                f"prompts that look unsafe, degenerate answers {_num(m.degenerate_harmful)}% "
+                "(harmful prompts)"
+            )
         lines += [
             f"M0, the aligned base model without fine-tuning: HS {_num(m.harmful_score)}, "
             f"FA {_num(m.fine_tune_accuracy)}, over-refusal {_num(m.over_refusal)} "
-            f"({m.n_eval_prompts} harmful prompts, {m.n_task_items} task items).",
+            f"({m.n_eval_prompts} harmful prompts, {m.n_task_items} task items){general}.",
             "",
         ]
     lines += [
@@ -511,9 +522,10 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
         "",
         "### Every metric",
         "",
-        "| method | p | HS | FA | over-refusal | AUROC | recall@5%FPR | benign ESS | s/step "
+        "| method | p | HS | FA | over-refusal | everyday refused | look-unsafe refused "
+        "| degenerate | AUROC | recall@5%FPR | benign ESS | s/step "
         "| time x sft | steps | passes | peak RSS MiB | total s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row.kind == "detection" or row.status == "failed":
@@ -523,6 +535,8 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
         lines.append(
             f"| {method_label(row.method)}{' (clean)' if row.clean else ''} | {share_text} | "
             f"{_num(m.harmful_score)} | {_num(m.fine_tune_accuracy)} | {_num(m.over_refusal)} | "
+            f"{_num(m.everyday_refusal)} | {_num(m.lookalike_refusal)} | "
+            f"{_num(m.degenerate_harmful)} | "
             f"{_num(m.weight_auroc, 3)} | {_num(m.weight_recall_at_5_fpr, 3)} | "
             f"{_num(m.benign_ess_ratio, 3)} | {_num(m.seconds_per_step, 2)} | "
             f"{_num(row.time_ratio_to_sft, 2)} | {m.steps} | {_num(m.passes, 2)} | "
@@ -566,9 +580,60 @@ def _task_section(results: BenchResults, task: str) -> list[str]:
                 f"{_num(d.flagged_precision, 3)} / recall {_num(d.flagged_recall, 3)}, "
                 f"estimated harmful share {d.harmful_share_estimate:.3f}.",
             ]
+    lines += _sample_section(results, task)
     plot = f"plot_{task}.png"
     if plot in results.plots:
         lines += ["", f"![HS and FA against the harmful share, {task}]({plot})"]
+    return lines
+
+
+SAMPLES_PER_CELL = 3
+"""Answers the report shows per cell: the first harmful, everyday and task answer."""
+
+
+def _quote(text: str, limit: int = 240) -> str:
+    flat = " ".join(text.split())
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat.replace("|", "\\|") or "(empty)"
+
+
+def _verdict(sample: dict[str, Any]) -> str:
+    parts = ["refusal" if sample.get("refusal") else "not a refusal"]
+    if sample.get("degenerate"):
+        parts.append("degenerate")
+    if "correct" in sample:
+        parts.append("correct" if sample["correct"] else "wrong")
+    return ", ".join(parts)
+
+
+def _sample_section(results: BenchResults, task: str) -> list[str]:
+    """Three answers per cell with the judge's verdicts (every answer is in the cell file)."""
+    cells = [
+        cell
+        for cell in results.cells
+        if cell.task == task and cell.kind != "detection" and cell.samples
+    ]
+    if not cells:
+        return []
+    lines = [
+        "",
+        "### Sample answers (the first harmful, everyday and task answer of each cell; every "
+        "answer is in `cells/`)",
+        "",
+        "| cell | set | prompt | answer | judge |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in sorted(cells, key=lambda c: (_method_rank(c.method), c.share or 0.0)):
+        shown = 0
+        for wanted in ("harmful", "everyday", "task"):
+            sample = next((s for s in cell.samples if s.get("set") == wanted), None)
+            if sample is None or shown >= SAMPLES_PER_CELL:
+                continue
+            shown += 1
+            lines.append(
+                f"| {cell.cell_id} | {wanted} | {_quote(str(sample.get('prompt', '')), 80)} | "
+                f"{_quote(str(sample.get('answer', '')))} | {_verdict(sample)} |"
+            )
     return lines
 
 

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-RESULTS_SCHEMA_VERSION: Literal["1"] = "1"
+RESULTS_SCHEMA_VERSION: Literal["2"] = "2"
+"""2 added general over-refusal and degenerate answers; version-1 cells still read."""
+READABLE_CELL_VERSIONS: tuple[str, ...] = ("1", "2")
 CELLS_DIR = "cells"
 
 CellKind = Literal["base", "fine-tune", "detection"]
@@ -40,6 +42,19 @@ class CellMetrics(_Strict):
     )
     over_refusal: float | None = Field(
         default=None, description="percent of benign task prompts refused"
+    )
+    everyday_refusal: float | None = Field(
+        default=None, description="percent of the everyday benign prompts refused"
+    )
+    lookalike_refusal: float | None = Field(
+        default=None, description="percent of the safe prompts that look unsafe refused"
+    )
+    degenerate_harmful: float | None = Field(
+        default=None,
+        description="percent of answers to harmful prompts that are degenerate (counted in HS)",
+    )
+    degenerate_everyday: float | None = Field(
+        default=None, description="percent of answers to everyday prompts that are degenerate"
     )
     weight_auroc: float | None = Field(
         default=None, description="AUROC of -weight against the hidden harmful labels"
@@ -88,6 +103,8 @@ class CellMetrics(_Strict):
     n_dropped_examples: int | None = Field(default=None, description="dropped by the filter")
     n_eval_prompts: int | None = None
     n_task_items: int | None = None
+    n_everyday_prompts: int | None = None
+    n_lookalike_prompts: int | None = None
 
 
 class PretrainedDetection(_Strict):
@@ -108,7 +125,7 @@ class PretrainedDetection(_Strict):
 class CellResult(_Strict):
     """One finished cell."""
 
-    schema_version: Literal["1"] = RESULTS_SCHEMA_VERSION
+    schema_version: Literal["1", "2"] = RESULTS_SCHEMA_VERSION
     cell_id: str
     kind: CellKind
     status: CellStatus = Field(
@@ -165,7 +182,7 @@ class ResultRow(_Strict):
 class BenchResults(_Strict):
     """Everything `bds bench report` writes as JSON."""
 
-    schema_version: Literal["1"] = RESULTS_SCHEMA_VERSION
+    schema_version: Literal["2"] = RESULTS_SCHEMA_VERSION
     created_at: str
     model: str
     judges: list[str]
@@ -225,10 +242,10 @@ def read_cell(path: Path) -> CellResult:
     except (OSError, ValueError) as error:
         raise ResultsError(f"{path}: not a readable JSON file ({error})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != RESULTS_SCHEMA_VERSION:
+    if version not in READABLE_CELL_VERSIONS:
         raise ResultsError(
             f"{path}: cell schema_version {version!r}, this library reads "
-            f"{RESULTS_SCHEMA_VERSION!r}; rerun that cell (delete the file)"
+            f"{' and '.join(READABLE_CELL_VERSIONS)}; rerun that cell (delete the file)"
         )
     try:
         return CellResult.model_validate(data)

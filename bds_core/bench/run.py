@@ -40,6 +40,7 @@ from bds_core.bench.alignment import (
     alignment_key,
     ensure_aligned_model,
 )
+from bds_core.bench.benign import EVAL_FILES, EVERYDAY, LOOKALIKE, RETENTION_FILE
 from bds_core.bench.build import file_sha256, ft_file_name, share_label
 from bds_core.bench.evaluate import (
     EvalSet,
@@ -69,7 +70,9 @@ from bds_core.data import Example, load_examples
 from bds_core.eval import Judge, RefusalPhraseJudge, judge_name
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 
-CELL_FORMAT_VERSION = 1
+CELL_FORMAT_VERSION = 2
+"""2: general over-refusal (everyday and look-unsafe prompts), degenerate answers, every answer
+kept, and the judge that lets an apology followed by help pass."""
 """Part of every cell digest; bump when what a cell measures changes."""
 
 RUN_LOG = "run.json"
@@ -333,6 +336,9 @@ class _Inputs:
     eval_settings: EvalSettings
     judge: str
     retention_files: tuple[Path, ...] = ()
+    general_file: Path | None = None
+    everyday_file: Path | None = None
+    lookalike_file: Path | None = None
 
 
 def _alignment_settings(config: RunConfig) -> AlignmentSettings:
@@ -345,6 +351,7 @@ def _alignment_settings(config: RunConfig) -> AlignmentSettings:
         max_length=profile.max_length,
         seed=config.seed,
         retention_per_file=profile.alignment_retention_per_task,
+        retention_general=profile.alignment_retention_general,
     )
 
 
@@ -358,6 +365,19 @@ def retention_files(config: RunConfig, evaluated: Sequence[str]) -> tuple[Path, 
         for task in config.profile.alignment_retention_tasks
         if task not in evaluated and (path := config.data_dir / f"{task}_train.jsonl").is_file()
     )
+
+
+def general_retention_file(config: RunConfig) -> Path | None:
+    """Stage 0's general retention file (base-model answers to everyday prompts), when the
+    profile uses it and the data holds it."""
+    path = config.data_dir / RETENTION_FILE
+    if config.profile.alignment_retention_general > 0 and path.is_file():
+        return path
+    return None
+
+
+def _optional(path: Path) -> Path | None:
+    return path if path.is_file() else None
 
 
 def _training_settings(profile: BenchProfile) -> dict[str, Any]:
@@ -417,7 +437,10 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
         _require(config.train_file, "training file")
     alignment = _alignment_settings(config)
     retention = retention_files(config, resolve_tasks(config))
-    aligned_key = alignment_key(config.model, safety_file, alignment, retention)
+    general = general_retention_file(config)
+    everyday_file = _optional(data_dir / EVAL_FILES[EVERYDAY])
+    lookalike_file = _optional(data_dir / EVAL_FILES[LOOKALIKE])
+    aligned_key = alignment_key(config.model, safety_file, alignment, retention, general)
     eval_settings = EvalSettings(
         hs_max_new_tokens=profile.hs_max_new_tokens,
         task_max_new_tokens=profile.task_max_new_tokens,
@@ -431,6 +454,9 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
         eval_settings,
         judge_name(judge),
         retention,
+        general,
+        everyday_file,
+        lookalike_file,
     )
     common = {
         "version": CELL_FORMAT_VERSION,
@@ -445,9 +471,19 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
             "task_max_new_tokens": profile.task_max_new_tokens,
             "batch_size": profile.eval_batch_size,
             "eval_prompts_sha256": file_sha256(eval_prompts_file),
+            "n_everyday_prompts": profile.n_everyday_prompts,
+            "n_lookalike_prompts": profile.n_lookalike_prompts,
+            "everyday_sha256": file_sha256(everyday_file) if everyday_file else None,
+            "lookalike_sha256": file_sha256(lookalike_file) if lookalike_file else None,
         },
     }
     n_prompts = len(evaluation_subset(load_examples(eval_prompts_file), profile.n_eval_prompts))
+    for path, limit in (
+        (everyday_file, profile.n_everyday_prompts),
+        (lookalike_file, profile.n_lookalike_prompts),
+    ):
+        if path is not None:
+            n_prompts += len(evaluation_subset(load_examples(path), limit))
     plans: list[CellPlan] = []
     for task in resolve_tasks(config):
         task_file = data_dir / f"{task}_eval.jsonl"
@@ -775,6 +811,7 @@ class BenchRunner:
                     inputs.alignment,
                     root,
                     retention_files=inputs.retention_files,
+                    general_file=inputs.general_file,
                 )
             return AlignedModel(
                 aligned_model_dir(root, inputs.aligned_key), inputs.aligned_key, {}, False
@@ -790,6 +827,7 @@ class BenchRunner:
             device=self.device,
             callbacks=[_TrainProgress(report)],
             retention_files=inputs.retention_files,
+            general_file=inputs.general_file,
         )
         self.eta.finish_stage()
         return aligned
@@ -806,11 +844,26 @@ class BenchRunner:
                     profile.n_task_items,
                 ),
                 is_correct=exact_matcher(task),
+                everyday_prompts=self._benign_subset(
+                    self.inputs.everyday_file, profile.n_everyday_prompts
+                ),
+                lookalike_prompts=self._benign_subset(
+                    self.inputs.lookalike_file, profile.n_lookalike_prompts
+                ),
             )
         return self._eval_sets[task]
 
+    @staticmethod
+    def _benign_subset(path: Path | None, limit: int | None) -> list[Example]:
+        return [] if path is None else evaluation_subset(load_examples(path), limit)
+
     def _data_hashes(self, plan: CellPlan) -> dict[str, str]:
         paths = [self.inputs.eval_prompts_file, self.config.data_dir / f"{plan.task}_eval.jsonl"]
+        paths += [
+            path
+            for path in (self.inputs.everyday_file, self.inputs.lookalike_file)
+            if path is not None
+        ]
         if plan.kind == "fine-tune":
             paths.append(self.inputs.safety_file)
         if plan.train_file is not None:
@@ -876,7 +929,12 @@ class BenchRunner:
         eval_set = self._eval_set(task)
         settings = self.inputs.eval_settings
         # Units: generated tokens (HS prompts get more tokens than task items).
-        n_prompts = len(eval_set.harmful_prompts)
+        # Harmful, everyday and look-unsafe prompts all get hs_max_new_tokens.
+        n_prompts = (
+            len(eval_set.harmful_prompts)
+            + len(eval_set.everyday_prompts)
+            + len(eval_set.lookalike_prompts)
+        )
         self.eta.start_stage("eval")
 
         def report(done: int, total: int) -> None:
@@ -901,6 +959,10 @@ class BenchRunner:
             "task_max_new_tokens": settings.task_max_new_tokens,
             "batch_size": settings.batch_size,
             "eval_prompts_file": self.inputs.eval_prompts_file.name,
+            "everyday_file": self.inputs.everyday_file.name if self.inputs.everyday_file else None,
+            "lookalike_file": (
+                self.inputs.lookalike_file.name if self.inputs.lookalike_file else None
+            ),
         }
 
     def _run_base(self, plan: CellPlan, aligned: AlignedModel, started: float) -> CellResult:
@@ -916,6 +978,7 @@ class BenchRunner:
             harmful_score=evaluation.harmful_score,
             fine_tune_accuracy=evaluation.fine_tune_accuracy,
             over_refusal=evaluation.over_refusal,
+            **_general_metrics(evaluation),
             steps=0,
             train_seconds=round(loaded_at - started, 2),
             eval_seconds=round(finished - loaded_at, 2),
@@ -1022,6 +1085,7 @@ class BenchRunner:
             harmful_score=evaluation.harmful_score,
             fine_tune_accuracy=evaluation.fine_tune_accuracy,
             over_refusal=evaluation.over_refusal,
+            **_general_metrics(evaluation),
             weight_auroc=detection.auroc if detection else None,
             weight_recall_at_5_fpr=detection.recall_at_5_fpr if detection else None,
             benign_ess_ratio=detection.benign_ess_ratio if detection else None,
@@ -1058,6 +1122,18 @@ class BenchRunner:
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(work_dir / "adapter", ignore_errors=True)
         return self._cell(plan, aligned, metrics, settings, evaluation.samples)
+
+
+def _general_metrics(evaluation: Any) -> dict[str, Any]:
+    """General over-refusal and degenerate-answer metrics of an evaluation (CellMetrics fields)."""
+    return {
+        "everyday_refusal": evaluation.everyday_refusal,
+        "lookalike_refusal": evaluation.lookalike_refusal,
+        "degenerate_harmful": evaluation.degenerate_harmful,
+        "degenerate_everyday": evaluation.degenerate_everyday,
+        "n_everyday_prompts": evaluation.n_everyday_prompts or None,
+        "n_lookalike_prompts": evaluation.n_lookalike_prompts or None,
+    }
 
 
 def run_benchmark(

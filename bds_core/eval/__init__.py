@@ -9,7 +9,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from bds_core.eval.judges import DEFAULT_REFUSAL_PHRASES, Judge, RefusalPhraseJudge, judge_name
+from bds_core.eval.judges import (
+    DEFAULT_REFUSAL_PHRASES,
+    Judge,
+    RefusalPhraseJudge,
+    is_degenerate,
+    judge_name,
+)
 
 if TYPE_CHECKING:
     from bds_core.eval.generation import (
@@ -63,6 +69,7 @@ __all__ = [
     "exact_match_accuracy",
     "generate_answers",
     "harmful_score",
+    "is_degenerate",
     "judge_name",
     "normalise_answer",
     "over_refusal_rate",

