@@ -281,7 +281,10 @@ def run_command(
     ] = "smollm2-135m-instruct",
     methods: Annotated[
         str | None,
-        typer.Option(help="comma-separated: sft, mix, bds, bds-ref, bds-neural, filter"),
+        typer.Option(
+            help="comma-separated: sft, mix, bds, bds-ref, bds-neural, bds-agnostic, "
+            "bds-transfer, filter, lisa, vaccine, booster, repnoise"
+        ),
     ] = None,
     shares: Annotated[str | None, typer.Option(help="comma-separated harmful shares p")] = None,
     task: Annotated[
@@ -295,6 +298,23 @@ def run_command(
     batch_size: Annotated[
         int | None,
         typer.Option(help="customer examples per step (mix and bds add as many alignment ones)"),
+    ] = None,
+    safety_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="alignment rows per step for mix, BDS and Lisa (the reduced-budget regime: 2)"
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="LoRA learning rate of every fine-tune (the stronger attack: 2x)"),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated fine-tuning seeds, one cell each (data and M0 fixed), "
+            "e.g. 0,1,2; default: --seed"
+        ),
     ] = None,
     neural_entropy_weight: Annotated[
         float | None,
@@ -363,6 +383,10 @@ def run_command(
         if batch_size is not None:
             changes["batch_size"] = batch_size
             changes["safety_batch_size"] = batch_size
+        if safety_batch_size is not None:
+            changes["safety_batch_size"] = safety_batch_size
+        if learning_rate is not None:
+            changes["learning_rate"] = learning_rate
         if neural_entropy_weight is not None:
             changes["neural_entropy_weight"] = neural_entropy_weight
         if scalar_entropy_weight is not None:
@@ -379,6 +403,7 @@ def run_command(
             model=model,
             tasks=tuple(_parse_list(task, "--task")) if task is not None else None,
             seed=seed,
+            seeds=_parse_seeds(seeds) if seeds is not None else None,
             train_file=train_file,
             safety_file=safety_file,
             eval_prompts_file=eval_prompts,
@@ -416,6 +441,17 @@ def run_command(
             console.print(f"[red]cell {cell_id} failed:[/] {message}", soft_wrap=True)
         console.print("a rerun of the same command retries the failed cells")
         raise typer.Exit(code=1)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    values = _parse_list(text, "--seeds")
+    try:
+        seeds = tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct, got {text!r}")
+    return seeds
 
 
 def _write_and_print_report(results: Path, out: Path | None) -> None:
