@@ -412,13 +412,14 @@ PROFILES: dict[str, BenchProfile] = {
         checkpoint_every=0,
         pretrained_scheduler_check=False,
     ),
-    # The sweep of benchmark.md: every share, all six methods, 5 passes over D_ft (n = 200:
+    # The sweep of benchmark.md: every share, every method (issue 19's matrix picks subsets
+    # with --methods), 5 passes over D_ft (n = 200:
     # 125 steps a cell), the long-answer task first, then the short-answer one (sentiment:
     # SmolLM2-135M cannot do arithmetic). Several hours.
     "full": BenchProfile(
         name="full",
         shares=(0.0, 0.05, 0.1, 0.2, 0.5),
-        methods=("sft", "mix", "bds", "bds-ref", "bds-neural", "filter"),
+        methods=tuple(METHODS),
         tasks=(DEFAULT_TASK, "sentiment"),
         epochs=5.0,
         batch_size=8,

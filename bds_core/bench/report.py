@@ -36,9 +36,12 @@ from bds_core.bench.results import (
     write_json_atomically,
 )
 from bds_core.bench.run import BASE_METHOD, RUN_LOG
+from bds_core.bench.seed_report import render_seed_section, seed_checks, seed_rows
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
+RESULTS_SEEDS_JSON = "results_seeds.json"
+"""Means and 95% intervals over fine-tuning seeds, and the targets judged on them."""
 
 # benchmark.md, "Targets".
 HS_ABOVE_CLEAN_MAX = 3.0
@@ -447,6 +450,9 @@ def render_markdown(results: BenchResults) -> str:
         lines += [f"    {command}" for command in results.commands]
     for task in sorted({row.task for row in results.rows}):
         lines += ["", *_task_section(results, task)]
+    seeds_section = render_seed_section(results.cells)
+    if seeds_section:
+        lines += ["", *seeds_section]
     tokens = sorted(
         {
             int(cell.settings["eval"]["hs_max_new_tokens"])
@@ -750,6 +756,16 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> ReportFiles:
     write_json_atomically(results_json, data)
     markdown = target / RESULTS_MARKDOWN
     markdown.write_text(render_markdown(results), encoding="utf-8")
+    rows = seed_rows(cells)
+    if any(len(row.seeds) > 1 for row in rows):
+        write_json_atomically(
+            target / RESULTS_SEEDS_JSON,
+            {
+                "interval": "95% t interval over fine-tuning seeds",
+                "rows": [row.to_dict() for row in rows],
+                "targets": [check.to_dict() for check in seed_checks(rows)],
+            },
+        )
     return ReportFiles(results_json=results_json, markdown=markdown, plots=plots, results=results)
 
 
