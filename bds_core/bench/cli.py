@@ -473,6 +473,47 @@ def _write_and_print_report(results: Path, out: Path | None) -> None:
     )
 
 
+@bench_app.command("matrix")
+def matrix_command(
+    data: Annotated[Path, typer.Option(help="folder written by `bds bench build-data`")] = Path(
+        "data/bench"
+    ),
+    out: Annotated[Path, typer.Option(help="parent of the matrix's results folders")] = Path(
+        "runs/bench/matrix"
+    ),
+    seeds: Annotated[str, typer.Option(help="comma-separated fine-tuning seeds")] = "0,1,2",
+    threads: Annotated[int, typer.Option(help="torch CPU threads of every command")] = 2,
+    best_bds: Annotated[
+        str, typer.Option(help="the BDS variant of the regime cells (reduced budget, p = 0.9)")
+    ] = "bds-neural",
+    best_baseline: Annotated[
+        str | None,
+        typer.Option(help="the baseline run at p = 0.9 (default: all four)"),
+    ] = None,
+) -> None:
+    """Print issue 19's matrix as a shell script, one resumable `bds bench run` a step, in run
+    order (pipe it to a file and run that in the background)."""
+    import shlex
+
+    from bds_core.bench.matrix import matrix_commands
+
+    try:
+        commands = matrix_commands(data, out, _parse_seeds(seeds), threads, best_bds, best_baseline)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    from bds_core.bench.matrix import matrix_folders
+
+    print("#!/bin/sh")
+    print("# issue 19's matrix, in run order. Every command is resumable: run the script again")
+    print("# and finished cells are skipped; a failed cell is retried by the next run.")
+    for label, arguments in commands:
+        print(f"\n# {label}")
+        print(f"{shlex.join(arguments)} || echo 'some cells failed: rerun to retry them'")
+    print("\n# the reports (mean ± 95% half-width over the seeds)")
+    for folder in matrix_folders(out):
+        print(shlex.join([".venv/bin/bds", "bench", "report", "--results", str(folder)]))
+
+
 @bench_app.command("report")
 def report_command(
     results: Annotated[Path, typer.Option(help="results folder of `bds bench run`")],
