@@ -118,3 +118,14 @@ def test_the_regime_options_reach_the_cells(data: Path, tmp_path: Path) -> None:
     cell = read_cell(out / "cells" / "sort-words__mix__p0.5.json")
     assert cell.settings["train"]["safety_batch_size"] == 1
     assert cell.settings["train"]["learning_rate"] == 0.02
+
+
+def test_bds_transfer_starts_from_the_shipped_scheduler(data: Path, tmp_path: Path) -> None:
+    out, cache = tmp_path / "results", tmp_path / "aligned"
+    _run(data, out, cache, "--methods", "bds-transfer")
+    cell = read_cell(out / "cells" / "sort-words__bds-transfer__p0.5.json")
+    assert cell.status == "finished", cell.error
+    scheduler = cell.settings["train"]["scheduler"]
+    assert scheduler["kind"] == "neural" and scheduler["init_path"]
+    assert cell.metrics.weight_auroc is not None
+    assert cell.metrics.benign_ess_ratio is not None
