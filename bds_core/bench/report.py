@@ -369,6 +369,20 @@ def read_run_log(results_dir: Path) -> list[dict[str, Any]]:
     return data
 
 
+def first_seed_cells(cells: Sequence[CellResult]) -> list[CellResult]:
+    """Every cell, but of the fine-tunes only the lowest seed's of each (task, method, share)."""
+    first: dict[tuple[str, str, float | None], int] = {}
+    for cell in cells:
+        if cell.kind == "fine-tune":
+            key = (cell.task, cell.method, cell.share)
+            first[key] = min(cell.seed, first.get(key, cell.seed))
+    return [
+        cell
+        for cell in cells
+        if cell.kind != "fine-tune" or cell.seed == first[(cell.task, cell.method, cell.share)]
+    ]
+
+
 def build_results(
     cells: Sequence[CellResult], runs: Sequence[dict[str, Any]], plots: Sequence[str] = ()
 ) -> BenchResults:
@@ -381,7 +395,9 @@ def build_results(
             f"the cells come from several base models ({', '.join(models)}); report one model "
             "per results folder"
         )
-    rows = build_rows(cells)
+    # The per-cell tables, targets and plots show each (task, method, share) at its first seed;
+    # with more seeds, the seeds section (seed_report) has the intervals and judges on them.
+    rows = build_rows(first_seed_cells(cells))
     # Each distinct command once, in run order: a resumed run repeats its command in the log.
     commands = list(
         dict.fromkeys(

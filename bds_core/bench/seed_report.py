@@ -261,8 +261,8 @@ def render_seed_section(cells: Sequence[CellResult]) -> list[str]:
         "",
         f"Mean ± half-width of the {INTERVAL_METHOD} (Student t, n - 1 degrees of freedom; "
         "data and M0 fixed, the seed sets data order and LoRA initialisation). The tables "
-        "above show each seed's cell on its own row; the targets below are judged on the "
-        "intervals.",
+        "above show each method and share at its first seed; here are all seeds, and the "
+        "targets below are judged on the intervals.",
         "",
         "| task | p | method | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |",
         "|---|---|---|---|" + "---|" * len(METRICS),

@@ -116,3 +116,14 @@ def test_the_report_writes_the_seed_section_and_json(tmp_path: Path) -> None:
 
 def test_a_one_seed_run_has_no_seed_section() -> None:
     assert render_seed_section([c for c in matrix([0, 0, 0]) if c.seed == 0]) == []
+
+
+def test_the_per_cell_tables_show_the_first_seed_and_the_json_keeps_every_cell(
+    tmp_path: Path,
+) -> None:
+    for result in matrix([0, 0, 0]):
+        write_cell(tmp_path, result)
+    files = write_report(tmp_path)
+    lisa_rows = [row for row in files.results.rows if row.method == "lisa"]
+    assert len(lisa_rows) == 1 and lisa_rows[0].metrics.harmful_score == 40.0  # seed 0
+    assert len(files.results.cells) == len(matrix([0, 0, 0]))
