@@ -277,7 +277,8 @@ def _read_provenance(folder: Path) -> dict[str, Any]:
 
 @dataclass
 class LisaRun:
-    """A finished Lisa fine-tune: the model (with its adapter), tokenizer and trace."""
+    """A finished Lisa fine-tune: the model (with its adapter), tokenizer, trace, and seconds
+    per user step (the alignment steps' time included)."""
 
     model: Any
     tokenizer: Any
@@ -322,6 +323,8 @@ def run_lisa(
     optimizer = _optimizer(trainable_parameters(model), learning_rate)
     started = time.monotonic()
     result = lisa_train(model, user, safety, optimizer, schedule, settings, on_step)
-    seconds = (time.monotonic() - started) / max(len(schedule), 1)
+    # Per user step, alignment steps included: comparable with a mix or BDS step, which carries
+    # its alignment rows too.
+    seconds = (time.monotonic() - started) / max(schedule.count("fine-tuning"), 1)
     model.eval()
     return LisaRun(model, loaded.tokenizer, result, seconds)
