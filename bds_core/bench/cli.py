@@ -282,8 +282,9 @@ def run_command(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated: sft, mix, bds, bds-ref, bds-neural, filter, bds-sample "
-            "(bds with its weights sampled by pSGLD: a 90% interval per example)"
+            help="comma-separated: sft, mix, bds, bds-ref, bds-neural, bds-agnostic, "
+            "bds-transfer, bds-sample (bds with its weights sampled by pSGLD: a 90% interval "
+            "per example), filter, lisa, vaccine, booster, repnoise"
         ),
     ] = None,
     shares: Annotated[str | None, typer.Option(help="comma-separated harmful shares p")] = None,
@@ -298,6 +299,23 @@ def run_command(
     batch_size: Annotated[
         int | None,
         typer.Option(help="customer examples per step (mix and bds add as many alignment ones)"),
+    ] = None,
+    safety_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="alignment rows per step for mix, BDS and Lisa (the reduced-budget regime: 2)"
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="LoRA learning rate of every fine-tune (the stronger attack: 2x)"),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated fine-tuning seeds, one cell each (data and M0 fixed), "
+            "e.g. 0,1,2; default: --seed"
+        ),
     ] = None,
     neural_entropy_weight: Annotated[
         float | None,
@@ -366,6 +384,10 @@ def run_command(
         if batch_size is not None:
             changes["batch_size"] = batch_size
             changes["safety_batch_size"] = batch_size
+        if safety_batch_size is not None:
+            changes["safety_batch_size"] = safety_batch_size
+        if learning_rate is not None:
+            changes["learning_rate"] = learning_rate
         if neural_entropy_weight is not None:
             changes["neural_entropy_weight"] = neural_entropy_weight
         if scalar_entropy_weight is not None:
@@ -382,6 +404,7 @@ def run_command(
             model=model,
             tasks=tuple(_parse_list(task, "--task")) if task is not None else None,
             seed=seed,
+            seeds=_parse_seeds(seeds) if seeds is not None else None,
             train_file=train_file,
             safety_file=safety_file,
             eval_prompts_file=eval_prompts,
@@ -421,6 +444,17 @@ def run_command(
         raise typer.Exit(code=1)
 
 
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    values = _parse_list(text, "--seeds")
+    try:
+        seeds = tuple(int(value) for value in values)
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct, got {text!r}")
+    return seeds
+
+
 def _write_and_print_report(results: Path, out: Path | None) -> None:
     from bds_core.bench.report import targets_summary, write_report
     from bds_core.bench.results import ResultsError
@@ -438,6 +472,47 @@ def _write_and_print_report(results: Path, out: Path | None) -> None:
         f"wrote {files.results_json}, {files.markdown}"
         + "".join(f", {plot}" for plot in files.plots)
     )
+
+
+@bench_app.command("matrix")
+def matrix_command(
+    data: Annotated[Path, typer.Option(help="folder written by `bds bench build-data`")] = Path(
+        "data/bench"
+    ),
+    out: Annotated[Path, typer.Option(help="parent of the matrix's results folders")] = Path(
+        "runs/bench/matrix"
+    ),
+    seeds: Annotated[str, typer.Option(help="comma-separated fine-tuning seeds")] = "0,1,2",
+    threads: Annotated[int, typer.Option(help="torch CPU threads of every command")] = 2,
+    best_bds: Annotated[
+        str, typer.Option(help="the BDS variant of the regime cells (reduced budget, p = 0.9)")
+    ] = "bds-neural",
+    best_baseline: Annotated[
+        str | None,
+        typer.Option(help="the baseline run at p = 0.9 (default: all four)"),
+    ] = None,
+) -> None:
+    """Print issue 19's matrix as a shell script, one resumable `bds bench run` a step, in run
+    order (pipe it to a file and run that in the background)."""
+    import shlex
+
+    from bds_core.bench.matrix import matrix_commands
+
+    try:
+        commands = matrix_commands(data, out, _parse_seeds(seeds), threads, best_bds, best_baseline)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    from bds_core.bench.matrix import matrix_folders
+
+    print("#!/bin/sh")
+    print("# issue 19's matrix, in run order. Every command is resumable: run the script again")
+    print("# and finished cells are skipped; a failed cell is retried by the next run.")
+    for label, arguments in commands:
+        print(f"\n# {label}")
+        print(f"{shlex.join(arguments)} || echo 'some cells failed: rerun to retry them'")
+    print("\n# the reports (mean ± 95% half-width over the seeds)")
+    for folder in matrix_folders(out):
+        print(shlex.join([".venv/bin/bds", "bench", "report", "--results", str(folder)]))
 
 
 @bench_app.command("report")

@@ -30,12 +30,31 @@ class BenchMethod:
         default=None, metadata={"help": "'scalar' or 'neural' for bds methods, else None"}
     )
     reference: ReferenceLoss = field(
-        default="none", metadata={"help": "reference loss of a bds method: none or initial"}
+        default="none",
+        metadata={"help": "reference loss of a bds method: none, initial or agnostic"},
     )
     sampling: bool = field(
         default=False,
         metadata={"help": "sample the weights' posterior (pSGLD) instead of optimising them"},
     )
+    scheduler_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "'shipped': the scheduler starts from the shipped pretrained one (transfer)"
+        },
+    )
+    baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "the paper's baseline this method runs (lisa, vaccine, booster, repnoise); "
+            "see bds_core.bench.baselines"
+        },
+    )
+
+    @property
+    def uses_safety(self) -> bool:
+        """Whether the fine-tune reads the alignment set D_safe (mix, BDS and Lisa)."""
+        return self.train_method in ("mix", "bds", "lisa")
 
     @property
     def has_weights(self) -> bool:
@@ -49,6 +68,17 @@ class BenchMethod:
 
     def scheduler_settings(self, profile: BenchProfile) -> SchedulerSettings:
         """The trainer's scheduler settings for this method under ``profile``."""
+        if self.scheduler_kind == "neural" and self.scheduler_init == "shipped":
+            from bds_core.scoring import default_scheduler_path
+
+            # The shipped scheduler's own head and encoder; BDS continues training it.
+            return SchedulerSettings(
+                kind="neural",
+                reference=self.reference,
+                learning_rate=profile.neural_learning_rate,
+                entropy_weight=profile.neural_entropy_weight,
+                init_path=str(default_scheduler_path()),
+            )
         if self.scheduler_kind == "neural":
             return SchedulerSettings(
                 kind="neural",
@@ -110,7 +140,47 @@ METHODS: dict[str, BenchMethod] = {
             sampling=True,
         ),
         BenchMethod(
+            "bds-agnostic",
+            "BDS, scalar scheduler, reference 'agnostic' (the paper's Eq. 8: a second adapter "
+            "trained on the weighted D_ft alone)",
+            "bds",
+            "scalar",
+            "agnostic",
+        ),
+        BenchMethod(
+            "bds-transfer",
+            "BDS, neural scheduler initialised from the shipped pretrained one and trained on",
+            "bds",
+            "neural",
+            "initial",
+            scheduler_init="shipped",
+        ),
+        BenchMethod(
             "filter", "drop what the shipped pretrained scheduler flags, then sft", "filter"
+        ),
+        BenchMethod(
+            "lisa",
+            "Lisa (arXiv 2405.18641): alternating alignment and user steps, proximal term",
+            "lisa",
+            baseline="lisa",
+        ),
+        BenchMethod(
+            "vaccine",
+            "Vaccine (arXiv 2402.01109): perturbation-aware M0, then sft",
+            "sft",
+            baseline="vaccine",
+        ),
+        BenchMethod(
+            "booster",
+            "Booster (arXiv 2409.01586): M0 attenuating the harmful perturbation, then sft",
+            "sft",
+            baseline="booster",
+        ),
+        BenchMethod(
+            "repnoise",
+            "RepNoise (arXiv 2405.14577): representation-noised M0, then sft",
+            "sft",
+            baseline="repnoise",
         ),
     )
 }
@@ -387,13 +457,14 @@ PROFILES: dict[str, BenchProfile] = {
         checkpoint_every=0,
         pretrained_scheduler_check=False,
     ),
-    # The sweep of benchmark.md: every share, all six methods, 5 passes over D_ft (n = 200:
+    # The sweep of benchmark.md: every share, every method but the sampling ablation
+    # (bds-sample, opt-in; issue 19's matrix picks subsets with --methods), 5 passes over D_ft (n = 200:
     # 125 steps a cell), the long-answer task first, then the short-answer one (sentiment:
     # SmolLM2-135M cannot do arithmetic). Several hours.
     "full": BenchProfile(
         name="full",
         shares=(0.0, 0.05, 0.1, 0.2, 0.5),
-        methods=("sft", "mix", "bds", "bds-ref", "bds-neural", "filter"),
+        methods=tuple(name for name in METHODS if name != "bds-sample"),
         tasks=(DEFAULT_TASK, "sentiment"),
         epochs=5.0,
         batch_size=8,

@@ -36,9 +36,12 @@ from bds_core.bench.results import (
     write_json_atomically,
 )
 from bds_core.bench.run import BASE_METHOD, RUN_LOG
+from bds_core.bench.seed_report import render_seed_section, seed_checks, seed_rows
 
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
+RESULTS_SEEDS_JSON = "results_seeds.json"
+"""Means and 95% intervals over fine-tuning seeds, and the targets judged on them."""
 
 # benchmark.md, "Targets".
 HS_ABOVE_CLEAN_MAX = 3.0
@@ -366,6 +369,20 @@ def read_run_log(results_dir: Path) -> list[dict[str, Any]]:
     return data
 
 
+def first_seed_cells(cells: Sequence[CellResult]) -> list[CellResult]:
+    """Every cell, but of the fine-tunes only the lowest seed's of each (task, method, share)."""
+    first: dict[tuple[str, str, float | None], int] = {}
+    for cell in cells:
+        if cell.kind == "fine-tune":
+            key = (cell.task, cell.method, cell.share)
+            first[key] = min(cell.seed, first.get(key, cell.seed))
+    return [
+        cell
+        for cell in cells
+        if cell.kind != "fine-tune" or cell.seed == first[(cell.task, cell.method, cell.share)]
+    ]
+
+
 def build_results(
     cells: Sequence[CellResult], runs: Sequence[dict[str, Any]], plots: Sequence[str] = ()
 ) -> BenchResults:
@@ -378,7 +395,9 @@ def build_results(
             f"the cells come from several base models ({', '.join(models)}); report one model "
             "per results folder"
         )
-    rows = build_rows(cells)
+    # The per-cell tables, targets and plots show each (task, method, share) at its first seed;
+    # with more seeds, the seeds section (seed_report) has the intervals and judges on them.
+    rows = build_rows(first_seed_cells(cells))
     # Each distinct command once, in run order: a resumed run repeats its command in the log.
     commands = list(
         dict.fromkeys(
@@ -447,6 +466,9 @@ def render_markdown(results: BenchResults) -> str:
         lines += [f"    {command}" for command in results.commands]
     for task in sorted({row.task for row in results.rows}):
         lines += ["", *_task_section(results, task)]
+    seeds_section = render_seed_section(results.cells)
+    if seeds_section:
+        lines += ["", *seeds_section]
     tokens = sorted(
         {
             int(cell.settings["eval"]["hs_max_new_tokens"])
@@ -750,6 +772,16 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> ReportFiles:
     write_json_atomically(results_json, data)
     markdown = target / RESULTS_MARKDOWN
     markdown.write_text(render_markdown(results), encoding="utf-8")
+    rows = seed_rows(cells)
+    if any(len(row.seeds) > 1 for row in rows):
+        write_json_atomically(
+            target / RESULTS_SEEDS_JSON,
+            {
+                "interval": "95% t interval over fine-tuning seeds",
+                "rows": [row.to_dict() for row in rows],
+                "targets": [check.to_dict() for check in seed_checks(rows)],
+            },
+        )
     return ReportFiles(results_json=results_json, markdown=markdown, plots=plots, results=results)
 
 

@@ -40,6 +40,14 @@ from bds_core.bench.alignment import (
     alignment_key,
     ensure_aligned_model,
 )
+from bds_core.bench.baselines import (
+    ALIGNMENT_STAGE_METHODS,
+    NEEDS_HARMFUL,
+    BaselineSettings,
+    ensure_baseline_aligned_model,
+    run_lisa,
+)
+from bds_core.bench.baselines.data import harmful_alignment_file
 from bds_core.bench.benign import EVAL_FILES, EVERYDAY, LOOKALIKE, RETENTION_FILE
 from bds_core.bench.build import file_sha256, ft_file_name, share_label
 from bds_core.bench.evaluate import (
@@ -103,6 +111,16 @@ class RunConfig:
         metadata={"help": "benign tasks; None: the profile's tasks found in the data"},
     )
     seed: int = field(default=0, metadata={"help": "seed of stage 0 and every fine-tune"})
+    seeds: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tuning seeds, each a cell of its own (data and M0 fixed); None: seed"
+        },
+    )
+    baselines: BaselineSettings = field(
+        default_factory=BaselineSettings,
+        metadata={"help": "hyperparameters of lisa, vaccine, booster and repnoise"},
+    )
     train_file: Path | None = field(
         default=None, metadata={"help": "custom D_ft instead of the data's ft_<task>_p<p> files"}
     )
@@ -133,6 +151,7 @@ class CellPlan:
     n_train: int
     digest: str
     work_units: dict[str, float]
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -532,13 +551,13 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                 )
             )
         runs = _fine_tune_runs(config, task)
-        for method_name, share, path in runs:
+        for (method_name, share, path), seed in (
+            (run, seed) for run in runs for seed in fine_tune_seeds(config)
+        ):
             method = get_method(method_name)
             examples = load_examples(path)
             steps = profile.steps_for(len(examples))
-            rows = profile.batch_size + (
-                profile.safety_batch_size if method.train_method in ("mix", "bds") else 0
-            )
+            rows = profile.batch_size + (profile.safety_batch_size if method.uses_safety else 0)
             custom = config.train_file is not None and path == config.train_file
             label = "custom" if custom else share_label(share if share is not None else 0.0)
             scheduler = method.scheduler_settings(profile)
@@ -584,11 +603,23 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                     "filter_scheduler": (
                         shipped_scheduler_digest() if method.train_method == "filter" else None
                     ),
+                    # Only when they apply, so earlier cells keep their digests.
+                    **({"finetune_seed": seed} if seed != config.seed else {}),
+                    **(
+                        {"baseline": _baseline_record(config, method.baseline)}
+                        if method.baseline
+                        else {}
+                    ),
+                    **(
+                        {"transfer_scheduler": shipped_scheduler_digest()}
+                        if method.scheduler_init == "shipped"
+                        else {}
+                    ),
                 }
             )
             plans.append(
                 CellPlan(
-                    cell_id=f"{task}__{method_name}__{label}",
+                    cell_id=f"{task}__{method_name}__{label}{seed_suffix(config, seed)}",
                     kind="fine-tune",
                     task=task,
                     method=method_name,
@@ -598,9 +629,33 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                     n_train=len(examples),
                     digest=digest,
                     work_units={"train": float(steps * rows), "eval": eval_units},
+                    seed=seed,
                 )
             )
     return plans, inputs
+
+
+def fine_tune_seeds(config: RunConfig) -> tuple[int, ...]:
+    """The fine-tuning seeds of a run: ``seeds``, or the run's one ``seed``."""
+    seeds = config.seeds or (config.seed,)
+    if len(set(seeds)) != len(seeds):
+        raise BenchRunError(f"fine-tuning seeds must be distinct, got {list(seeds)}")
+    return seeds
+
+
+def seed_suffix(config: RunConfig, seed: int) -> str:
+    """The cell-id suffix of a fine-tuning seed: none for the run's own seed (so one-seed runs
+    keep their ids), ``__s<seed>`` for the others."""
+    return "" if seed == config.seed else f"__s{seed}"
+
+
+def _baseline_record(config: RunConfig, baseline: str) -> dict[str, Any]:
+    """What a baseline cell's digest holds of it: its settings and, for the alignment-stage
+    ones that read harmful data, the harmful alignment file's hash."""
+    record: dict[str, Any] = {"method": baseline, **config.baselines.for_method(baseline)}
+    if baseline in NEEDS_HARMFUL:
+        record["harmful_sha256"] = file_sha256(harmful_alignment_file(config.data_dir))
+    return record
 
 
 def check_existing_cells(out_dir: Path, plans: Sequence[CellPlan]) -> dict[str, CellResult]:
@@ -889,7 +944,7 @@ class BenchRunner:
             model=self.config.model,
             aligned_model_key=aligned.key,
             judge=self.inputs.judge,
-            seed=self.config.seed,
+            seed=plan.seed if plan.kind == "fine-tune" else self.config.seed,
             profile=self.config.profile.name,
             metrics=metrics,
             detection=detection,
@@ -1042,7 +1097,11 @@ class BenchRunner:
             shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         digest_file.write_text(plan.digest + "\n")
-        uses_safety = method.train_method in ("mix", "bds")
+        if method.baseline in ALIGNMENT_STAGE_METHODS:
+            aligned = self._baseline_aligned(method.baseline, aligned)
+        if method.train_method == "lisa":
+            return self._run_lisa(plan, aligned, started)
+        uses_safety = method.uses_safety
         config = TrainConfig(
             model=str(aligned.path),
             train_file=plan.train_file,
@@ -1055,7 +1114,7 @@ class BenchRunner:
             safety_batch_size=profile.safety_batch_size,
             max_steps=plan.steps,
             max_length=profile.max_length,
-            seed=self.config.seed,
+            seed=plan.seed,
             scheduler=method.scheduler_settings(profile),
             checkpoint_every=profile.checkpoint_every,
             device=self.device,
@@ -1121,6 +1180,94 @@ class BenchRunner:
         # The trainer's weights.jsonl and metrics.json stay; checkpoints and adapter go.
         shutil.rmtree(work_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(work_dir / "adapter", ignore_errors=True)
+        return self._cell(plan, aligned, metrics, settings, evaluation.samples)
+
+    def _baseline_aligned(self, baseline: str, stage0: AlignedModel) -> AlignedModel:
+        """The M0 variant of an alignment-stage baseline (cached next to stage 0's M0)."""
+        from bds_core.bench.alignment import default_aligned_cache
+
+        inputs = self.inputs
+        harmful = (
+            harmful_alignment_file(self.config.data_dir) if baseline in NEEDS_HARMFUL else None
+        )
+        report = self._stage(
+            "train", f"aligning with {baseline}", float(inputs.alignment.batch_size)
+        )
+        variant = ensure_baseline_aligned_model(
+            baseline,
+            self.config.model,
+            inputs.safety_file,
+            inputs.alignment,
+            stage0.key,
+            self.config.cache_dir or default_aligned_cache(),
+            self.config.baselines,
+            harmful_file=harmful,
+            retention_files=inputs.retention_files,
+            general_file=inputs.general_file,
+            device=self.device,
+            on_step=report,
+        )
+        self.eta.finish_stage()
+        return variant
+
+    def _run_lisa(self, plan: CellPlan, aligned: AlignedModel, started: float) -> CellResult:
+        """A Lisa cell: M0 fine-tuned on D_ft with Lisa's alternating proximal schedule."""
+        assert plan.train_file is not None
+        profile = self.config.profile
+        examples = load_examples(plan.train_file)
+        self._report("loading", 0, 1)
+        lisa = run_lisa(
+            aligned.path,
+            examples,
+            load_examples(self.inputs.safety_file),
+            profile.lora,
+            profile.learning_rate,
+            profile.batch_size,
+            profile.safety_batch_size,
+            plan.steps,
+            profile.max_length,
+            plan.seed,
+            self.config.baselines.lisa,
+            device=self.device,
+            on_step=self._stage("train", "training (lisa)", float(profile.batch_size)),
+        )
+        self.eta.finish_stage()
+        trained_at = time.monotonic()
+        evaluation = self._evaluate(lisa.model, lisa.tokenizer, plan.task)
+        finished = time.monotonic()
+        states = lisa.result.states
+        metrics = CellMetrics(
+            harmful_score=evaluation.harmful_score,
+            fine_tune_accuracy=evaluation.fine_tune_accuracy,
+            over_refusal=evaluation.over_refusal,
+            **_general_metrics(evaluation),
+            seconds_per_step=round(lisa.seconds_per_step, 4) or None,
+            steps=states.count("fine-tuning"),
+            passes=round(states.count("fine-tuning") * profile.batch_size / len(examples), 3),
+            train_seconds=round(trained_at - started, 2),
+            eval_seconds=round(finished - trained_at, 2),
+            total_seconds=round(finished - started, 2),
+            n_train_examples=len(examples),
+            n_harmful_examples=sum(1 for ex in examples if ex.is_harmful),
+            n_eval_prompts=evaluation.n_eval_prompts,
+            n_task_items=evaluation.n_task_items,
+        )
+        settings = {
+            "train": {
+                "method": "lisa",
+                "model": aligned.path.name,
+                "train_file": plan.train_file.name,
+                "safety_file": self.inputs.safety_file.name,
+                "seed": plan.seed,
+                "user_steps": states.count("fine-tuning"),
+                "alignment_steps": states.count("alignment"),
+                **_training_settings(profile),
+                "lisa": self.config.baselines.for_method("lisa"),
+            },
+            "eval": self._eval_record(),
+            "final_loss": lisa.result.losses[-1] if lisa.result.losses else None,
+        }
+        del lisa
         return self._cell(plan, aligned, metrics, settings, evaluation.samples)
 
 

@@ -159,13 +159,39 @@ def test_profiles_follow_the_benchmark_specification() -> None:
     assert (sampled.kind, sampled.reference, sampled.sgld) == ("scalar", "none", True)
     assert sampled.sgld_temperature == 1.0
     assert not any(references[name].sgld for name in METHODS if name != "bds-sample")
+    assert (references["bds-agnostic"].kind, references["bds-agnostic"].reference) == (
+        "scalar",
+        "agnostic",
+    )
+    # bds-transfer continues the shipped pretrained scheduler.
+    assert references["bds-transfer"].kind == "neural"
+    assert references["bds-transfer"].init_path is not None
     assert {name for name, method in METHODS.items() if method.has_weights} == {
         "bds",
         "bds-ref",
         "bds-neural",
         "bds-sample",
+        "bds-agnostic",
+        "bds-transfer",
         "filter",
     }
+    # The paper's baselines: Lisa in the fine-tune, the others through their own M0 variant.
+    assert {name: method.baseline for name, method in METHODS.items() if method.baseline} == {
+        "lisa": "lisa",
+        "vaccine": "vaccine",
+        "booster": "booster",
+        "repnoise": "repnoise",
+    }
+    assert [n for n, m in METHODS.items() if m.uses_safety] == [
+        "mix",
+        "bds",
+        "bds-ref",
+        "bds-neural",
+        "bds-sample",
+        "bds-agnostic",
+        "bds-transfer",
+        "lisa",
+    ]
 
 
 class FakeClock:
