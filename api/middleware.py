@@ -103,6 +103,20 @@ class RejectNulMiddleware:
         await response(scope, receive, send)
 
 
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive callable that hands the app ``body`` once, then defers to ``receive``."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
     """Read a request body whole and give back a receive callable that replays it."""
     chunks: list[bytes] = []
@@ -117,16 +131,7 @@ async def _buffer_body(receive: Receive) -> tuple[bytes, Receive]:
         if not message.get("more_body", False) or size > _MAX_FORM_BYTES:
             break
     body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
+    return body, _replaying(body, receive)
 
 
 _MULTIPART_TYPE = b"multipart/form-data"
@@ -229,16 +234,7 @@ class RequestBodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return body, replay
+        return body, _replaying(body, receive)
 
     @staticmethod
     def _check_json(body: bytes) -> None:
