@@ -335,6 +335,16 @@ def run_command(
     n_task_items: Annotated[
         int | None, typer.Option(help="held-out task items for FA and over-refusal")
     ] = None,
+    alignment_steps: Annotated[
+        int | None, typer.Option(help="stage 0's LoRA-SFT steps (a new M0, cached by its key)")
+    ] = None,
+    alignment_replay: Annotated[
+        str | None,
+        typer.Option(
+            help="what mix, the BDS variants and Lisa replay: stage0 (stage 0's training set, "
+            "the default) or d_safe (the refusals alone)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of stage 0 and every fine-tune")] = 0,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (the quick run assumes 2)")
@@ -396,6 +406,10 @@ def run_command(
             changes["n_eval_prompts"] = n_eval_prompts
         if n_task_items is not None:
             changes["n_task_items"] = n_task_items
+        if alignment_steps is not None:
+            changes["alignment_steps"] = alignment_steps
+        if alignment_replay is not None:
+            changes["alignment_replay"] = alignment_replay
         chosen = dataclasses.replace(chosen, **changes)
         config = RunConfig(
             data_dir=data,

@@ -18,6 +18,9 @@ from bds_core.models.lora import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 from bds_core.schedulers.base import ReferenceLoss
 
+ALIGNMENT_REPLAYS = ("stage0", "d_safe")
+"""What the fine-tuning defences replay: stage 0's training set, or D_safe's refusals alone."""
+
 
 @dataclass(frozen=True)
 class BenchMethod:
@@ -280,6 +283,15 @@ class BenchProfile:
             "base model itself, retention_general.jsonl); 0 leaves them out"
         },
     )
+    alignment_replay: str = field(
+        default="stage0",
+        metadata={
+            "help": "the alignment set mix, the BDS variants and Lisa replay while fine-tuning: "
+            "stage0 (stage 0's whole training set: D_safe with its retention rows, the "
+            "provider's alignment data) or d_safe (the refusals alone)",
+            "choices": ("stage0", "d_safe"),
+        },
+    )
     alignment_batch_size: int = field(default=8, metadata={"help": "stage 0 batch size"})
     alignment_learning_rate: float = field(default=5e-4, metadata={"help": "stage 0 LoRA lr"})
     n_eval_prompts: int | None = field(
@@ -342,6 +354,11 @@ class BenchProfile:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.alignment_replay not in ALIGNMENT_REPLAYS:
+            raise ValueError(
+                f"alignment_replay must be one of {', '.join(ALIGNMENT_REPLAYS)}, "
+                f"got {self.alignment_replay!r}"
+            )
         for name in ("n_eval_prompts", "n_task_items", "n_everyday_prompts", "n_lookalike_prompts"):
             value = getattr(self, name)
             if value is not None and value < 1:

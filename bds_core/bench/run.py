@@ -86,6 +86,7 @@ kept, and the judge that lets an apology followed by help pass."""
 RUN_LOG = "run.json"
 WORK_DIR = "work"
 SAFETY_FILE = "safety.jsonl"
+REPLAY_FILE = "alignment_replay.jsonl"
 EVAL_PROMPTS_FILE = "eval_harmful_prompts.jsonl"
 HOLDOUT_FILE = "harmful_holdout.jsonl"
 BASE_METHOD = "m0"
@@ -358,6 +359,40 @@ class _Inputs:
     general_file: Path | None = None
     everyday_file: Path | None = None
     lookalike_file: Path | None = None
+    replay_file: Path | None = None
+
+    @property
+    def replayed(self) -> Path:
+        """The alignment set mix, the BDS variants and Lisa train on next to D_ft."""
+        return self.replay_file or self.safety_file
+
+
+def write_alignment_replay(
+    out_dir: Path,
+    safety_file: Path,
+    alignment: AlignmentSettings,
+    retention: Sequence[Path],
+    general: Path | None,
+) -> Path:
+    """``out_dir/alignment_replay.jsonl``: stage 0's whole training set (D_safe, then its task
+    and general retention rows), the provider's alignment data that the fine-tuning defences
+    replay. Written only when its bytes change, so the file's digest is stable across reruns."""
+    from bds_core.bench.alignment import stage0_examples
+
+    examples = stage0_examples(
+        safety_file, retention, alignment.retention_per_file, general, alignment.retention_general
+    )
+    content = "".join(
+        json.dumps(example.to_record(), ensure_ascii=False, allow_nan=False) + "\n"
+        for example in examples
+    ).encode("utf-8")
+    path = out_dir / REPLAY_FILE
+    if not path.is_file() or path.read_bytes() != content:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".jsonl.tmp")
+        staging.write_bytes(content)
+        staging.replace(path)
+    return path
 
 
 def _alignment_settings(config: RunConfig) -> AlignmentSettings:
@@ -460,6 +495,11 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
     everyday_file = _optional(data_dir / EVAL_FILES[EVERYDAY])
     lookalike_file = _optional(data_dir / EVAL_FILES[LOOKALIKE])
     aligned_key = alignment_key(config.model, safety_file, alignment, retention, general)
+    replay_file = (
+        write_alignment_replay(config.out_dir, safety_file, alignment, retention, general)
+        if profile.alignment_replay == "stage0"
+        else None
+    )
     eval_settings = EvalSettings(
         hs_max_new_tokens=profile.hs_max_new_tokens,
         task_max_new_tokens=profile.task_max_new_tokens,
@@ -476,6 +516,7 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
         general,
         everyday_file,
         lookalike_file,
+        replay_file,
     )
     common = {
         "version": CELL_FORMAT_VERSION,
@@ -597,7 +638,7 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                     },
                     "share": share,
                     "train_sha256": file_sha256(path),
-                    "safety_sha256": file_sha256(safety_file),
+                    "safety_sha256": file_sha256(inputs.replayed),
                     "steps": steps,
                     "training": _training_settings(profile),
                     "filter_scheduler": (
@@ -920,7 +961,7 @@ class BenchRunner:
             if path is not None
         ]
         if plan.kind == "fine-tune":
-            paths.append(self.inputs.safety_file)
+            paths.append(self.inputs.replayed)
         if plan.train_file is not None:
             paths.append(plan.train_file)
         return {path.name: file_sha256(path) for path in paths}
@@ -1105,7 +1146,7 @@ class BenchRunner:
         config = TrainConfig(
             model=str(aligned.path),
             train_file=plan.train_file,
-            safety_file=self.inputs.safety_file if uses_safety else None,
+            safety_file=self.inputs.replayed if uses_safety else None,
             out_dir=work_dir,
             method=method.train_method,
             lora=profile.lora,
@@ -1219,7 +1260,7 @@ class BenchRunner:
         lisa = run_lisa(
             aligned.path,
             examples,
-            load_examples(self.inputs.safety_file),
+            load_examples(self.inputs.replayed),
             profile.lora,
             profile.learning_rate,
             profile.batch_size,
@@ -1257,7 +1298,7 @@ class BenchRunner:
                 "method": "lisa",
                 "model": aligned.path.name,
                 "train_file": plan.train_file.name,
-                "safety_file": self.inputs.safety_file.name,
+                "safety_file": self.inputs.replayed.name,
                 "seed": plan.seed,
                 "user_steps": states.count("fine-tuning"),
                 "alignment_steps": states.count("alignment"),

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 STALL_EXIT_S = 10  # above any pause of a starved consumer loop on a busy CI machine
 SHORT_OUTAGE_S = 2  # the consumer reconnects; nothing is restarted
 TOTAL_STEPS = 12
+LONG_JOB_STEPS = 100_000  # cancelled once resumed; never trained to the end
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 # Read by the live_service fixture (tests/reliability/conftest.py).
@@ -224,8 +225,13 @@ def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_th
     live = live_service
     training, safety = live.upload_datasets()
     _scored(live, supervisor, training)
+    # More steps than any machine trains while the worker waits out its stall: the job must
+    # still be running when its worker exits, or there is no resume to check. It is cancelled
+    # once the restarted worker has trained past its checkpoint.
     job_id = live.api.post(
-        "/v1/fine_tuning/jobs", headers=live.headers, json=_job_body(training, safety, steps=40)
+        "/v1/fine_tuning/jobs",
+        headers=live.headers,
+        json=_job_body(training, safety, steps=LONG_JOB_STEPS),
     ).json()["id"]
     supervisor.wait_for(
         lambda: live.checkpoint_steps(job_id), bool, "a first checkpoint", timeout=300
@@ -242,19 +248,47 @@ def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_th
     )
     assert supervisor.exit_codes[exits_before:] == [1]
     assert "has not consumed for" in "".join(w.log() for w in live.workers)
+    assert live.job(job_id).status in {"running", "queued"}
     private_redis.start()
 
-    _scored(live, supervisor, file_id)
     # The stalled worker ended its training child's lease before exiting: the job resumed from
     # its checkpoint on the restarted worker long before the 900 s lease would have expired.
-    job = _succeeded_once(live, supervisor, job_id)
-    assert job.attempt == 2
-    messages = [event.message for event in live.events(job_id)]
-    assert any(message.startswith("Resumed from checkpoint") for message in messages)
-    assert live.audit_actions(job_id) == [
+    supervisor.wait_for(
+        lambda: live.job(job_id).attempt, lambda attempt: attempt >= 2, "attempt 2", timeout=300
+    )
+    resumed = supervisor.wait_for(
+        lambda: [e for e in live.events(job_id) if e.message.startswith("Resumed from checkpoint")],
+        bool,
+        "the resume event",
+        timeout=300,
+    )
+    resumed_step = int((resumed[0].data or {})["step"])
+    assert resumed_step >= 1
+    # ... and it trains on from there: a step past the resume point is reported.
+    supervisor.wait_for(
+        lambda: max(live.losses_by_step(job_id)),
+        lambda step: step > resumed_step + 1,
+        "a step after the resume",
+        timeout=300,
+    )
+    cancel = live.api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=live.headers)
+    assert cancel.status_code == 200, cancel.text
+    status = supervisor.wait_for(
+        lambda: live.job(job_id).status, lambda s: s in FINISHED, f"job {job_id}", timeout=300
+    )
+    job = live.job(job_id)
+    assert (status, job.attempt) == ("cancelled", 2)
+    losses = live.losses_by_step(job_id)
+    assert all(len(values) == 1 for values in losses.values())  # no step reported twice
+    actions = live.audit_actions(job_id)
+    assert actions[:4] == [
         "fine_tuning_job.create",
         "fine_tuning_job.start",
         "fine_tuning_job.requeue",
         "fine_tuning_job.start",
-        "fine_tuning_job.succeed",
     ]
+    assert actions.count("fine_tuning_job.start") == 2
+    assert "fine_tuning_job.cancel" in actions[4:]
+    # The upload sent just before the outage is scored once the worker is free (the live
+    # worker runs one task at a time, so it waited behind the training job).
+    _scored(live, supervisor, file_id)

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from bds_core.bench import BuildDataConfig, build_benchmark_data
 from bds_core.bench.alignment import stage0_examples
 from bds_core.bench.answers import GenerationSettings
+from bds_core.bench.build import file_sha256
 from bds_core.bench.cli import bench_app
 from bds_core.bench.profiles import PROFILES, BenchProfile
 from bds_core.bench.results import read_cell, results_json_schema, validate_results
@@ -189,6 +190,40 @@ def test_stage0_adds_benign_retention_examples_but_not_the_evaluated_task(
     benign = [example for example in examples if example.is_harmful is False]
     assert len(benign) == per_task
     assert all(example.metadata.get("task") == "arithmetic" for example in benign)
+
+
+def test_the_defences_replay_stage0s_training_set_and_sft_replays_nothing(
+    bench: Bench, first_run: Path
+) -> None:
+    """mix and bds train next to D_ft on the provider's alignment data as stage 0 used it (the
+    refusals with their retention rows), so replaying it does not teach refusing everything."""
+    replay = first_run / "alignment_replay.jsonl"
+    alignment = read_cell(first_run / "cells" / "sort-words__m0.json").settings["alignment"]
+    replayed = load_examples(replay)
+    assert len(replayed) == alignment["num_train_examples"]
+    safe = load_examples(bench.data / "safety.jsonl")
+    assert [ex.id for ex in replayed[: len(safe)]] == [ex.id for ex in safe]
+    assert {ex.metadata.get("set") for ex in replayed[len(safe) :]} >= {"retention"}
+    bds = read_cell(first_run / "cells" / "sort-words__bds__p0.5.json")
+    assert bds.settings["train"]["safety_file"] == "alignment_replay.jsonl"
+    assert bds.data["alignment_replay.jsonl"] == file_sha256(replay)
+    sft = read_cell(first_run / "cells" / "sort-words__sft__p0.5.json")
+    assert sft.settings["train"]["safety_file"] is None
+
+
+def test_replaying_d_safe_alone_is_a_different_cell(bench: Bench, tmp_path: Path) -> None:
+    """--alignment-replay d_safe (the refusals alone) is an option with its own digests; a
+    value that is not an option is refused by name."""
+    out = tmp_path / "d-safe"
+    args = bench.run_args(out, "--no-report", "--methods", "bds", "--shares", "0.5")
+    result = CliRunner().invoke(bench_app, [*args, "--alignment-replay", "d_safe"])
+    assert result.exit_code == 0, result.output
+    cell = read_cell(out / "cells" / "sort-words__bds__p0.5.json")
+    assert cell.settings["train"]["safety_file"] == "safety.jsonl"
+    assert not (out / "alignment_replay.jsonl").exists()
+    refused = CliRunner().invoke(bench_app, [*args, "--alignment-replay", "everything"])
+    assert refused.exit_code != 0
+    assert "alignment_replay must be one of stage0, d_safe" in refused.output
 
 
 def test_every_method_trains_with_the_same_settings(first_run: Path) -> None:
