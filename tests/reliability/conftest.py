@@ -150,13 +150,16 @@ class LiveService:
     session_factory: SessionFactory
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    def start_worker(self, name: str, *, beat: bool = False) -> WorkerProcess:
-        """A worker on the cpu and gpu queues: prefork, one process, a fresh child per task
-        (the production gpu worker's flags), in its own process group."""
+    def start_worker(
+        self, name: str, *, beat: bool = False, queues: tuple[str, ...] = ("cpu", "gpu")
+    ) -> WorkerProcess:
+        """A worker on the cpu and gpu queues (or those of ``queues``): prefork, one process, a
+        fresh child per task (the production gpu worker's flags), in its own process group."""
         settings = self.settings
+        names = {"cpu": settings.cpu_queue, "gpu": settings.gpu_queue}
         command = [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--queues", f"{settings.cpu_queue},{settings.gpu_queue}",
+            "--queues", ",".join(names[queue] for queue in queues),
             "--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1",
             "--loglevel", "INFO", "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",

@@ -15,13 +15,19 @@ has not run for 10 s exits with status 1. Production defaults are 30 s, 30 s and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from bds_service.models import AuditLog, File
+from tests.reliability.supervision import (
+    FINISHED,
+    Supervisor,
+    chat_line,
+    job_body,
+    stored_file,
+    wait_scored,
+    wait_succeeded_once,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +35,6 @@ STALL_EXIT_S = 10  # above any pause of a starved consumer loop on a busy CI mac
 SHORT_OUTAGE_S = 2  # the consumer reconnects; nothing is restarted
 TOTAL_STEPS = 12
 LONG_JOB_STEPS = 100_000  # cancelled once resumed; never trained to the end
-FINISHED = {"succeeded", "failed", "cancelled"}
 
 # Read by the live_service fixture (tests/reliability/conftest.py).
 LIVE_SETTINGS = {
@@ -53,92 +58,21 @@ def redis_url(private_redis: PrivateRedis) -> str:
     return str(private_redis.url)
 
 
-class Supervisor:
-    """Starts the worker, and starts it again whenever it exits (recording its exit codes)."""
-
-    def __init__(self, live: LiveService) -> None:
-        self.live = live
-        self.exit_codes: list[int] = []
-        self.starts = 0
-        self.worker = self._start()
-        self.worker.wait_ready()
-
-    def _start(self) -> Any:
-        self.starts += 1
-        return self.live.start_worker(f"w{self.starts}", beat=True)
-
-    def tend(self) -> None:
-        """Restart the worker if it exited."""
-        code = self.worker.process.poll()
-        if code is not None:
-            self.exit_codes.append(code)
-            self.worker.stop()
-            self.worker = self._start()
-
-    def wait_for(
-        self, probe: Callable[[], Any], done: Callable[[Any], bool], what: str, timeout: float
-    ) -> Any:
-        """Poll ``probe`` until ``done``, tending the worker meanwhile."""
-        deadline = time.monotonic() + timeout
-        while not done(value := probe()):
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.live.workers)
-                raise AssertionError(f"{what} not reached in {timeout} s; last {value!r}\n{logs}")
-            self.tend()
-            time.sleep(0.1)
-        return value
-
-
 @pytest.fixture(scope="module")
 def supervisor(live_service: LiveService) -> Supervisor:
     return Supervisor(live_service)
 
 
 def _job_body(training: str, safety: str, steps: int = TOTAL_STEPS) -> dict[str, Any]:
-    return {
-        "model": "tiny-random-llama",
-        "training_file": training,
-        "method": {
-            "type": "bds",
-            "bds": {"safety_file": safety, "max_steps": steps, "reference": "none"},
-        },
-        "seed": 5,
-    }
-
-
-def _file(live: LiveService, file_id: str) -> File:
-    with live.session_factory() as session:
-        file = session.get(File, file_id)
-        assert file is not None
-        return file
-
-
-def _audit(live: LiveService, target_id: str) -> list[str]:
-    with live.session_factory() as session:
-        statement = select(AuditLog.action).where(AuditLog.target_id == target_id)
-        return list(session.scalars(statement.order_by(AuditLog.id)))
+    return job_body(training, safety, steps)
 
 
 def _scored(live: LiveService, supervisor: Supervisor, file_id: str) -> None:
-    status = supervisor.wait_for(
-        lambda: _file(live, file_id).safety_status,
-        lambda status: status in {"succeeded", "failed"},
-        f"safety report of {file_id}",
-        timeout=180,
-    )
-    assert status == "succeeded", _file(live, file_id).safety_error
-    assert _audit(live, file_id).count("file.safety_report") == 1
+    wait_scored(live, supervisor, file_id, timeout=180)
 
 
 def _succeeded_once(live: LiveService, supervisor: Supervisor, job_id: str) -> Any:
-    status = supervisor.wait_for(
-        lambda: live.job(job_id).status, lambda s: s in FINISHED, f"job {job_id}", timeout=420
-    )
-    job = live.job(job_id)
-    assert status == "succeeded", job.error
-    messages = [event.message for event in live.events(job_id)]
-    assert messages.count("The job has successfully completed") == 1
-    return job
+    return wait_succeeded_once(live, supervisor, job_id, timeout=420)
 
 
 def test_work_sent_while_the_broker_is_down_is_sent_again_and_done_once(
@@ -157,8 +91,8 @@ def test_work_sent_while_the_broker_is_down_is_sent_again_and_done_once(
     assert created.json()["status"] == "queued"
     job_id = created.json()["id"]
     # An upload with the broker down: stored and validated, its scoring message lost.
-    second = live.upload("\n".join(_line(i) for i in range(5)) + "\n")
-    assert _file(live, second).safety_status == "pending"
+    second = live.upload("\n".join(chat_line(i) for i in range(5)) + "\n")
+    assert stored_file(live, second).safety_status == "pending"
     time.sleep(SHORT_OUTAGE_S)
     private_redis.start()  # empty: every message is gone
 
@@ -170,19 +104,6 @@ def test_work_sent_while_the_broker_is_down_is_sent_again_and_done_once(
         "fine_tuning_job.succeed",
     ]
     _scored(live, supervisor, second)
-
-
-def _line(i: int) -> str:
-    import json
-
-    return json.dumps(
-        {
-            "messages": [
-                {"role": "user", "content": f"Spell {i} in words."},
-                {"role": "assistant", "content": f"number {i}"},
-            ]
-        }
-    )
 
 
 def test_training_rides_out_a_short_outage_without_a_restart_or_a_repeated_step(
@@ -215,7 +136,7 @@ def test_training_rides_out_a_short_outage_without_a_restart_or_a_repeated_step(
     ]
 
     # And the consumer consumes again: new work after the outage is done.
-    fresh = live.upload("\n".join(_line(i) for i in range(100, 106)) + "\n")
+    fresh = live.upload("\n".join(chat_line(i) for i in range(100, 106)) + "\n")
     _scored(live, supervisor, fresh)
 
 
@@ -237,7 +158,7 @@ def test_a_worker_that_cannot_consume_exits_non_zero_and_its_restart_finishes_th
         lambda: live.checkpoint_steps(job_id), bool, "a first checkpoint", timeout=300
     )
     exits_before = len(supervisor.exit_codes)
-    file_id = live.upload("\n".join(_line(i) for i in range(200, 206)) + "\n")
+    file_id = live.upload("\n".join(chat_line(i) for i in range(200, 206)) + "\n")
     private_redis.kill()  # mid-training; maybe while the file is being scored, maybe before
     # Longer than the worker tolerates: it exits with status 1 and the supervisor restarts it.
     supervisor.wait_for(
