@@ -89,7 +89,9 @@ def test_sheets_are_large_enough_and_cover_the_topics() -> None:
     assert set(topics) == set(TOPICS)
     assert min(topics.values()) >= 20
     assert len(load_sheet(LOOKALIKE)) >= 50
-    assert len(load_sheet(RETENTION)) >= 100
+    retention = load_sheet(RETENTION)
+    assert len(retention) >= 300
+    assert sum(prompt.topic == "lookalike" for prompt in retention) >= 75
 
 
 def test_retention_prompts_are_disjoint_from_the_evaluation_sheets() -> None:
