@@ -277,10 +277,11 @@ class BenchProfile:
         default=50, metadata={"help": "stage 0: retention examples per retention task"}
     )
     alignment_retention_general: int = field(
-        default=200,
+        default=400,
         metadata={
             "help": "stage 0: general retention examples (everyday prompts answered by the "
-            "base model itself, retention_general.jsonl); 0 leaves them out"
+            "base model itself, retention_general.jsonl; 400 is more than the sheet holds: "
+            "all of them); 0 leaves them out"
         },
     )
     alignment_replay: str = field(
