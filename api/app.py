@@ -25,12 +25,20 @@ from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings, get_settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskSender
+from bds_service.tenants.key_cache import KeyCache
+
+POOL_RECYCLE_S = 1800
 
 
 def create_app(settings: Settings | None = None, publisher: TaskSender | None = None) -> FastAPI:
     """An API app; ``publisher`` defaults to a Celery client on the settings' broker."""
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    # No ping per checkout (a round trip per request): connections are renewed after
+    # POOL_RECYCLE_S, and one lost with a database restart fails its request with a 503
+    # (api.errors) and invalidates the pool, so the next request connects afresh.
+    engine = make_engine(
+        settings.resolved_database_url, pool_pre_ping=False, pool_recycle=POOL_RECYCLE_S
+    )
     celery_publisher = CeleryPublisher(settings) if publisher is None else None
     services = AppServices(
         settings=settings,
@@ -42,6 +50,9 @@ def create_app(settings: Settings | None = None, publisher: TaskSender | None = 
         rate_limiter=build_rate_limiter(settings),
         auth_failure_limiter=build_auth_failure_limiter(settings),
         inference=InferenceClient(settings),
+        key_cache=KeyCache(settings.api_key_cache_seconds)
+        if settings.api_key_cache_seconds > 0
+        else None,
     )
 
     @asynccontextmanager

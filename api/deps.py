@@ -15,8 +15,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.ratelimit import (
+    MemoryRateLimiter,
     RateLimiter,
     check_auth_failures,
     check_rate_limit,
@@ -28,7 +30,8 @@ from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskSender
-from bds_service.tenants.service import Principal, authenticate
+from bds_service.tenants.key_cache import KeyCache
+from bds_service.tenants.service import Principal, authenticate, cached_principal
 
 
 @dataclass
@@ -44,9 +47,10 @@ class AppServices:
     rate_limiter: RateLimiter | None = None
     auth_failure_limiter: RateLimiter | None = None
     inference: InferenceClient | None = None
+    key_cache: KeyCache | None = None  # keys that authenticated moments ago (api_key_cache_seconds)
 
 
-def get_services(request: Request) -> AppServices:
+async def get_services(request: Request) -> AppServices:
     """The app's shared services."""
     services: AppServices = request.app.state.services
     return services
@@ -55,12 +59,12 @@ def get_services(request: Request) -> AppServices:
 Services = Annotated[AppServices, Depends(get_services)]
 
 
-def get_settings(services: Services) -> Settings:
+async def get_settings(services: Services) -> Settings:
     """The app's settings."""
     return services.settings
 
 
-def get_storage(services: Services) -> LocalStorage:
+async def get_storage(services: Services) -> LocalStorage:
     """The artifact storage."""
     return services.storage
 
@@ -87,7 +91,17 @@ def get_session(services: Services) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_request_id(request: Request) -> str:
+def get_read_session(services: Services) -> Iterator[Session]:
+    """A session for an endpoint that only reads and never commits. On PostgreSQL each
+    statement runs on its own (autocommit): no BEGIN and COMMIT round trips around a list."""
+    with (services.read_session_factory or services.session_factory)() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(get_read_session, scope="function")]
+
+
+async def get_request_id(request: Request) -> str:
     """The request id set by the middleware (echoed in X-Request-ID, stored in audit rows)."""
     return str(request.state.request_id)
 
@@ -107,14 +121,8 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else UNKNOWN_CLIENT
 
 
-def authenticate_request(request: Request, services: Services) -> Principal:
-    """The caller behind ``Authorization: Bearer <key>``; 401 without a live key, 429 past
-    the key's rate limit or once the client's address has used up its failed authentications
-    (then even a valid key is refused; only keys that fail to authenticate count).
-
-    The key is looked up in its own short transaction, not the request's, so that a long
-    upload does not hold a transaction (on SQLite: the write lock) while the body streams in.
-    """
+def _bearer_key(request: Request) -> str:
+    """The key of ``Authorization: Bearer <key>``; AuthenticationError without one."""
     header = request.headers.get("authorization")
     if not header:
         raise AuthenticationError(
@@ -125,27 +133,80 @@ def authenticate_request(request: Request, services: Services) -> Principal:
         raise AuthenticationError(
             "the Authorization header must be 'Bearer <key>'", code="invalid_authorization_header"
         )
+    return credentials.strip()
+
+
+async def authenticate_request(request: Request, services: Services) -> Principal:
+    """The caller behind ``Authorization: Bearer <key>``; 401 without a live key, 429 past
+    the key's rate limit or once the client's address has used up its failed authentications
+    (then even a valid key is refused; only keys that fail to authenticate count).
+
+    The key is looked up in its own short transaction, not the request's, so that a long
+    upload does not hold a transaction (on SQLite: the write lock) while the body streams in.
+    A key that authenticated in this process in the last ``api_key_cache_seconds`` is not
+    looked up again; then, with the limits counted in memory (or off), nothing here waits on
+    I/O and the check runs on the event loop instead of a worker thread.
+    """
+    key = _bearer_key(request)
     client = client_address(request)
+    no_io = services.key_cache is not None and all(
+        limiter is None or isinstance(limiter, MemoryRateLimiter)
+        for limiter in (services.rate_limiter, services.auth_failure_limiter)
+    )
+    cached = _cached(services, key) if no_io else None
+    if cached is not None:
+        principal = _authenticate_key(services, key, client, cached)
+    else:
+        principal = await run_in_threadpool(_authenticate_key, services, key, client)
+    request.state.principal = principal
+    return principal
+
+
+def authenticate_bearer(request: Request, services: AppServices) -> Principal:
+    """:func:`authenticate_request` for callers on a worker thread (it may block)."""
+    principal = _authenticate_key(services, _bearer_key(request), client_address(request))
+    request.state.principal = principal
+    return principal
+
+
+def _cached(services: AppServices, key: str) -> Principal | None:
+    assert services.key_cache is not None
+    try:
+        return cached_principal(
+            services.key_cache, key, secret=services.settings.api_key_secret.get_secret_value()
+        )
+    except AuthenticationError:
+        return None  # malformed: _authenticate_key refuses it and counts the failure
+
+
+def _authenticate_key(
+    services: AppServices, key: str, client: str, cached: Principal | None = None
+) -> Principal:
+    """Check the address's failed authentications, look the key up (unless ``cached``, its
+    principal from the cache), count a failure or the request against the key's rate limit."""
     check_auth_failures(services.auth_failure_limiter, client, services.settings)
+    if cached is not None:
+        check_rate_limit(services.rate_limiter, cached.key_id, services.settings)
+        return cached
     try:
         with (services.read_session_factory or services.session_factory)() as session:
             principal = authenticate(
                 session,
-                credentials.strip(),
+                key,
                 secret=services.settings.api_key_secret.get_secret_value(),
+                cache=services.key_cache,
             )
     except AuthenticationError:
         record_auth_failure(services.auth_failure_limiter, client, services.settings)
         raise
     check_rate_limit(services.rate_limiter, principal.key_id, services.settings)
-    request.state.principal = principal
     return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate_request)]
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
+async def require_admin(principal: CurrentPrincipal) -> Principal:
     """The caller, who must hold an admin key; 403 otherwise."""
     if not principal.is_admin:
         raise PermissionDeniedError("this route needs an admin API key", code="admin_key_required")

@@ -58,7 +58,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # Pinging each connection as it leaves the pool costs a round trip per checkout; the API
+    # turns it off (see api.app) and lives with one 503 per process after a database restart.
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -251,6 +251,15 @@ class Settings(BaseSettings):
     auth_failure_window_seconds: float = Field(
         default=300.0, gt=0, description="length of the auth-failure window"
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="how long an API process reuses a key's successful lookup instead of "
+        "reading the database again; a key revoked (or a tenant's caps changed) in another "
+        "process is honoured after at most this long, in the same process at once; 0 turns "
+        "the cache off",
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

@@ -22,7 +22,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from api.deps import DbSession, RequestId, Services, authenticate_request, client_address
+from api.deps import DbSession, RequestId, Services, authenticate_bearer, client_address
 from api.pages.routing import LoginRequired, PageRoute
 from api.pages.templating import templates
 from api.ratelimit import check_auth_failures, record_auth_failure
@@ -74,7 +74,7 @@ def optional_caller(request: Request, services: Services) -> PageCaller | None:
 
 def _identify(request: Request, services: Services) -> PageCaller | None:
     if request.headers.get("authorization"):
-        return PageCaller(principal=authenticate_request(request, services))
+        return PageCaller(principal=authenticate_bearer(request, services))
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import AppSettings, CurrentPrincipal, DbSession, RequestId, Storage
+from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
 from api.schemas.common import ERROR_RESPONSES, ErrorResponse, Limit, ListResponse
 from api.schemas.files import FileDeleted, FileObject, FileSafetyReport
 from api.uploads import receive_upload
@@ -94,7 +94,7 @@ async def upload_file(
 
 @router.get("", response_model=ListResponse[FileObject])
 def list_files(
-    session: DbSession,
+    session: ReadSession,
     principal: CurrentPrincipal,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Limit] = 20,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import AppSettings, CurrentPrincipal, DbSession, RequestId, Storage
+from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
 from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse
 from api.schemas.jobs import (
     CheckpointObject,
@@ -56,7 +56,7 @@ def create_job(
 @router.get("", response_model=ListResponse[FineTuningJobObject])
 def list_jobs(
     request: Request,
-    session: DbSession,
+    session: ReadSession,
     principal: CurrentPrincipal,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Limit] = 20,

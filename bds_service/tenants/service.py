@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from bds_service import audit
 from bds_service.audit import Actor
+from bds_service.db import call_after_commit
 from bds_service.errors import (
     AuthenticationError,
     ConflictError,
@@ -18,6 +19,7 @@ from bds_service.errors import (
 )
 from bds_service.ids import API_KEY_ID_PREFIX, TENANT_PREFIX, new_id
 from bds_service.models import MAX_DATABASE_INT, ApiKey, Tenant, utcnow
+from bds_service.tenants.key_cache import KeyCache, forget_cached_keys
 from bds_service.tenants.keys import display_prefix, generate_api_key, hash_api_key, is_well_formed
 from bds_service.tenants.limits import TenantLimitOverrides
 from bds_service.tenants.repository import ApiKeyRepository, TenantRepository, find_active_key
@@ -102,6 +104,7 @@ def set_tenant_limits(
     tenant.max_concurrent_jobs = overrides.max_concurrent_jobs
     tenant.max_file_bytes = overrides.max_file_bytes
     tenant.max_examples = overrides.max_examples
+    _forget_cached_keys_now_and_after_commit(session)
     audit.record(
         session,
         actor,
@@ -194,6 +197,7 @@ def revoke_api_key(session: Session, tenant_id: str, key_id: str, actor: Actor) 
         )
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
+        _forget_cached_keys_now_and_after_commit(session)
         audit.record(
             session,
             actor,
@@ -210,23 +214,54 @@ def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     return ApiKeyRepository(session, tenant_id).list_keys()
 
 
-def authenticate(session: Session, plaintext: str, *, secret: str) -> Principal:
-    """The principal for a presented key; AuthenticationError if it is not a live key."""
+def _forget_cached_keys_now_and_after_commit(session: Session) -> None:
+    # Now: no request of this process re-reads the old row from the cache; after commit: a
+    # request that read the old row between now and the commit does not keep it cached.
+    forget_cached_keys()
+    call_after_commit(session, forget_cached_keys)
+
+
+def _well_formed_key_hash(plaintext: str, secret: str) -> str:
     if not is_well_formed(plaintext):
         raise AuthenticationError(
             "the API key is malformed; keys start with 'bds-' and are shown once when created",
             code="invalid_api_key",
         )
-    found = find_active_key(session, hash_api_key(plaintext, secret), utcnow())
+    return hash_api_key(plaintext, secret)
+
+
+def cached_principal(cache: KeyCache, plaintext: str, *, secret: str) -> Principal | None:
+    """The principal of a key that authenticated moments ago in this process, else None
+    (no database needed); AuthenticationError if the key is malformed."""
+    return cache.get(_well_formed_key_hash(plaintext, secret))
+
+
+def authenticate(
+    session: Session, plaintext: str, *, secret: str, cache: KeyCache | None = None
+) -> Principal:
+    """The principal for a presented key; AuthenticationError if it is not a live key.
+
+    With ``cache``, a key that authenticated in the last ``cache.ttl_s`` seconds is not looked
+    up again (see :mod:`bds_service.tenants.key_cache` for when a revocation takes effect).
+    """
+    key_hash = _well_formed_key_hash(plaintext, secret)
+    if cache is not None:
+        cached = cache.get(key_hash)
+        if cached is not None:
+            return cached
+    found = find_active_key(session, key_hash, utcnow())
     if found is None:
         raise AuthenticationError(
             "the API key is unknown, revoked or expired", code="invalid_api_key"
         )
     api_key, tenant = found
-    return Principal(
+    principal = Principal(
         tenant_id=tenant.id,
         tenant_name=tenant.name,
         key_id=api_key.id,
         is_admin=api_key.is_admin,
         limit_overrides=TenantLimitOverrides.of(tenant),
     )
+    if cache is not None:
+        cache.put(key_hash, principal, api_key.expires_at)
+    return principal

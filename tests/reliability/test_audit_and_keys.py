@@ -6,12 +6,14 @@
   application's own engine are refused by the database on both backends (the ORM guard and
   the raw-SQL case are tested in tests/service/test_audit.py and test_migrations.py).
 - A key issued over the API appears nowhere in the database, only its HMAC; revoked, expired
-  and disabled-tenant keys are refused with 401.
+  and disabled-tenant keys are refused with 401: at once when the change is made in the API's
+  own process, within ``api_key_cache_seconds`` when another process makes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,7 @@ from bds_service.models import ApiKey, AuditLog, Base, Tenant, utcnow
 from bds_service.settings import Settings
 from bds_service.tenants import keys
 from bds_service.tenants import service as tenants
+from bds_service.tenants.key_cache import forget_cached_keys
 
 TenantKey = Any  # fixture types from tests/api/conftest.py
 RecordingPublisher = Any
@@ -151,6 +154,9 @@ def test_revoked_expired_and_disabled_tenant_keys_are_refused(
             update(Tenant).where(Tenant.id == disabled.tenant_id).values(disabled_at=utcnow())
         )
         session.commit()
+    # A change made outside the API's process reaches it when the cached lookups expire
+    # (api_key_cache_seconds; shown by the next test); here they are dropped at once.
+    forget_cached_keys()
     for key in (revoked, expired, disabled):
         response = client.get("/v1/files", headers=key.headers)
         assert response.status_code == 401
@@ -158,3 +164,31 @@ def test_revoked_expired_and_disabled_tenant_keys_are_refused(
         assert (error["code"], error["type"]) == ("invalid_api_key", "authentication_error")
         assert "revoked or expired" in error["message"]
         assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_its_cached_lookup_expires(
+    make_tenant: Callable[..., TenantKey],
+    session_factory: SessionFactory,
+    service_settings: Settings,
+    publisher: RecordingPublisher,
+) -> None:
+    from api.app import create_app
+
+    settings = service_settings.model_copy(update={"api_key_cache_seconds": 1.0})
+    customer = make_tenant("acme")
+    with TestClient(create_app(settings, publisher)) as client:
+        assert client.get("/v1/files", headers=customer.headers).status_code == 200
+        with session_factory() as session:  # as the CLI or another API process would
+            key_hash = keys.hash_api_key(customer.key, settings.api_key_secret.get_secret_value())
+            session.execute(
+                update(ApiKey).where(ApiKey.key_hash == key_hash).values(revoked_at=utcnow())
+            )
+            session.commit()
+        # Within the cache's lifetime the revocation may not be seen yet; after it, it is.
+        deadline = time.monotonic() + 1.0 + 5.0
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status = client.get("/v1/files", headers=customer.headers).status_code
+            time.sleep(0.1)
+        assert status == 401
+        assert time.monotonic() < deadline
