@@ -8,7 +8,7 @@ client never sees a success that was not stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -91,9 +91,15 @@ def get_session(services: Services) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_read_session(services: Services) -> Iterator[Session]:
+async def get_read_session(services: Services) -> AsyncIterator[Session]:
     """A session for an endpoint that only reads and never commits. On PostgreSQL each
-    statement runs on its own (autocommit): no BEGIN and COMMIT round trips around a list."""
+    statement runs on its own (autocommit): no BEGIN and COMMIT round trips around a list.
+
+    Async, so that FastAPI does not hand it to a worker thread to open and again to close:
+    opening a session does no I/O (it connects at its first statement, on the endpoint's
+    thread), and closing one that holds no transaction gives its connection back to the pool
+    without a round trip.
+    """
     with (services.read_session_factory or services.session_factory)() as session:
         yield session
 

@@ -12,12 +12,46 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from bds_service.jobs.states import ACTIVE_STATUSES, JobStatus, check_transition
-from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent
+from bds_service.models import FineTuningJob, IdempotencyKey, JobCheckpoint, JobEvent, utcnow
 from bds_service.repository import Page, TenantScopedRepository
+
+
+def claim_idempotency_key(
+    session: Session,
+    *,
+    tenant_id: str,
+    key: str,
+    endpoint: str,
+    request_fingerprint: str,
+    resource_id: str,
+) -> bool:
+    """Store a tenant's Idempotency-Key for the resource about to be created; False if the
+    key is stored already. Of two transactions claiming one key at once, the second waits on
+    the unique key until the first ends, then stores nothing (the first committed) or its own
+    claim (the first rolled back). One statement: no savepoint around an INSERT that may fail.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(IdempotencyKey)
+        .values(
+            tenant_id=tenant_id,
+            key=key,
+            endpoint=endpoint,
+            request_fingerprint=request_fingerprint,
+            resource_id=resource_id,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    )
+    return session.execute(statement).first() is not None
 
 
 class JobRepository(TenantScopedRepository[FineTuningJob]):

@@ -15,7 +15,6 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bds_service import audit
@@ -35,6 +34,7 @@ from bds_service.jobs.repository import (
     JobCheckpointRepository,
     JobEventRepository,
     JobRepository,
+    claim_idempotency_key,
     jobs_waiting_on_file,
     load_job_for_task,
     succeeded_jobs,
@@ -324,25 +324,20 @@ def create_job(
         method_type=spec.method_type,
     )
     job_id = new_id(JOB_PREFIX)
-    if idempotency_key is not None:
-        # Claim the key first, inside a savepoint: of two concurrent requests with one key,
-        # the second blocks on the unique key until the first commits, then replays it.
-        try:
-            with session.begin_nested():
-                session.add(
-                    IdempotencyKey(
-                        tenant_id=tenant_id,
-                        key=idempotency_key,
-                        endpoint=CREATE_ENDPOINT,
-                        request_fingerprint=fingerprint,
-                        resource_id=job_id,
-                    )
-                )
-        except IntegrityError:
-            existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
-            if existing is None:
-                raise
-            return _replay(session, existing, tenant_id, fingerprint)
+    if idempotency_key is not None and not claim_idempotency_key(
+        session,
+        tenant_id=tenant_id,
+        key=idempotency_key,
+        endpoint=CREATE_ENDPOINT,
+        request_fingerprint=fingerprint,
+        resource_id=job_id,
+    ):
+        # Claimed first: of two concurrent requests with one key, the second waits on the
+        # unique key until the first commits, then replays it.
+        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
+        if existing is None:  # the claim found a committed key that this read cannot see
+            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
+        return _replay(session, existing, tenant_id, fingerprint)
 
     hyperparameters = _resolve_hyperparameters(spec.hyperparameters, settings)
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}

@@ -25,9 +25,9 @@ LIST_STATEMENTS = 1  # the page
 FIRST_LIST_STATEMENTS = 2  # the key's lookup, the page
 # Idempotency key (twice: before and after the tenant's lock), training file, tenant lock with
 # its bounded wait set and reset (PostgreSQL only), unfinished jobs, provider reviews, the key's
-# claim in a savepoint (3), job, audit row, events (one INSERT on PostgreSQL, one per event on
+# claim (INSERT ... ON CONFLICT DO NOTHING), job, audit row, events (one INSERT on PostgreSQL, one per event on
 # SQLite).
-CREATE_STATEMENTS = {"postgresql": 14, "sqlite": 13}
+CREATE_STATEMENTS = {"postgresql": 12, "sqlite": 11}
 
 
 @pytest.fixture
