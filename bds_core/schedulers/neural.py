@@ -40,7 +40,6 @@ from bds_core.schedulers.base import (
     SchedulerContext,
     SchedulerSettings,
     initial_logit,
-    register_scheduler,
 )
 
 HEAD_KINDS: tuple[str, ...] = ("mlp", "linear")
@@ -546,7 +545,6 @@ def embed_for_scheduler(
     return embeddings, encoder.info
 
 
-@register_scheduler("neural")
 def build_neural(settings: SchedulerSettings, context: SchedulerContext) -> DataScheduler:
     """Neural scheduler over the run's examples; starts from `settings.init_path` if given."""
     options = NeuralOptions.from_options(settings.options)
