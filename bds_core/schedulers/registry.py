@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 SchedulerBuilder: TypeAlias = "Callable[[SchedulerSettings, SchedulerContext], DataScheduler]"
 
-_builders: dict[str, SchedulerBuilder | str] = {}
+_builders: dict[str, SchedulerBuilder | str] = {}  # as registered
+_imported: dict[str, SchedulerBuilder] = {}  # "module:function" builders, once imported
 
 
 def register_scheduler(kind: str, builder: SchedulerBuilder | str) -> None:
@@ -43,7 +44,9 @@ def scheduler_builder(kind: str) -> SchedulerBuilder:
     if builder is None:
         known = ", ".join(sorted(_builders)) or "none"
         raise ValueError(f"unknown scheduler kind {kind!r}; known kinds: {known}")
-    if isinstance(builder, str):
+    if not isinstance(builder, str):
+        return builder
+    if builder not in _imported:
         module_name, _, name = builder.partition(":")
-        builder = _builders[kind] = getattr(import_module(module_name), name)
-    return builder
+        _imported[builder] = getattr(import_module(module_name), name)
+    return _imported[builder]

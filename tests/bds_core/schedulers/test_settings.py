@@ -99,3 +99,13 @@ def test_settings_and_kinds_load_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert completed.stdout.strip() == "('scalar', 'neural') False"
+
+
+def test_neural_options_have_upper_limits() -> None:
+    """Options reach the service's method.bds: a huge head is refused, not attempted."""
+    from bds_core.schedulers.neural import NeuralOptions
+
+    with pytest.raises(ValueError, match=r"neural scheduler hidden must be in \[1, 4096\]"):
+        NeuralOptions.from_options({"hidden": 1_000_000})
+    with pytest.raises(ValueError, match=r"max_tokens must be in \[8, 8192\], got 4"):
+        NeuralOptions.from_options({"max_tokens": 4})
