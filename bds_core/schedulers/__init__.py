@@ -7,9 +7,9 @@ service can describe ``method.bds`` and list the kinds cheaply; the names that n
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bds_core.lazy import lazy_attributes
 from bds_core.schedulers.registry import register_scheduler, scheduler_builder, scheduler_kinds
 from bds_core.schedulers.settings import (
     SchedulerSettings,
@@ -40,13 +40,7 @@ _LAZY_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_NAMES.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bds_core.schedulers' has no attribute {name!r}")
-    value = getattr(import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = [
