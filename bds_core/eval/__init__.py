@@ -6,8 +6,7 @@ RefusalPhraseJudge`` stays cheap (the API judges answers from the inference engi
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bds_core.eval.judges import (
     DEFAULT_REFUSAL_PHRASES,
@@ -16,6 +15,7 @@ from bds_core.eval.judges import (
     is_degenerate,
     judge_name,
 )
+from bds_core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from bds_core.eval.generation import (
@@ -49,13 +49,7 @@ _LAZY_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_NAMES.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bds_core.eval' has no attribute {name!r}")
-    value = getattr(import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = [

@@ -11,8 +11,9 @@ bds_core calls made here (the contract in the design notes):
 job that asks for several GPUs (``method.bds.n_gpus``)
 ``bds_core.training.launch.train_with_torchrun(config, n_gpus, ...)``, which runs torchrun
 children on this worker's GPUs while this process keeps the lease and reads the cancellation,
-``bds_core.schedulers.SchedulerSettings``, and for the evaluation ``bds_core.models.load_model``,
-``bds_core.eval.harmful_score`` / ``exact_match_accuracy`` (see :mod:`.evaluation`).
+``bds_core.schedulers.scheduler_settings_from_flat`` (``method.bds`` to SchedulerSettings),
+and for the evaluation ``bds_core.models.load_model``, ``bds_core.eval.harmful_score`` /
+``exact_match_accuracy`` (see :mod:`.evaluation`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bds_core.schedulers import scheduler_settings_from_flat
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 from bds_core.training.launch import train_with_torchrun, visible_gpu_count
 from bds_service import audit
@@ -47,21 +49,6 @@ from bds_service.settings import Settings
 from bds_service.storage import LocalStorage, job_key
 
 logger = logging.getLogger(__name__)
-
-_SCHEDULER_FIELDS = {
-    # API name in method.bds -> bds_core.schedulers.SchedulerSettings field
-    "scheduler": "kind",
-    "transform": "transform",
-    "update": "update",
-    "reference": "reference",
-    "loss_timing": "loss_timing",
-    "scheduler_learning_rate": "learning_rate",
-    "entropy_weight": "entropy_weight",
-    "sgld": "sgld",
-    "sgld_temperature": "sgld_temperature",
-    "sgld_burn_in": "sgld_burn_in",
-    "prior_std": "prior_std",
-}
 
 
 class ClaimLostError(RuntimeError):
@@ -106,13 +93,6 @@ class JobPlan:
 
 def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
     """The bds_core TrainConfig of a job (raises ValueError naming a bad setting)."""
-    from bds_core.schedulers import SchedulerSettings
-
-    scheduler_options = {
-        core_name: plan.bds[api_name]
-        for api_name, core_name in _SCHEDULER_FIELDS.items()
-        if api_name in plan.bds
-    }
     return TrainConfig(
         model=plan.model,
         train_file=plan.train_file,
@@ -127,7 +107,8 @@ def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
         max_steps=plan.bds.get("max_steps"),
         max_length=settings.max_length,
         seed=plan.seed,
-        scheduler=SchedulerSettings(**scheduler_options),
+        # method.bds names the scheduler settings by their flat names (`scheduler`, ...).
+        scheduler=scheduler_settings_from_flat(plan.bds),
         checkpoint_every=settings.checkpoint_every,
         precision=settings.train_precision,
         gradient_checkpointing=settings.gradient_checkpointing,
