@@ -15,8 +15,8 @@ from bds_service.dataset_reviews.service import DROP_FLAGGED, flagged_lines
 from bds_service.db import UnitOfWork
 from bds_service.files.repository import load_file_for_task
 from bds_service.files.service import SAFETY_SUCCEEDED
+from bds_service.jobs.lifecycle import add_event
 from bds_service.jobs.repository import load_job_for_task
-from bds_service.jobs.service import add_event
 
 POLICY_TRAIN_FILENAME = "train.policy.jsonl"
 

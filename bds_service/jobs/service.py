@@ -30,7 +30,8 @@ from bds_service.errors import (
 )
 from bds_service.files.repository import FileRepository, load_file_for_task
 from bds_service.files.service import ERROR, FINE_TUNE, PROCESSED, SAFETY_ALIGNMENT
-from bds_service.ids import EVENT_PREFIX, JOB_PREFIX, new_id
+from bds_service.ids import JOB_PREFIX, new_id
+from bds_service.jobs.lifecycle import add_event, fail_job, job_error, move_job
 from bds_service.jobs.repository import (
     JobCheckpointRepository,
     JobEventRepository,
@@ -38,7 +39,6 @@ from bds_service.jobs.repository import (
     jobs_waiting_on_file,
     load_job_for_task,
     succeeded_jobs,
-    transition,
 )
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import (
@@ -103,29 +103,6 @@ def check_idempotency_key(key: str | None) -> str | None:
             param="Idempotency-Key",
         )
     return key
-
-
-def add_event(
-    session: Session,
-    job: FineTuningJob,
-    message: str,
-    *,
-    level: Literal["info", "warn", "error"] = "info",
-    event_type: Literal["message", "metrics"] = "message",
-    data: dict[str, Any] | None = None,
-) -> JobEvent:
-    """Append an event to a job's history."""
-    event = JobEvent(
-        id=new_id(EVENT_PREFIX),
-        job_id=job.id,
-        tenant_id=job.tenant_id,
-        level=level,
-        event_type=event_type,
-        message=message,
-        data=data,
-    )
-    session.add(event)
-    return event
 
 
 def _usable_file(
@@ -440,20 +417,21 @@ def cancel_job(session: Session, tenant_id: str, job_id: str, *, actor: Actor) -
     else:
         target, message = JobStatus.CANCELLED, "Job cancelled"
         values = {"cancel_requested_at": now, "finished_at": now}
-    if not transition(session, job.id, sources={status}, target=target, values=values):
+    if not move_job(
+        session,
+        job,
+        target,
+        sources={status},
+        actor=actor,
+        action="fine_tuning_job.cancel",
+        event=message,
+        details={"from": status.value, "to": target.value},
+        values=values,
+    ):
         raise ConflictError(
             f"job {job_id} changed state while cancelling; retry", code="job_state_changed"
         )
     session.refresh(job)
-    add_event(session, job, message)
-    audit.record(
-        session,
-        actor,
-        "fine_tuning_job.cancel",
-        target_type="fine_tuning_job",
-        target_id=job.id,
-        details={"from": status.value, "to": target.value},
-    )
     return job
 
 
@@ -534,47 +512,31 @@ def prepare_job(session: Session, job_id: str) -> str:
         file = load_file_for_task(session, file_id)
         if file is None or file.deleted_at is not None or file.status == ERROR:
             details = "it was deleted" if file is None or file.deleted_at else file.status_details
-            error = {
-                "code": f"invalid_{param}",
-                "message": f"{param} {file_id} cannot be used: {details}",
-                "param": param,
-            }
-            if transition(
+            error = job_error(
+                f"invalid_{param}", f"{param} {file_id} cannot be used: {details}", param
+            )
+            fail_job(
                 session,
-                job.id,
+                job,
+                error,
                 sources={JobStatus.VALIDATING_FILES},
-                target=JobStatus.FAILED,
-                values={"error": error, "finished_at": utcnow()},
-            ):
-                add_event(session, job, error["message"], level="error")
-                audit.record(
-                    session,
-                    Actor("worker", "prepare_job", job.tenant_id),
-                    "fine_tuning_job.fail",
-                    target_type="fine_tuning_job",
-                    target_id=job.id,
-                    details={"error": error},
-                )
+                actor=Actor("worker", "prepare_job", job.tenant_id),
+            )
             return JobStatus.FAILED.value
         if file.status != PROCESSED:
             pending = True
     if pending:
         return job.status
-    if transition(
+    if move_job(
         session,
-        job.id,
+        job,
+        JobStatus.QUEUED,
         sources={JobStatus.VALIDATING_FILES},
-        target=JobStatus.QUEUED,
+        actor=Actor("worker", "prepare_job", job.tenant_id),
+        action="fine_tuning_job.queue",
+        event="Files validated, job queued",
         values={"dispatched_at": utcnow(), "dispatch_count": 0},
     ):
-        add_event(session, job, "Files validated, job queued")
-        audit.record(
-            session,
-            Actor("worker", "prepare_job", job.tenant_id),
-            "fine_tuning_job.queue",
-            target_type="fine_tuning_job",
-            target_id=job.id,
-        )
         enqueue_after_commit(session, training_message(job))
         return JobStatus.QUEUED.value
     return "changed"
