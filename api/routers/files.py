@@ -15,6 +15,7 @@ from api.uploads import receive_upload
 from bds_service.db import call_after_rollback
 from bds_service.errors import InvalidRequestError
 from bds_service.files import service as files
+from bds_service.files.states import UPLOAD_PURPOSES
 from bds_service.storage import file_key
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -29,7 +30,7 @@ _UPLOAD_BODY = {
                     "required": ["file", "purpose"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(files.UPLOAD_PURPOSES)},
+                        "purpose": {"type": "string", "enum": [p.value for p in UPLOAD_PURPOSES]},
                     },
                 }
             }

@@ -29,7 +29,7 @@ from bds_service.errors import (
     UnprocessableError,
 )
 from bds_service.files.repository import FileRepository, load_file_for_task
-from bds_service.files.service import ERROR, FINE_TUNE, PROCESSED, SAFETY_ALIGNMENT
+from bds_service.files.states import FilePurpose, FileStatus
 from bds_service.ids import JOB_PREFIX, new_id
 from bds_service.jobs.lifecycle import add_event, fail_job, job_error, move_job
 from bds_service.jobs.repository import (
@@ -110,7 +110,7 @@ def _usable_file(
     tenant_id: str,
     file_id: str,
     *,
-    purpose: str,
+    purpose: FilePurpose,
     param: str,
 ) -> File:
     """A tenant's live file of the right purpose that did not fail validation."""
@@ -123,12 +123,12 @@ def _usable_file(
         )
     if file.purpose != purpose:
         raise InvalidRequestError(
-            f"{param} {file_id} has purpose {file.purpose!r}; it must be uploaded with "
-            f"purpose {purpose!r}",
+            f"{param} {file_id} has purpose {str(file.purpose)!r}; it must be uploaded with "
+            f"purpose {purpose.value!r}",
             code=f"invalid_{param}",
             param=param,
         )
-    if file.status == ERROR:
+    if file.status == FileStatus.ERROR:
         raise InvalidRequestError(
             f"{param} {file_id} failed validation: {file.status_details}",
             code=f"invalid_{param}",
@@ -219,7 +219,11 @@ def create_job(
         )
     files = [
         _usable_file(
-            session, tenant_id, spec.training_file, purpose=FINE_TUNE, param="training_file"
+            session,
+            tenant_id,
+            spec.training_file,
+            purpose=FilePurpose.FINE_TUNE,
+            param="training_file",
         )
     ]
     if spec.validation_file is not None:
@@ -232,7 +236,11 @@ def create_job(
             )
         files.append(
             _usable_file(
-                session, tenant_id, spec.validation_file, purpose=FINE_TUNE, param="validation_file"
+                session,
+                tenant_id,
+                spec.validation_file,
+                purpose=FilePurpose.FINE_TUNE,
+                param="validation_file",
             )
         )
     safety_file_id = spec.bds.get("safety_file")
@@ -244,10 +252,14 @@ def create_job(
                 param="method.bds.safety_file",
             )
         safety = FileRepository(session, tenant_id).live(safety_file_id, lock="share")
-        if safety is None or safety.purpose != SAFETY_ALIGNMENT or safety.status == ERROR:
+        if (
+            safety is None
+            or safety.purpose != FilePurpose.SAFETY_ALIGNMENT
+            or safety.status == FileStatus.ERROR
+        ):
             raise InvalidRequestError(
                 f"safety_file {safety_file_id!r} must be one of your valid files uploaded with "
-                f"purpose {SAFETY_ALIGNMENT!r}",
+                f"purpose {FilePurpose.SAFETY_ALIGNMENT.value!r}",
                 code="invalid_safety_file",
                 param="method.bds.safety_file",
             )
@@ -255,7 +267,7 @@ def create_job(
     elif spec.method_type == "bds" and settings.safety_alignment_file is None:
         raise InvalidRequestError(
             "method bds needs alignment data: upload a file with purpose "
-            f"{SAFETY_ALIGNMENT!r} and name it in method.bds.safety_file (this deployment "
+            f"{FilePurpose.SAFETY_ALIGNMENT.value!r} and name it in method.bds.safety_file (this deployment "
             "has no default alignment set)",
             code="safety_data_unavailable",
             param="method.bds.safety_file",
@@ -325,7 +337,7 @@ def create_job(
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
     if spec.method_type == "bds":
         method_block.update(spec.bds)
-    all_processed = all(file.status == PROCESSED for file in files)
+    all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     job = FineTuningJob(
         id=job_id,
         tenant_id=tenant_id,
@@ -510,7 +522,7 @@ def prepare_job(session: Session, job_id: str) -> str:
         if file_id is None:
             continue
         file = load_file_for_task(session, file_id)
-        if file is None or file.deleted_at is not None or file.status == ERROR:
+        if file is None or file.deleted_at is not None or file.status == FileStatus.ERROR:
             details = "it was deleted" if file is None or file.deleted_at else file.status_details
             error = job_error(
                 f"invalid_{param}", f"{param} {file_id} cannot be used: {details}", param
@@ -523,7 +535,7 @@ def prepare_job(session: Session, job_id: str) -> str:
                 actor=Actor("worker", "prepare_job", job.tenant_id),
             )
             return JobStatus.FAILED.value
-        if file.status != PROCESSED:
+        if file.status != FileStatus.PROCESSED:
             pending = True
     if pending:
         return job.status

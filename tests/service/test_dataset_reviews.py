@@ -23,6 +23,7 @@ from bds_service.errors import (
     ServiceError,
 )
 from bds_service.files import service as files_service
+from bds_service.files.states import SafetyStatus
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.runner import RunContext, run_job
 from bds_service.models import AuditLog, File, FineTuningJob, JobEvent
@@ -123,7 +124,7 @@ def dataset(context: RunContext, settings: Settings) -> dict[str, str]:
     with context.uow() as session:
         tenant = create_tenant(session, "acme", ACTOR)
         training = store(session, tenant.id, "\n".join(TRAIN) + "\n", "fine-tune")
-        training.safety_status = files_service.SAFETY_SUCCEEDED
+        training.safety_status = SafetyStatus.SUCCEEDED
         training.safety_report = _safety_report(len(TRAIN), FLAGGED_LINES)
         safety = store(session, tenant.id, SAFETY, "safety-alignment")
         return {"tenant": tenant.id, "training": training.id, "safety": safety.id}
@@ -188,7 +189,7 @@ def test_decisions_and_policies_are_enforced_at_creation_and_audited(
     with context.uow() as session:
         file = session.get(File, dataset["training"])
         assert file is not None
-        file.safety_status, file.safety_report = files_service.SAFETY_RUNNING, None
+        file.safety_status, file.safety_report = SafetyStatus.RUNNING, None
     for policy in ("reject", "drop_flagged"):
         _review(context, dataset["training"], policy=policy)
         error = _refusal(context, settings, dataset)
