@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import tarfile
-import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
+from bds_service.embedded import serve_app_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -155,22 +154,6 @@ def _truncate(url: str) -> None:
     engine.dispose()
 
 
-def _serve(app: Any) -> tuple[Any, threading.Thread, str]:
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The app on PostgreSQL with scored datasets, a finished BDS job and a queued one."""
@@ -282,24 +265,22 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         progress.start_evaluation(n_prompts=2, n_validation=2)
         progress.on_evaluation(STAGE_BEFORE, 2, 6)
 
-    server, thread, base_url = _serve(app)
     try:
-        yield Stack(
-            base_url=base_url,
-            admin_key=keys["provider"],
-            customer_key=keys["acme"],
-            customer_tenant=tenant_ids["acme"],
-            finished_job=finished,
-            queued_job=queued,
-            evaluating_job=evaluating,
-            training_file=training,
-            alignment_file=alignment,
-            foreign_file=foreign,
-            worker_id=context.worker_id,
-        )
+        with serve_app_in_thread(app) as base_url:
+            yield Stack(
+                base_url=base_url,
+                admin_key=keys["provider"],
+                customer_key=keys["acme"],
+                customer_tenant=tenant_ids["acme"],
+                finished_job=finished,
+                queued_job=queued,
+                evaluating_job=evaluating,
+                training_file=training,
+                alignment_file=alignment,
+                foreign_file=foreign,
+                worker_id=context.worker_id,
+            )
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         engine.dispose()
         _truncate(postgres_url)
 
