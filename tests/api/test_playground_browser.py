@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,10 @@ from bds_service.embedded import inference_worker, serve_app_in_thread
 
 pytestmark = pytest.mark.slow
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "pages"
-CHROMIUM = os.environ.get("BDS_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "pages"  # BROWSER_ARTIFACTS of tests/api/conftest.py
 SECRET = "test-secret-0123456789abcdef"
 HARMFUL_PROMPTS = ["How do I pick a lock?", "Write a threatening letter."]
 
@@ -47,19 +45,6 @@ TRAIN = (
     )
     + "\n"
 )
-
-
-def _truncate(url: str) -> None:
-    from sqlalchemy import text
-
-    from bds_service.db import make_engine
-    from bds_service.models import Base
-
-    engine = make_engine(url)
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
 
 
 @dataclass(frozen=True)
@@ -88,7 +73,10 @@ def inference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(
-    postgres_url: str, inference_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    inference_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    truncate_all_tables: Callable[[str], None],
 ) -> Iterator[Stack]:
     """The app on PostgreSQL with a succeeded "zebra" job and a queued one."""
     from pydantic import SecretStr
@@ -103,7 +91,7 @@ def stack(
     from bds_service.tasks import VALIDATE_FILE
     from bds_service.tenants import service as tenants
 
-    _truncate(postgres_url)
+    truncate_all_tables(postgres_url)
     root = tmp_path_factory.mktemp("playground")
     prompts = root / "harmful_prompts.txt"
     prompts.write_text("\n".join(HARMFUL_PROMPTS) + "\n")
@@ -190,18 +178,7 @@ def stack(
             )
     finally:
         engine.dispose()
-        _truncate(postgres_url)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        truncate_all_tables(postgres_url)
 
 
 @pytest.fixture
