@@ -2,15 +2,17 @@
 
 Every move of a job's ``status`` (the API's cancel, the ``prepare_job`` task, the runner, the
 lease reaper) goes through :func:`move_job`: a compare-and-set UPDATE (see
-:func:`bds_service.jobs.repository.transition`) and, only if it won, the customer-visible event
-and the audit row, all in the caller's transaction. A failure goes through :func:`fail_job`, so
-every failed job stores the same ``error{code,message,param}`` shape and the same audit details.
+:func:`bds_service.jobs.repository.transition`) and, only if it won, the :class:`JobChange`:
+the customer-visible event and the audit row, all in the caller's transaction. A failure goes
+through :func:`fail_job`, so every failed job stores the same ``error{code,message,param}``
+shape and the same audit details.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from sqlalchemy.orm import Session
@@ -64,40 +66,45 @@ def add_event(
     return event
 
 
-def record_job_change(
-    session: Session,
-    job: FineTuningJob,
-    *,
-    actor: Actor,
-    action: str,
-    event: str,
-    level: EventLevel = "info",
-    event_data: dict[str, Any] | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """The event and the audit row of a change already made to ``job`` (same transaction)."""
-    add_event(session, job, event, level=level, data=event_data)
-    audit.record(session, actor, action, target_type=JOB_TARGET, target_id=job.id, details=details)
+@dataclass(frozen=True)
+class JobChange:
+    """What one change of a job records: the event its owner reads and the audit row."""
+
+    actor: Actor
+    action: str
+    """The audit action, ``fine_tuning_job.<verb>``."""
+    event: str
+    level: EventLevel = "info"
+    event_data: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
+    """The audit row's details."""
+
+    def record(self, session: Session, job: FineTuningJob) -> None:
+        """Add the event and the audit row of this change of ``job`` (same transaction)."""
+        add_event(session, job, self.event, level=self.level, data=self.event_data)
+        audit.record(
+            session,
+            self.actor,
+            self.action,
+            target_type=JOB_TARGET,
+            target_id=job.id,
+            details=self.details,
+        )
 
 
 def move_job(
     session: Session,
     job: FineTuningJob,
     target: JobStatus,
+    change: JobChange,
     *,
     sources: Collection[JobStatus],
-    actor: Actor,
-    action: str,
-    event: str,
-    level: EventLevel = "info",
-    event_data: dict[str, Any] | None = None,
-    details: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
     lease_owner: str | None = None,
     lease_expired_by: dt.datetime | None = None,
 ) -> bool:
-    """Move ``job`` from one of ``sources`` to ``target``, then record the event and the audit
-    row; True if it moved, False (nothing written) if the job was no longer where expected.
+    """Move ``job`` from one of ``sources`` to ``target``, then record ``change``; True if it
+    moved, False (nothing written) if the job was no longer where expected.
 
     A terminal ``target`` also stamps ``finished_at`` (now, unless ``values`` gives it) and
     clears ``estimated_finish``. ``lease_owner`` and ``lease_expired_by`` are the conditions of
@@ -117,16 +124,7 @@ def move_job(
         values=new_values,
     ):
         return False
-    record_job_change(
-        session,
-        job,
-        actor=actor,
-        action=action,
-        event=event,
-        level=level,
-        event_data=event_data,
-        details=details,
-    )
+    change.record(session, job)
     return True
 
 
@@ -147,16 +145,19 @@ def fail_job(
     values: dict[str, Any] = {"error": dict(error)}
     if finished_at is not None:
         values["finished_at"] = finished_at
+    change = JobChange(
+        actor,
+        "fine_tuning_job.fail",
+        error["message"] if event is None else event,
+        level="error",
+        details={"error": dict(error)},
+    )
     return move_job(
         session,
         job,
         JobStatus.FAILED,
+        change,
         sources=sources,
-        actor=actor,
-        action="fine_tuning_job.fail",
-        event=error["message"] if event is None else event,
-        level="error",
-        details={"error": dict(error)},
         values=values,
         lease_owner=lease_owner,
         lease_expired_by=lease_expired_by,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from bds_service.audit import Actor
-from bds_service.jobs.lifecycle import fail_job, job_error, move_job
+from bds_service.jobs.lifecycle import JobChange, fail_job, job_error, move_job
 from bds_service.jobs.repository import expired_leases
 from bds_service.jobs.service import training_message
 from bds_service.jobs.states import JobStatus
@@ -36,10 +36,12 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
                 session,
                 job,
                 JobStatus.CANCELLED,
+                JobChange(
+                    actor,
+                    "fine_tuning_job.cancelled",
+                    "Fine-tuning job cancelled (its worker stopped)",
+                ),
                 sources={status},
-                actor=actor,
-                action="fine_tuning_job.cancelled",
-                event="Fine-tuning job cancelled (its worker stopped)",
                 values={"finished_at": now},
                 lease_owner=expired_owner,
                 lease_expired_by=now,
@@ -62,13 +64,15 @@ def reap_expired_leases(session: Session, *, max_attempts: int) -> dict[str, lis
             session,
             job,
             JobStatus.QUEUED,
+            JobChange(
+                actor,
+                "fine_tuning_job.requeue",
+                f"Worker {expired_owner} stopped renewing its lease; job re-queued "
+                f"(attempt {job.attempt} of {max_attempts})",
+                level="warn",
+                details={"expired_owner": expired_owner},
+            ),
             sources={status},
-            actor=actor,
-            action="fine_tuning_job.requeue",
-            event=f"Worker {expired_owner} stopped renewing its lease; job re-queued "
-            f"(attempt {job.attempt} of {max_attempts})",
-            level="warn",
-            details={"expired_owner": expired_owner},
             values={"dispatched_at": now, "dispatch_count": 0},
             lease_owner=expired_owner,
             lease_expired_by=now,

@@ -39,11 +39,11 @@ from bds_service.db import UnitOfWork
 from bds_service.files.repository import load_file_for_task
 from bds_service.ids import CHECKPOINT_PREFIX, new_id
 from bds_service.jobs.lifecycle import (
+    JobChange,
     add_event,
     fail_job,
     job_error,
     move_job,
-    record_job_change,
 )
 from bds_service.jobs.repository import claim, load_job_for_task, renew_lease
 from bds_service.jobs.service import fine_tuned_model_name
@@ -523,15 +523,13 @@ def _claim(context: RunContext, job_id: str) -> JobPlan | str:
             run_key=run_key,
             fine_tuned_model=fine_tuned_model_name(job, tenant.name),
         )
-        record_job_change(
-            session,
-            job,
-            actor=_worker_actor(context, job.tenant_id),
-            action="fine_tuning_job.start",
-            event=f"Fine-tuning job started (attempt {job.attempt})",
+        JobChange(
+            _worker_actor(context, job.tenant_id),
+            "fine_tuning_job.start",
+            f"Fine-tuning job started (attempt {job.attempt})",
             event_data={"attempt": job.attempt, "worker": context.worker_id},
             details={"attempt": job.attempt},
-        )
+        ).record(session, job)
     return plan
 
 
@@ -575,10 +573,12 @@ def _finish_cancelled(context: RunContext, plan: JobPlan) -> str:
             session,
             job,
             JobStatus.CANCELLED,
+            JobChange(
+                _worker_actor(context, plan.tenant_id),
+                "fine_tuning_job.cancelled",
+                "Fine-tuning job cancelled",
+            ),
             sources={JobStatus.CANCELLING},
-            actor=_worker_actor(context, plan.tenant_id),
-            action="fine_tuning_job.cancelled",
-            event="Fine-tuning job cancelled",
             lease_owner=context.worker_id,
         ):
             return "claim_lost"
@@ -646,11 +646,13 @@ def _succeed(
             session,
             job,
             JobStatus.SUCCEEDED,
+            JobChange(
+                _worker_actor(context, plan.tenant_id),
+                "fine_tuning_job.succeed",
+                "The job has successfully completed",
+                event_data={"fine_tuned_model": plan.fine_tuned_model},
+            ),
             sources={JobStatus.RUNNING},
-            actor=_worker_actor(context, plan.tenant_id),
-            action="fine_tuning_job.succeed",
-            event="The job has successfully completed",
-            event_data={"fine_tuned_model": plan.fine_tuned_model},
             values=values,
             lease_owner=context.worker_id,
         ):

@@ -31,7 +31,7 @@ from bds_service.errors import (
 from bds_service.files.repository import FileRepository, load_file_for_task
 from bds_service.files.states import FilePurpose, FileStatus
 from bds_service.ids import JOB_PREFIX, new_id
-from bds_service.jobs.lifecycle import add_event, fail_job, job_error, move_job
+from bds_service.jobs.lifecycle import JobChange, add_event, fail_job, job_error, move_job
 from bds_service.jobs.repository import (
     JobCheckpointRepository,
     JobEventRepository,
@@ -433,11 +433,13 @@ def cancel_job(session: Session, tenant_id: str, job_id: str, *, actor: Actor) -
         session,
         job,
         target,
+        JobChange(
+            actor,
+            "fine_tuning_job.cancel",
+            message,
+            details={"from": status.value, "to": target.value},
+        ),
         sources={status},
-        actor=actor,
-        action="fine_tuning_job.cancel",
-        event=message,
-        details={"from": status.value, "to": target.value},
         values=values,
     ):
         raise ConflictError(
@@ -543,10 +545,12 @@ def prepare_job(session: Session, job_id: str) -> str:
         session,
         job,
         JobStatus.QUEUED,
+        JobChange(
+            Actor("worker", "prepare_job", job.tenant_id),
+            "fine_tuning_job.queue",
+            "Files validated, job queued",
+        ),
         sources={JobStatus.VALIDATING_FILES},
-        actor=Actor("worker", "prepare_job", job.tenant_id),
-        action="fine_tuning_job.queue",
-        event="Files validated, job queued",
         values={"dispatched_at": utcnow(), "dispatch_count": 0},
     ):
         enqueue_after_commit(session, training_message(job))
