@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bds_core.data import Example, collate, encode_example, load_examples
+from bds_core.data import Example, encode_example, load_examples
 from bds_core.data.tokenize import EncodedExample
 from bds_core.eval.weights import INTERVAL_LEVEL, uncertainty_statistics, weight_statistics
 from bds_core.models import CATALOG, apply_lora, load_model
 from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
 from bds_core.schedulers.base import WeightSummary, make_scheduler_optimizer
-from bds_core.training.buckets import plan_buckets
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
     TrainingState,
@@ -48,11 +47,7 @@ from bds_core.training.checkpoint import (
 )
 from bds_core.training.config import TrainConfig
 from bds_core.training.distributed import DataParallel, init_data_parallel
-from bds_core.training.losses import (
-    per_example_loss,
-    per_example_loss_from_hidden,
-    weighted_loss_sum,
-)
+from bds_core.training.forward import RowLosses, adapter_parameters
 from bds_core.training.outputs import (
     MAIN_ADAPTER,
     TrainResult,
@@ -62,9 +57,8 @@ from bds_core.training.outputs import (
     write_metrics,
     write_weights,
 )
+from bds_core.training.reference import AGNOSTIC_ADAPTER, ReferenceLosses
 from bds_core.training.sampling import EpochSampler
-
-AGNOSTIC_ADAPTER = "agnostic"
 
 ExampleSelection = Callable[[Sequence[Example]], list[Example]]
 """Which of the customer examples to train on (a subset, in file order)."""
@@ -120,7 +114,6 @@ class BDSTrainer:
         config = self.config
         self.parallel, self.device = init_data_parallel(config.device)
         seed_everything(config.seed)
-        self.autocast_dtype = _autocast_dtype(config.precision, self.device)
 
         self.all_train_examples: list[Example] = load_examples(config.train_file)
         self.train_examples = self.all_train_examples
@@ -144,14 +137,9 @@ class BDSTrainer:
         with self.parallel.main_first(active=config.model in CATALOG):
             loaded = load_model(config.model, device=self.device)
         self.tokenizer = loaded.tokenizer
-        self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.model = apply_lora(loaded.model, config.lora)
         self.model.to(self.device)
-        # The decoder stack (with the LoRA layers injected) and the vocabulary projection, so
-        # only answer positions are projected to the vocabulary (per_example_loss_from_hidden).
         causal_lm: Any = self.model.get_base_model()
-        self.decoder: Any = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
-        self.output_head: Any = causal_lm.get_output_embeddings()
         if config.gradient_checkpointing:
             # Non-reentrant checkpointing needs no input gradients, so frozen embeddings and
             # LoRA-only training work as they are.
@@ -162,6 +150,15 @@ class BDSTrainer:
 
         self.train_encoded = self._encode(self.train_examples)
         self.safety_encoded = self._encode(self.safety_examples)
+        self.row_losses = RowLosses(
+            self.model,
+            self.train_encoded,
+            self.safety_encoded,
+            int(self.tokenizer.pad_token_id),
+            config,
+            self.device,
+            _autocast_dtype(config.precision, self.device),
+        )
         self.total_steps = config.total_steps(len(self.train_examples), len(self.safety_examples))
 
         self.uses_agnostic = config.method == "bds" and config.scheduler.reference == "agnostic"
@@ -169,7 +166,7 @@ class BDSTrainer:
             self.model.add_adapter(AGNOSTIC_ADAPTER, self.model.peft_config[MAIN_ADAPTER])
             self.model.set_adapter(MAIN_ADAPTER)
         self.adapter_params = {
-            name: self._adapter_parameters(name)
+            name: adapter_parameters(self.model, name)
             for name in ([MAIN_ADAPTER, AGNOSTIC_ADAPTER] if self.uses_agnostic else [MAIN_ADAPTER])
         }
         self.optimizer = self._make_model_optimizer(self.adapter_params[MAIN_ADAPTER])
@@ -211,9 +208,14 @@ class BDSTrainer:
             self.scheduler_optimizer = make_scheduler_optimizer(
                 self.scheduler, self.noise_generator
             )
-        n = len(self.train_examples)
-        self.reference_cache = torch.zeros(n)
-        self.reference_known = torch.zeros(n, dtype=torch.bool)
+        self.reference = ReferenceLosses(
+            config,
+            len(self.train_examples),
+            self.model,
+            self.row_losses,
+            self.parallel,
+            self.agnostic_optimizer,
+        )
         self.data_digest = data_digest([config.train_file, config.safety_file])
         self.fingerprint = config.resume_fingerprint(self.data_digest)
         if self.parallel.enabled:
@@ -232,24 +234,8 @@ class BDSTrainer:
                 tensors += [b for b in self.scheduler.buffers() if b.is_floating_point()]
         return tensors
 
-    def _autocast(self) -> Any:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     def _encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
         return [encode_example(ex, self.tokenizer, self.config.max_length) for ex in examples]
-
-    def _adapter_parameters(self, adapter: str) -> list[torch.nn.Parameter]:
-        marker = f".{adapter}."
-        params = [
-            p for name, p in self.model.named_parameters() if "lora_" in name and marker in name
-        ]
-        for param in params:
-            param.requires_grad_(True)
-        if not params:
-            raise RuntimeError(f"no LoRA parameters found for adapter {adapter!r}")
-        return params
 
     def _make_model_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         config = self.config
@@ -259,119 +245,6 @@ class BDSTrainer:
             weight_decay=config.weight_decay,
             betas=config.adam_betas,
         )
-
-    # ----------------------------------------------------------------------------- losses
-    def _losses(
-        self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-example losses of one micro-batch (customer and alignment rows in one forward)."""
-        encoded = [self.train_encoded[i] for i in train_indices.tolist()]
-        n_train = len(encoded)
-        if safety_indices is not None:
-            encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
-        losses = self._rows_losses(encoded)
-        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
-
-    def _rows_losses(self, encoded: Sequence[EncodedExample]) -> torch.Tensor:
-        """Per-example losses of `encoded`, padded together into one forward pass."""
-        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
-        if self.decoder is not None and self.output_head is not None:
-            with self._autocast():
-                hidden = self.decoder(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    use_cache=False,
-                ).last_hidden_state
-            # The vocabulary projection and the cross-entropy stay in float32 under bf16: the
-            # scheduler's signal is a small difference of two per-example losses.
-            losses = per_example_loss_from_hidden(hidden.float(), batch["labels"], self.output_head)
-        else:
-            with self._autocast():
-                logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            losses = per_example_loss(logits, batch["labels"])
-        return losses
-
-    def _token_count(self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None) -> int:
-        """Tokens (without padding) of the rows of one forward pass."""
-        count = sum(len(self.train_encoded[i].input_ids) for i in train_indices.tolist())
-        if safety_indices is not None:
-            count += sum(len(self.safety_encoded[i].input_ids) for i in safety_indices.tolist())
-        return count
-
-    @torch.no_grad()
-    def _train_losses_no_grad(self, indices: torch.Tensor) -> torch.Tensor:
-        """Losses of the customer rows at `indices` without gradients, in eval mode (no
-        dropout: the reference cache and the scheduler's signal stay exact); the model's
-        mode is restored afterwards."""
-        chunks = torch.chunk(indices, self.config.gradient_accumulation_steps)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return torch.cat([self._losses(chunk, None)[0].detach() for chunk in chunks])
-        finally:
-            self.model.train(was_training)
-
-    def _reference_losses(
-        self, batch_indices: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
-        """r_i of this process's slice `indices` of the global batch `batch_indices`."""
-        reference = self.config.scheduler.reference
-        if reference == "none":
-            return torch.zeros(len(indices), device=self.device)
-        if reference == "initial":
-            # Decided on the global batch, so every rank takes the same branch.
-            batch_complete = bool(self.reference_known[batch_indices].all())
-            missing = indices[~self.reference_known[indices]]
-            if len(missing) > 0:
-                # The starting model is the base model with the adapters switched off.
-                with self.model.disable_adapter():
-                    values = self._train_losses_no_grad(missing).cpu()
-                self.reference_cache[missing] = values
-                self.reference_known[missing] = True
-            if self.parallel.enabled and not batch_complete:
-                # Each rank computed its slice; every rank caches the whole batch, so the
-                # caches (and the checkpoint rank 0 writes) stay identical.
-                local = self.reference_cache[indices]
-                self.reference_cache[batch_indices] = self.parallel.gather_shards(
-                    local, len(batch_indices)
-                )
-                self.reference_known[batch_indices] = True
-            return self.reference_cache[indices].to(self.device)
-        return self._agnostic_step(indices, weights, len(batch_indices))
-
-    def _agnostic_step(
-        self, indices: torch.Tensor, weights: torch.Tensor, batch_size: int
-    ) -> torch.Tensor:
-        """Train the safety-agnostic adapter on weighted customer data; return its losses.
-
-        `indices` and `weights` are this process's slice of a global batch of `batch_size`.
-        """
-        assert self.agnostic_optimizer is not None
-        self.model.set_adapter(AGNOSTIC_ADAPTER)
-        self._adapter_parameters(AGNOSTIC_ADAPTER)
-        try:
-            self.agnostic_optimizer.zero_grad(set_to_none=True)
-            collected = []
-            ga = self.config.gradient_accumulation_steps
-            for chunk_idx, chunk_w in zip(
-                torch.tensor_split(indices, ga), torch.tensor_split(weights, ga), strict=True
-            ):
-                losses, _ = self._losses(chunk_idx, None)
-                weighted_loss_sum(losses, chunk_w, batch_size).backward()
-                collected.append(losses.detach())
-            self.parallel.sum_gradients(self.adapter_params[AGNOSTIC_ADAPTER])
-            torch.nn.utils.clip_grad_norm_(
-                self.adapter_params[AGNOSTIC_ADAPTER], self.config.grad_clip
-            )
-            self.agnostic_optimizer.step()
-            if self.config.scheduler.loss_timing == "after":
-                return self._train_losses_no_grad(indices)
-            return torch.cat(collected)
-        finally:
-            self.model.set_adapter(MAIN_ADAPTER)
-            self._adapter_parameters(MAIN_ADAPTER)
 
     # ----------------------------------------------------------------------------- one step
     def _train_step(self) -> _StepLosses:
@@ -411,7 +284,7 @@ class BDSTrainer:
             for t_idx, w_chunk, s_idx in zip(
                 train_chunks, weight_chunks, safety_chunks, strict=True
             ):
-                train_losses, safety_losses = self._micro_batch_backward(
+                train_losses, safety_losses = self.row_losses.backward(
                     t_idx,
                     w_chunk,
                     s_idx,
@@ -421,7 +294,7 @@ class BDSTrainer:
                 if safety_losses is not None:
                     safety_sum += safety_losses.sum().item()
                 task_sum += (w_chunk * train_losses).sum().item()
-                tokens += self._token_count(t_idx, s_idx)
+                tokens += self.row_losses.token_count(t_idx, s_idx)
                 collected.append(train_losses)
         with self._timed("model_update"):
             parallel.sum_gradients(self.adapter_params[MAIN_ADAPTER])
@@ -440,47 +313,6 @@ class BDSTrainer:
         return _StepLosses(
             total=task + (safety or 0.0), task=task, safety=safety, tokens=int(totals[2])
         )
-
-    def _micro_batch_backward(
-        self,
-        train_indices: torch.Tensor,
-        weights: torch.Tensor,
-        safety_indices: torch.Tensor | None,
-        train_normaliser: int,
-        safety_normaliser: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward and backward over one micro-batch's customer and alignment rows together.
-
-        The rows are grouped by length into passes (`plan_buckets`; one pass without length
-        bucketing); each pass backpropagates sum w_i l_i / B over its customer rows plus
-        sum l_j / B_s over its alignment rows, so the gradients add up to the micro-batch's.
-        Returns the detached per-example losses of the customer and the alignment rows, in
-        the order of the indices: the losses the scheduler step reuses (loss timing `before`).
-        """
-        config = self.config
-        encoded = [self.train_encoded[i] for i in train_indices.tolist()]
-        n_train = len(encoded)
-        if safety_indices is not None:
-            encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
-        coefficients = torch.cat(
-            [
-                weights.detach().to(self.device) / train_normaliser,
-                torch.full((len(encoded) - n_train,), 1.0 / safety_normaliser, device=self.device),
-            ]
-        )
-        lengths = [len(row.input_ids) for row in encoded]
-        groups = (
-            plan_buckets(lengths, config.max_batch_tokens)
-            if config.length_bucketing
-            else [list(range(len(encoded)))]
-        )
-        losses = torch.zeros(len(encoded), device=self.device)
-        for group in groups:
-            positions = torch.tensor(group, device=self.device)
-            group_losses = self._rows_losses([encoded[k] for k in group])
-            (coefficients[positions] * group_losses).sum().backward()
-            losses[positions] = group_losses.detach()
-        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -507,11 +339,11 @@ class BDSTrainer:
         indices = batch_indices[start : start + len(losses_before)]
         if settings.loss_timing == "after":
             with self._timed("loss_after"):
-                losses = self._train_losses_no_grad(indices)
+                losses = self.row_losses.customer_no_grad(indices)
         else:
             losses = losses_before
         with self._timed("reference"):
-            reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
+            reference = self.reference(batch_indices.cpu(), indices.cpu(), weights)
         self.scheduler_optimizer.zero_grad(set_to_none=True)
         shard = BatchShard(batch_indices, start, self.parallel.sum)
         if settings.sgld:
@@ -763,8 +595,8 @@ class BDSTrainer:
                 if self.scheduler is not None
                 else None
             ),
-            reference_cache=self.reference_cache,
-            reference_known=self.reference_known,
+            reference_cache=self.reference.cache,
+            reference_known=self.reference.known,
             optimizers=optimizers,
             rng=capture_rng_state(self.device, self.noise_generator, rank_streams),
             trainer={
@@ -792,8 +624,8 @@ class BDSTrainer:
             self.scheduler.load_state_dict(
                 {k: v.to(self.device) for k, v in saved.scheduler.items()}
             )
-        self.reference_cache = saved.reference_cache
-        self.reference_known = saved.reference_known
+        self.reference.cache = saved.reference_cache
+        self.reference.known = saved.reference_known
         self.optimizer.load_state_dict(saved.optimizers["model"])
         if self.scheduler_optimizer is not None:
             self.scheduler_optimizer.load_state_dict(saved.optimizers["scheduler"])

@@ -170,17 +170,17 @@ def test_no_grad_loss_passes_run_in_eval_mode_and_restore_it(
     indices = torch.arange(8)
     for mode in (True, False):
         trainer.model.train(mode)
-        first = trainer._train_losses_no_grad(indices)
-        second = trainer._train_losses_no_grad(indices)
+        first = trainer.row_losses.customer_no_grad(indices)
+        second = trainer.row_losses.customer_no_grad(indices)
         assert torch.equal(first, second)
         assert trainer.model.training is mode
     trainer.model.train()
     with trainer.model.disable_adapter():
-        base = trainer._train_losses_no_grad(indices)
+        base = trainer.row_losses.customer_no_grad(indices)
     with torch.no_grad():
         trainer.model.eval()
         with trainer.model.disable_adapter():
-            expected = trainer._losses(indices, None)[0]
+            expected = trainer.row_losses.batch(indices, None)[0]
     assert torch.allclose(base, expected)
 
 
