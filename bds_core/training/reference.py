@@ -29,20 +29,27 @@ class ReferenceLosses:
     def __init__(
         self,
         config: TrainConfig,
-        num_examples: int,
-        model: Any,
         row_losses: RowLosses,
         parallel: DataParallel,
         agnostic_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
+        """`agnostic_optimizer` steps the agnostic adapter's parameters (reference `agnostic`)."""
         self.config = config
-        self.model = model
         self.row_losses = row_losses
         self.parallel = parallel
         self.agnostic_optimizer = agnostic_optimizer
-        self.device = row_losses.device
+        # Reference `initial`: each customer example's loss under the starting model, once known.
+        num_examples = len(row_losses.train_encoded)
         self.cache = torch.zeros(num_examples)
         self.known = torch.zeros(num_examples, dtype=torch.bool)
+
+    @property
+    def model(self) -> Any:
+        return self.row_losses.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.row_losses.device
 
     def __call__(
         self, batch_indices: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor

@@ -209,12 +209,7 @@ class BDSTrainer:
                 self.scheduler, self.noise_generator
             )
         self.reference = ReferenceLosses(
-            config,
-            len(self.train_examples),
-            self.model,
-            self.row_losses,
-            self.parallel,
-            self.agnostic_optimizer,
+            config, self.row_losses, self.parallel, self.agnostic_optimizer
         )
         self.data_digest = data_digest([config.train_file, config.safety_file])
         self.fingerprint = config.resume_fingerprint(self.data_digest)
