@@ -175,8 +175,18 @@ def train_command(
     except ValueError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
+    select_examples = None
+    if config.method == "filter":
+        from bds_core.bench.filter import drop_flagged
+
+        select_examples = drop_flagged(config)
     try:
-        result = train(config, callbacks=[RichProgressCallback()], resume=not fresh)
+        result = train(
+            config,
+            callbacks=[RichProgressCallback()],
+            resume=not fresh,
+            select_examples=select_examples,
+        )
     except (ValueError, ModelLoadError, AssetError) as error:
         # Bad datasets (DatasetError lists line and field), unknown models, bad settings.
         console.print(f"[red]error:[/] {error}")

@@ -1,6 +1,7 @@
-"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics.
+"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics,
+statistics of per-example weights.
 
-The generation names import torch on first use, so ``from bds_core.eval import
+The generation and weight names import torch on first use, so ``from bds_core.eval import
 RefusalPhraseJudge`` stays cheap (the API judges answers from the inference engine with it).
 """
 
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
         over_refusal_rate,
     )
     from bds_core.eval.metrics import auroc, recall_at_fpr
+    from bds_core.eval.weights import (
+        INTERVAL_LEVEL,
+        interval_separation,
+        uncertainty_statistics,
+        weight_statistics,
+    )
 
 _LAZY_NAMES = {
     **dict.fromkeys(
@@ -46,6 +53,10 @@ _LAZY_NAMES = {
     ),
     "auroc": "bds_core.eval.metrics",
     "recall_at_fpr": "bds_core.eval.metrics",
+    **dict.fromkeys(
+        ("INTERVAL_LEVEL", "interval_separation", "uncertainty_statistics", "weight_statistics"),
+        "bds_core.eval.weights",
+    ),
 }
 
 
@@ -54,6 +65,7 @@ __getattr__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
+    "INTERVAL_LEVEL",
     "GenerativeModel",
     "HarmfulScoreResult",
     "Judge",
@@ -63,9 +75,12 @@ __all__ = [
     "exact_match_accuracy",
     "generate_answers",
     "harmful_score",
+    "interval_separation",
     "is_degenerate",
     "judge_name",
     "normalise_answer",
     "over_refusal_rate",
     "recall_at_fpr",
+    "uncertainty_statistics",
+    "weight_statistics",
 ]
