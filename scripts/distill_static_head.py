@@ -1,16 +1,19 @@
-"""A safety head for the static encoder, distilled from the shipped scheduler (label-free).
+"""A safety head for the static encoder, distilled from the BDS-pretrained scheduler (label-free).
 
-The shipped scheduler reads all-MiniLM-L6-v2 embeddings (six transformer layers, about 57
-examples/s on 2 cores). This fits the same MLP head on `minilm-static` embeddings (MiniLM's
-token vectors mean-pooled, 100x cheaper) to reproduce the shipped head's logits on the
-pretraining files, then fits the score calibration on the student's logits exactly as
-`bds scheduler pretrain` does. No label is read to train or calibrate: the targets are the
-teacher's logits. Labels are read only to evaluate on --eval files (AUROC, recall at 5% FPR).
+The BDS-pretrained scheduler (`bds_core/assets/schedulers/default`) reads all-MiniLM-L6-v2
+embeddings (six transformer layers, about 57 examples/s on 2 cores). This fits the same MLP head
+on `minilm-static` embeddings (MiniLM's token vectors mean-pooled, 100x cheaper) to reproduce
+the teacher's logits on the teacher's own pretraining files, then fits the score calibration on
+the student's logits exactly as `bds scheduler pretrain` does. No label is read to train or
+calibrate: the targets are the teacher's logits. Labels are read only to evaluate on --eval
+files (AUROC, recall at 5% FPR). The --train files are compared by sha256 with the ones named
+in the teacher's provenance, and the result is saved with the student.
 
     .venv/bin/python scripts/distill_static_head.py --threads 1 \
-        --train data/bench/ft_arithmetic_p0.2.jsonl data/bench/ft_sort-words_p0.2.jsonl \
-        data/bench/ft_sentiment_p0.2.jsonl \
-        --eval data/bench/harmful_holdout.jsonl data/bench/spell-number_eval.jsonl
+        --train data/bench/pretrain_arithmetic.jsonl data/bench/pretrain_sort-words.jsonl \
+        data/bench/pretrain_sentiment.jsonl \
+        --eval data/bench/harmful_holdout.jsonl data/bench/spell-number_eval.jsonl \
+        --out runs/static-distilled
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bds_core.data import load_examples
 from bds_core.encoders import embed_texts, example_text, minilm_static_encoder
 from bds_core.eval import auroc, recall_at_fpr
 from bds_core.schedulers.neural import SafetyHead, ScoreCalibration, save_scheduler
-from bds_core.scoring.scorer import Scorer
+from bds_core.scoring.scorer import Scorer, default_scheduler_path
 
 
 def _relative(path: Path) -> str:
@@ -57,7 +60,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    teacher = Scorer.load(use_cache=True)
+    teacher = Scorer.load(default_scheduler_path(), use_cache=True)
+    teacher_folder = teacher.scheduler.path
+    teacher_files_sha256 = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(teacher_folder.glob("*"))
+        if path.is_file()
+    }
+    train_sha256 = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in args.train}
+    teacher_train_sha256 = sorted(
+        run["train_file_sha256"] for run in teacher.scheduler.provenance.get("runs", [])
+    )
+    # Distilling on other data than the teacher's own pretraining files is allowed, but said.
+    same_as_teacher = sorted(train_sha256.values()) == teacher_train_sha256
+    if not same_as_teacher:
+        print(
+            "warning: the --train files are not the teacher's pretraining files "
+            f"(teacher: {teacher.scheduler.provenance.get('config', {}).get('train_files')})"
+        )
     static = minilm_static_encoder()
     train_texts = [
         example_text(ex) for path in args.train for ex in load_examples(path)[: args.per_file]
@@ -114,13 +134,12 @@ def main() -> None:
             provenance={
                 "method": "distilled from the shipped scheduler's head logits",
                 "label_free": True,
-                "teacher": _relative(teacher.scheduler.path),
-                "teacher_head_sha256": hashlib.sha256(
-                    (teacher.scheduler.path / "head.safetensors").read_bytes()
-                ).hexdigest(),
-                "train_sha256": {
-                    str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in args.train
-                },
+                "teacher": _relative(teacher_folder),
+                "teacher_head_sha256": teacher_files_sha256["head.safetensors"],
+                "teacher_files_sha256": teacher_files_sha256,
+                "teacher_created_at": teacher.scheduler.provenance.get("created_at"),
+                "train_sha256": train_sha256,
+                "train_files_are_teacher_pretraining_files": same_as_teacher,
                 "teacher_encoder": teacher.encoder.info.to_dict(),
                 "train_files": [str(p) for p in args.train],
                 "per_file": args.per_file,
