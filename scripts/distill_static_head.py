@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import torch
 
-from bds_core.data import load_examples
+from bds_core.data import Example, load_examples
 from bds_core.encoders import embed_texts, example_text, minilm_static_encoder
 from bds_core.eval import auroc, recall_at_fpr
 from bds_core.schedulers.neural import SafetyHead, ScoreCalibration, save_scheduler
@@ -37,6 +38,30 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def augmented_texts(examples: list[Example], copies: int, rng: random.Random) -> list[str]:
+    """`copies` label-free variants of each example, for the teacher to label with its logits.
+
+    The pretraining files hold whole answers of four styles; the variants show the student how
+    the teacher scores text that is not exactly that: the answer cut short after a random number
+    of words, or the prompt of one example paired with the answer of another (in turn).
+    """
+    variants = []
+    for copy in range(copies):
+        for example in examples:
+            *context, answer = [
+                {"role": message.role, "content": message.content} for message in example.messages
+            ]
+            if copy % 2 == 0:
+                words = answer["content"].split()
+                keep = rng.randint(1, max(1, len(words) - 1))
+                answer = {**answer, "content": " ".join(words[:keep])}
+            else:
+                other = rng.choice(examples).messages[-1]
+                answer = {"role": other.role, "content": other.content}
+            variants.append(example_text(Example.create([*context, answer])))
+    return variants
 
 
 def main() -> None:
@@ -54,6 +79,13 @@ def main() -> None:
         nargs="*",
         default=[],
         help="benign files scored one by one against the --eval harmful rows (over-flagging)",
+    )
+    parser.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        help="label-free variants per training example (answers cut short, prompts and answers "
+        "re-paired), scored by the teacher and added to the distillation set",
     )
     parser.add_argument("--out", type=Path, default=None, help="save the distilled scheduler")
     args = parser.parse_args()
@@ -79,14 +111,15 @@ def main() -> None:
             f"(teacher: {teacher.scheduler.provenance.get('config', {}).get('train_files')})"
         )
     static = minilm_static_encoder()
-    train_texts = [
-        example_text(ex) for path in args.train for ex in load_examples(path)[: args.per_file]
-    ]
+    train_examples = [ex for path in args.train for ex in load_examples(path)[: args.per_file]]
+    train_texts = [example_text(ex) for ex in train_examples]
+    variant_texts = augmented_texts(train_examples, args.augment, random.Random(args.seed))
+    fit_texts = train_texts + variant_texts
     with torch.inference_mode():
         teacher_logits = teacher.scheduler.head(
-            embed_texts(teacher.encoder, train_texts, teacher.cache)
+            embed_texts(teacher.encoder, fit_texts, teacher.cache)
         ).float()
-    student_inputs = static.encode(train_texts)
+    student_inputs = static.encode(fit_texts)
     mean, scale = student_inputs.mean(0), student_inputs.std(0).clamp_min(1e-6)
     head = SafetyHead(student_inputs.shape[1], "mlp", 128, input_mean=mean, input_scale=scale)
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -97,13 +130,23 @@ def main() -> None:
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        student_logits = head(student_inputs).float()
+        all_student_logits = head(student_inputs).float()
+    # Calibrated on the pretraining examples themselves, as `bds scheduler pretrain` does.
+    n_train = len(train_texts)
+    student_logits, train_target = all_student_logits[:n_train], target[:n_train]
     calibration = ScoreCalibration.fit(student_logits)
     fit = {
-        "n_train": len(train_texts),
-        "mse": float(torch.nn.functional.mse_loss(student_logits, target)),
-        "pearson": float(torch.corrcoef(torch.stack([student_logits, target]))[0, 1]),
+        "n_train": n_train,
+        "mse": float(torch.nn.functional.mse_loss(student_logits, train_target)),
+        "pearson": float(torch.corrcoef(torch.stack([student_logits, train_target]))[0, 1]),
     }
+    if variant_texts:
+        variant_logits, variant_target = all_student_logits[n_train:], target[n_train:]
+        fit["n_variants"] = len(variant_texts)
+        fit["variants_mse"] = float(torch.nn.functional.mse_loss(variant_logits, variant_target))
+        fit["variants_pearson"] = float(
+            torch.corrcoef(torch.stack([variant_logits, variant_target]))[0, 1]
+        )
 
     def evaluate(paths: list[Path]) -> dict[str, object]:
         examples = [ex for path in paths for ex in load_examples(path)]
@@ -143,6 +186,7 @@ def main() -> None:
                 "teacher_encoder": teacher.encoder.info.to_dict(),
                 "train_files": [str(p) for p in args.train],
                 "per_file": args.per_file,
+                "augment": args.augment,
                 "steps": args.steps,
                 "seed": args.seed,
                 "fit": fit,
