@@ -1094,7 +1094,7 @@ class BenchRunner:
         examples = load_examples(plan.train_file) + load_examples(task_file)
         report = self._stage("score", "scoring with the shipped scheduler", 1.0)
         report(0, len(examples))
-        scored = score_examples(examples, progress=report)
+        scored = score_examples(examples, default_scheduler_path(), progress=report)
         self.eta.finish_stage()
         evaluation = scored.label_evaluation
         if evaluation is None:
