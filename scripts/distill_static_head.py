@@ -9,7 +9,7 @@ calibrate: the targets are the teacher's logits. Labels are read only to evaluat
 files (AUROC, recall at 5% FPR). The --train files are compared by sha256 with the ones named
 in the teacher's provenance, and the result is saved with the student.
 
-    .venv/bin/python scripts/distill_static_head.py --threads 1 \
+    .venv/bin/python scripts/distill_static_head.py --threads 1 --augment 4 \
         --train data/bench/pretrain_arithmetic.jsonl data/bench/pretrain_sort-words.jsonl \
         data/bench/pretrain_sentiment.jsonl \
         --eval data/bench/harmful_holdout.jsonl data/bench/spell-number_eval.jsonl \
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument(
         "--augment",
         type=int,
-        default=0,
+        default=4,
         help="label-free variants per training example (answers cut short, prompts and answers "
         "re-paired), scored by the teacher and added to the distillation set",
     )
