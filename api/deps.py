@@ -24,7 +24,7 @@ from api.ratelimit import (
     check_rate_limit,
     record_auth_failure,
 )
-from bds_service.db import SessionFactory, discard_after_commit, finish_commit
+from bds_service.db import SessionFactory, unit_of_work
 from bds_service.errors import AuthenticationError, PermissionDeniedError
 from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings
@@ -74,18 +74,10 @@ Storage = Annotated[LocalStorage, Depends(get_storage)]
 
 
 def get_session(services: Services) -> Iterator[Session]:
-    """One transaction per request: commit on success, roll back on error, then publish."""
-    session = services.session_factory()
-    try:
+    """One transaction per request (:func:`bds_service.db.unit_of_work`): commit on success,
+    roll back on error, then publish."""
+    with unit_of_work(services.session_factory, services.publisher) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        discard_after_commit(session)
-        raise
-    finally:
-        session.close()
-    finish_commit(session, services.publisher)
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]

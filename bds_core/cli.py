@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bds_core.cli_options import with_setting_options
 from bds_core.models import AssetError, LoraSettings, ModelLoadError
-from bds_core.schedulers import SchedulerSettings
+from bds_core.schedulers import SchedulerSettings, scheduler_setting_fields
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 
 console = Console()
@@ -75,6 +76,13 @@ def _parse_targets(value: str) -> tuple[str, ...]:
 
 
 @train_app.command("train")
+@with_setting_options(
+    scheduler_setting_fields(),
+    into="scheduler",
+    panel="BDS scheduler (SchedulerSettings)",
+    # The spellings these options had before they were built from SchedulerSettings.
+    extra_names={"learning_rate": ["--scheduler-lr"], "init_path": ["--init"]},
+)
 def train_command(
     model: Annotated[
         str, typer.Option(help="catalog name, local HF directory, .gguf file or hub id")
@@ -110,47 +118,6 @@ def train_command(
     lora_targets: Annotated[
         str, typer.Option(help="comma-separated module names")
     ] = "q_proj,k_proj,v_proj,o_proj",
-    scheduler: Annotated[str, typer.Option(help="scheduler kind: scalar or neural")] = "scalar",
-    transform: Annotated[str, typer.Option(help="softmax, sigmoid or identity")] = "softmax",
-    update: Annotated[
-        str, typer.Option(help="batch (centred) or global (the release's)")
-    ] = "batch",
-    reference: Annotated[
-        str, typer.Option(help="reference loss: none, initial or agnostic")
-    ] = "initial",
-    loss_timing: Annotated[
-        str,
-        typer.Option(
-            help="scheduler recomputes losses 'after' the model step (one more forward pass) "
-            "or reuses the model step's own losses ('before')"
-        ),
-    ] = "after",
-    scheduler_lr: Annotated[float, typer.Option(help="scheduler learning rate")] = 0.1,
-    entropy_weight: Annotated[
-        float, typer.Option(help="KL(uniform || weights) prior strength")
-    ] = 0.0,
-    sgld: Annotated[
-        bool,
-        typer.Option(
-            help="sample the weights' posterior with preconditioned SGLD (scheduler-lr is its "
-            "step size) and report a 90% interval per example"
-        ),
-    ] = False,
-    sgld_temperature: Annotated[
-        float, typer.Option(help="temperature of the sampled law exp(-U/T); 1 = the posterior")
-    ] = 1.0,
-    sgld_burn_in: Annotated[
-        float, typer.Option(help="share of the steps discarded before samples are kept")
-    ] = 0.5,
-    prior_std: Annotated[
-        float, typer.Option(help="sigma of the Gaussian prior on the scheduler parameters")
-    ] = 1.0,
-    record_last: Annotated[
-        int, typer.Option(help="weight samples (iterates) kept for mean, spread and interval")
-    ] = 20,
-    init: Annotated[
-        str | None, typer.Option(help="pretrained neural scheduler to start from")
-    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint interval in steps")] = 50,
     device: Annotated[
         str | None,
@@ -168,6 +135,7 @@ def train_command(
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (1 is fastest on a busy machine)")
     ] = None,
+    scheduler: dict[str, Any] | None = None,
 ) -> None:
     """Fine-tune a LoRA adapter; writes OUT/adapter, OUT/weights.jsonl and OUT/metrics.json."""
     if threads is not None:
@@ -198,21 +166,7 @@ def train_command(
             max_steps=max_steps,
             max_length=max_length,
             seed=seed,
-            scheduler=SchedulerSettings(
-                kind=scheduler,
-                transform=transform,  # type: ignore[arg-type]
-                update=update,  # type: ignore[arg-type]
-                reference=reference,  # type: ignore[arg-type]
-                loss_timing=loss_timing,  # type: ignore[arg-type]
-                learning_rate=scheduler_lr,
-                entropy_weight=entropy_weight,
-                sgld=sgld,
-                sgld_temperature=sgld_temperature,
-                sgld_burn_in=sgld_burn_in,
-                prior_std=prior_std,
-                record_last=record_last,
-                init_path=init,
-            ),
+            scheduler=SchedulerSettings(**(scheduler or {})),
             checkpoint_every=checkpoint_every,
             device=device,
             precision=precision,
@@ -221,8 +175,18 @@ def train_command(
     except ValueError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
+    select_examples = None
+    if config.method == "filter":
+        from bds_core.bench.filter import drop_flagged
+
+        select_examples = drop_flagged(config)
     try:
-        result = train(config, callbacks=[RichProgressCallback()], resume=not fresh)
+        result = train(
+            config,
+            callbacks=[RichProgressCallback()],
+            resume=not fresh,
+            select_examples=select_examples,
+        )
     except (ValueError, ModelLoadError, AssetError) as error:
         # Bad datasets (DatasetError lists line and field), unknown models, bad settings.
         console.print(f"[red]error:[/] {error}")

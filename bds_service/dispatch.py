@@ -27,12 +27,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from bds_service.files.service import (
-    SAFETY_PENDING,
-    SAFETY_RUNNING,
-    UPLOADED,
-    scoring_claim_expired,
-)
+from bds_service.files.service import scoring_claim_expired
+from bds_service.files.states import FileStatus, SafetyStatus
 from bds_service.jobs.service import training_message
 from bds_service.jobs.states import JobStatus
 from bds_service.models import File, FineTuningJob
@@ -142,8 +138,8 @@ def redispatch_unclaimed(session: Session, settings: Settings, now: dt.datetime)
         .where(
             File.deleted_at.is_(None),
             or_(
-                File.status == UPLOADED,
-                File.safety_status.in_([SAFETY_PENDING, SAFETY_RUNNING]),
+                File.status == FileStatus.UPLOADED,
+                File.safety_status.in_([SafetyStatus.PENDING, SafetyStatus.RUNNING]),
             ),
             file_not_sent_since,
         )
@@ -152,15 +148,15 @@ def redispatch_unclaimed(session: Session, settings: Settings, now: dt.datetime)
     )
     for file in list(files):
         values: dict[str, Any] = {}
-        if file.status == UPLOADED:
+        if file.status == FileStatus.UPLOADED:
             task, due = VALIDATE_FILE, _due(file, now, settings)
-        elif file.safety_status == SAFETY_PENDING:
+        elif file.safety_status == SafetyStatus.PENDING:
             task, due = SCORE_DATASET, _due(file, now, settings)
         else:
             # Running, but its worker stopped renewing the claim: back to pending, so the old
             # worker's renewals and result are refused and the next delivery claims it afresh.
             task, due = SCORE_DATASET, scoring_claim_expired(file, now, settings)
-            values = {"safety_status": SAFETY_PENDING, "scoring_claim": None}
+            values = {"safety_status": SafetyStatus.PENDING, "scoring_claim": None}
         if due and _resend(session, File, file, now, values):
             enqueue_after_commit(session, TaskMessage(task, (file.id,)))
             outcome.add(task, file.id)

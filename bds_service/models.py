@@ -9,7 +9,8 @@ datetimes through :class:`UTCDateTime`).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -27,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from bds_service.files.states import FilePurpose, FileStatus, SafetyStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +80,30 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+EnumT = TypeVar("EnumT", bound=StrEnum)
+
+
+class StrEnumString(TypeDecorator[EnumT], Generic[EnumT]):
+    """A StrEnum stored as its value in a plain VARCHAR (the database sees only strings).
+
+    Rows read back as enum members. Bound values pass through as strings, so a filter with a
+    string outside the enum (a client's unknown ``purpose``) matches nothing instead of failing.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[EnumT], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> EnumT | None:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -134,18 +161,18 @@ class File(Base):
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     filename: Mapped[str] = mapped_column(String(255))
-    purpose: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[FilePurpose] = mapped_column(StrEnumString(FilePurpose, 32))
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(512))
     # uploaded -> processed | error (the OpenAI file statuses)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[FileStatus] = mapped_column(StrEnumString(FileStatus, 16))
     status_details: Mapped[str | None] = mapped_column(Text)
     data_format: Mapped[str | None] = mapped_column(String(32))
     n_examples: Mapped[int | None] = mapped_column(Integer)
     validation_report: Mapped[dict[str, Any] | None]
     # pending -> running -> succeeded | failed; None for files that are never scored
-    safety_status: Mapped[str | None] = mapped_column(String(16))
+    safety_status: Mapped[SafetyStatus | None] = mapped_column(StrEnumString(SafetyStatus, 16))
     safety_report: Mapped[dict[str, Any] | None]
     safety_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         "method bds when the job names no safety-alignment file",
     )
     scorer_path: Path | None = Field(
-        default=None, description="amortized scheduler for safety reports; None: the packaged one"
+        default=None,
+        description="amortized scheduler folder for safety reports; None: the packaged scoring "
+        "one (static encoder, bds_core/assets/schedulers/static-distilled); the MiniLM one is "
+        "bds_core/assets/schedulers/default",
     )
 
     # Post-training evaluation.

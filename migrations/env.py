@@ -12,7 +12,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 
 from bds_service.db import make_engine, missing_sqlite_file, normalize_database_url
-from bds_service.models import Base, UTCDateTime
+from bds_service.models import Base, StrEnumString, UTCDateTime
 from bds_service.settings import Settings
 
 config = context.config
@@ -26,9 +26,11 @@ def _database_url() -> str:
 
 def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
     # Migrations must not import the models (they are frozen history); UTCDateTime is a
-    # DateTime(timezone=True) to the database.
+    # DateTime(timezone=True) to the database, a StrEnumString a String of its length.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, StrEnumString):
+        return f"sa.String(length={obj.impl.length})"
     return False
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -23,7 +24,7 @@ import torch
 
 from bds_core.data import Example, load_examples
 from bds_core.encoders import example_text
-from bds_core.scoring.scorer import Scorer, default_scheduler_path
+from bds_core.scoring.scorer import Scorer, default_scoring_scheduler_path
 
 WORDS = (
     "the",
@@ -81,7 +82,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scheduler", type=Path, default=default_scheduler_path(), help="saved scheduler folder"
+        "--scheduler",
+        type=Path,
+        default=default_scoring_scheduler_path(),
+        help="saved scheduler folder (default: the scoring one)",
     )
     parser.add_argument(
         "--file", type=Path, default=None, help="score this JSONL instead of synthetic examples"
@@ -109,14 +113,20 @@ def main() -> None:
     lengths = scorer.encoder.token_counts([example_text(ex) for ex in examples])
 
     scorer.score(examples[: min(64, len(examples))])  # warm-up: allocations, lazy init
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(args.repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         scorer.score(examples)
         rates.append(len(examples) / (time.perf_counter() - started))
+        cpu_rates.append(len(examples) / (time.process_time() - cpu_started))
     result = {
         "examples_per_second": round(statistics.median(rates), 1),
         "all_runs": [round(rate, 1) for rate in rates],
+        # Per second of this process's CPU time (all its threads): what the wall-clock rate
+        # would be with the cores to itself; on shared cores the wall-clock rate falls with load.
+        "examples_per_cpu_second": round(statistics.median(cpu_rates), 1),
+        "all_runs_cpu": [round(rate, 1) for rate in cpu_rates],
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "n_examples": len(examples),
         "source": source,
         "encoder": scorer.encoder.info.key,

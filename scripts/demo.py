@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -59,6 +58,13 @@ from openai import OpenAI
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from bds_service.embedded import (
+    EmbeddedService,
+    ServiceNotReadyError,
+    free_port,
+    service_command,
+)
 
 if TYPE_CHECKING:
     from bds_core.data import Example
@@ -294,23 +300,6 @@ def build_demo_data(profile: DemoProfile, out_dir: Path) -> DemoData:
 # ---- the embedded service -----------------------------------------------------------------
 
 
-def service_command() -> list[str]:
-    """`bds`'s service commands (serve, admin) without the ML commands.
-
-    `python -m bds_service.cli X` is the same Typer app as `bds X` for these commands, but it
-    skips importing the ML stack that the top-level `bds` loads for its other commands: seconds
-    per call on a busy laptop.
-    """
-    return [sys.executable, "-m", "bds_service.cli"]
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def service_environment(
     profile: DemoProfile, data: DemoData, data_dir: Path, inference_port: int | None = None
 ) -> dict[str, str]:
@@ -335,108 +324,6 @@ def service_environment(
         BDS_INFERENCE_URL=f"http://127.0.0.1:{inference_port or free_port()}",
     )
     return environment
-
-
-class EmbeddedService:
-    """`bds serve` in its own process group, so that stopping it leaves no process behind."""
-
-    def __init__(
-        self, data_dir: Path, port: int, environment: dict[str, str], log_path: Path
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.environment = environment
-        self.log_path = log_path
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the API and both workers (returns at once; see ``wait_ready``)."""
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *service_command(),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                env=self.environment,
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
-        """Poll ``/readyz`` until it answers 200; DemoError if serve exits or time runs out."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DemoError(f"`bds serve` exited with code {self.process.returncode}")
-            try:
-                answer = httpx.get(f"{self.base_url}/readyz", timeout=5)
-                if answer.status_code == 200:
-                    ready: dict[str, Any] = answer.json()
-                    return ready
-                last = answer.text
-            except httpx.HTTPError as error:
-                last = type(error).__name__
-            time.sleep(1)
-        raise DemoError(f"the service was not ready after {timeout_s:.0f} s (last: {last})")
-
-    def stop(self, grace_s: float = 60.0) -> int | None:
-        """SIGTERM serve (it stops the API and the workers), then clear its process group.
-
-        Returns serve's exit code. Anything of the group still alive afterwards (a worker's
-        pool process, or everything if serve had to be killed) gets SIGTERM, then SIGKILL.
-        """
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                process.wait()
-        for signum, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            if self.group_is_gone():
-                break
-            self._signal_group(signum)
-            deadline = time.monotonic() + wait_s
-            while not self.group_is_gone() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return process.returncode
-
-    def group_is_gone(self) -> bool:
-        """True once no process of serve's group is left."""
-        assert self.process is not None
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def _signal_group(self, signum: int) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the service log."""
-        if not self.log_path.is_file():
-            return ""
-        return "\n".join(
-            self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-        )
 
 
 def run_bds(arguments: Sequence[str], environment: dict[str, str], cwd: Path) -> str:
@@ -609,7 +496,10 @@ class Demo:
         self.console.print(
             f"bds serve --port {self.port} --data-dir {data_dir} (log: {self.service.log_path})"
         )
-        ready = self.service.wait_ready(self.profile.ready_timeout_s)
+        try:
+            ready = self.service.wait_ready(self.profile.ready_timeout_s)
+        except ServiceNotReadyError as error:
+            raise DemoError(str(error)) from error
         self.console.print(
             f"ready in {_duration(time.monotonic() - started)}: "
             + ", ".join(f"{name} {check['detail']}" for name, check in ready["checks"].items())

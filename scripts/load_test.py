@@ -27,14 +27,11 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,8 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from bds_service.embedded import ServiceNotReadyError, ServiceProcess, start_api  # noqa: E402
 
 DEFAULT_POSTGRES = os.environ.get(
     "BDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -74,12 +73,6 @@ class Outcome:
     created_answers_by_key: dict[tuple[str, str], int] = field(
         default_factory=lambda: defaultdict(int)
     )
-
-
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _chat_file(client: int, round_number: int) -> bytes:
@@ -272,8 +265,7 @@ def _database_state(database_url: str) -> dict[str, Any]:
 
 def _start_api(
     args: argparse.Namespace, database_url: str, folder: Path, suffix: str
-) -> tuple[Any, str]:
-    port = _free_port()
+) -> tuple[ServiceProcess, str]:
     settings = {
         "BDS_DATABASE_URL": database_url,
         "BDS_BROKER_URL": "memory://" if args.broker == "memory" else DEFAULT_REDIS,
@@ -291,31 +283,10 @@ def _start_api(
         **({"BDS_CACHE_DIR": os.environ["BDS_CACHE_DIR"]} if "BDS_CACHE_DIR" in os.environ else {}),
         **settings,
     }
-    log = (folder / "api.log").open("wb")
-    command = [
-        sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1",
-        "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited:\n{(folder / 'api.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the API did not start within 60 s")
+    try:
+        return start_api(environment, folder / "api.log", cwd=REPO_ROOT, timeout_s=60)
+    except ServiceNotReadyError as error:
+        raise SystemExit(f"{error}:\n{(folder / 'api.log').read_text()[-3000:]}") from error
 
 
 def _delete_queues(suffix: str) -> None:
@@ -437,11 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         report = _report(args, outcome, elapsed, _database_state(database_url))
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            process.stop(grace_s=30)
         _drop_database(args.postgres, database_url)
         if args.broker == "redis":
             _delete_queues(suffix)

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import httpx
 import psutil
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -41,6 +40,8 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(SCRIPTS))
 
 import load_test  # noqa: E402  (the database and key helpers of the correctness load test)
+
+from bds_service.embedded import ServiceNotReadyError, ServiceProcess, start_api  # noqa: E402
 
 SCENARIOS = ("list", "create", "upload")
 SAMPLE_EVERY_S = 0.5
@@ -146,10 +147,7 @@ def _accounts(database_url: str, count: int, folder: Path) -> list[dict[str, str
     return accounts
 
 
-def _start_api(
-    database_url: str, folder: Path, workers: int
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = load_test._free_port()
+def _start_api(database_url: str, folder: Path, workers: int) -> tuple[ServiceProcess, str]:
     settings = {
         "BDS_DATABASE_URL": database_url,
         "BDS_BROKER_URL": "memory://",
@@ -165,28 +163,11 @@ def _start_api(
         **{k: v for k, v in os.environ.items() if not k.startswith("BDS_")},
         **settings,
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--no-access-log",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    log = (folder / "api.log").open("wb")
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited:\n{(folder / 'api.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the API did not start within 90 s")
+    log_path = folder / "api.log"
+    try:
+        return start_api(environment, log_path, cwd=REPO_ROOT, workers=workers, timeout_s=90)
+    except ServiceNotReadyError as error:
+        raise SystemExit(f"{error}:\n{log_path.read_text()[-3000:]}") from error
 
 
 def _locust(
@@ -276,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"API: {args.workers} uvicorn worker(s); {os.cpu_count()} CPU(s); "
               f"load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
         database = database_url.rsplit("/", 1)[-1]
-        api_pid = process.pid
+        assert process.process is not None
+        api_pid = process.process.pid
 
         def meters(locust_pid: int) -> dict[str, CpuMeter]:
             return {
@@ -312,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average after: {os.getloadavg()[0]:.1f}; files in {folder}")
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+            process.stop()
         load_test._drop_database(args.postgres, database_url)
     return 0
 

@@ -197,3 +197,30 @@ def read(session_factory: SessionFactory) -> Callable[[Executable], list[Any]]:
             return list(short_session.scalars(statement))
 
     return run
+
+
+@pytest.fixture
+def add_tenant_with_file() -> Callable[..., str]:
+    """A function that adds tenant ``acme`` and a processed fine-tune file row (no bytes in
+    storage) to a session and returns the tenant id; the caller commits."""
+    from bds_service.audit import Actor
+    from bds_service.models import File
+    from bds_service.tenants.service import create_tenant
+
+    def add(session: Session, file_id: str = "file-train", filename: str = "train.jsonl") -> str:
+        tenant = create_tenant(session, "acme", Actor("cli", "tests"))
+        session.add(
+            File(
+                id=file_id,
+                tenant_id=tenant.id,
+                filename=filename,
+                purpose="fine-tune",
+                bytes=1,
+                sha256="0" * 64,
+                storage_key="x",
+                status="processed",
+            )
+        )
+        return tenant.id
+
+    return add

@@ -37,7 +37,7 @@ from bds_service.admin.repository import AuditFilter
 from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
 from bds_service.errors import InvalidRequestError, NotFoundError
-from bds_service.files.service import UPLOAD_PURPOSES
+from bds_service.files.states import UPLOAD_PURPOSES
 from bds_service.inference import service as inference_usage
 from bds_service.jobs import service as jobs
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus

@@ -27,6 +27,7 @@ from bds_service.errors import NotFoundError
 from bds_service.files import service as files
 from bds_service.files.previews import example_previews
 from bds_service.files.repository import FileRepository
+from bds_service.files.states import SafetyStatus
 from bds_service.jobs import artifacts
 from bds_service.jobs import service as jobs
 from bds_service.jobs.history import (
@@ -56,7 +57,7 @@ def dataset_report_context(file: File) -> dict[str, Any]:
     validation = file.validation_report or {}
     return {
         "file": file,
-        "report": file.safety_report if file.safety_status == files.SAFETY_SUCCEEDED else None,
+        "report": file.safety_report if file.safety_status == SafetyStatus.SUCCEEDED else None,
         "validation": validation,
         "issues": validation.get("issues", []),
         "policy_descriptions": reviews.POLICY_DESCRIPTIONS,

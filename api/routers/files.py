@@ -9,12 +9,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
-from api.schemas.common import ERROR_RESPONSES, ErrorResponse, Limit, ListResponse
+from api.schemas.common import ERROR_RESPONSES, ErrorResponse, Limit, ListResponse, list_response
 from api.schemas.files import FileDeleted, FileObject, FileSafetyReport
 from api.uploads import receive_upload
 from bds_service.db import call_after_rollback
 from bds_service.errors import InvalidRequestError
 from bds_service.files import service as files
+from bds_service.files.states import UPLOAD_PURPOSES
 from bds_service.storage import file_key
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -29,7 +30,7 @@ _UPLOAD_BODY = {
                     "required": ["file", "purpose"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(files.UPLOAD_PURPOSES)},
+                        "purpose": {"type": "string", "enum": [p.value for p in UPLOAD_PURPOSES]},
                     },
                 }
             }
@@ -106,12 +107,7 @@ def list_files(
         session, principal.tenant_id, after=after, limit=limit, order=order, purpose=purpose
     )
     data = [FileObject.from_row(row) for row in page.items]
-    return ListResponse(
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data, has_more=page.has_more)
 
 
 @router.get("/{file_id}", response_model=FileObject)

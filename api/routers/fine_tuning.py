@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
-from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse
+from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse, list_response
 from api.schemas.jobs import (
     CheckpointObject,
     FineTuningJobObject,
@@ -75,12 +75,7 @@ def list_jobs(
         session, principal.tenant_id, after=after, limit=limit, metadata=metadata or None
     )
     data = [FineTuningJobObject.from_row(job) for job in page.items]
-    return ListResponse(
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data, has_more=page.has_more)
 
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJobObject)
@@ -126,12 +121,7 @@ def list_events(
         session, principal.tenant_id, fine_tuning_job_id, after=after, limit=limit
     )
     data = [JobEventObject.from_row(event) for event in page.items]
-    return ListResponse(
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data, has_more=page.has_more)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=ListResponse[CheckpointObject])
@@ -149,12 +139,7 @@ def list_checkpoints(
     )
     model_name = job.fine_tuned_model or jobs.fine_tuned_model_name(job, principal.tenant_name)
     data = [CheckpointObject.from_row(checkpoint, model_name) for checkpoint in page.items]
-    return ListResponse(
-        data=data,
-        has_more=page.has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data, has_more=page.has_more)
 
 
 @router.get(

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api import inference
 from api.deps import CurrentPrincipal, DbSession, RequestId, Services
 from api.schemas.chat import ChatCompletionCreate, SafetyEvalCreate, SafetyEvalObject
-from api.schemas.common import ERROR_RESPONSES, ListResponse
+from api.schemas.common import ERROR_RESPONSES, ListResponse, list_response
 from bds_service.inference import service as inference_service
 from bds_service.jobs import service as jobs
 
@@ -100,12 +100,7 @@ def list_safety_evals(
             session, principal.tenant_id, fine_tuning_job_id
         )
     ]
-    return ListResponse(
-        data=data,
-        has_more=False,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data)
 
 
 @router.get("/v1/usage", tags=["inference"])

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession
-from api.schemas.common import ERROR_RESPONSES, ListResponse
+from api.schemas.common import ERROR_RESPONSES, ListResponse, list_response
 from api.schemas.models import ModelObject
 from bds_service.errors import NotFoundError
 from bds_service.jobs.service import list_fine_tuned_models
@@ -36,12 +36,7 @@ def list_models(
 ) -> ListResponse[ModelObject]:
     """Base models you can fine-tune, then your fine-tuned models."""
     data = _models(session, principal, settings)
-    return ListResponse(
-        data=data,
-        has_more=False,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return list_response(data)
 
 
 @router.get("/{model}", response_model=ModelObject)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,6 +58,29 @@ class ListResponse(BaseModel, Generic[ItemT]):
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
+
+
+class Identified(Protocol):
+    """An API object with a string ``id``."""
+
+    @property
+    def id(self) -> str: ...
+
+
+IdentifiedT = TypeVar("IdentifiedT", bound=Identified)
+
+
+def list_response(
+    data: Sequence[IdentifiedT], *, has_more: bool = False
+) -> ListResponse[IdentifiedT]:
+    """The list envelope of a page of ``data``, with its first and last ids as cursors."""
+    items = list(data)
+    return ListResponse(
+        data=items,
+        has_more=has_more,
+        first_id=items[0].id if items else None,
+        last_id=items[-1].id if items else None,
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bds_service.files.service import SAFETY_ALIGNMENT
+from bds_service.files.states import FilePurpose, FileStatus, SafetyStatus
 from bds_service.models import File, unix_seconds
 
 
@@ -18,15 +18,15 @@ class FileObject(BaseModel):
     bytes: int
     created_at: int
     filename: str
-    purpose: str
-    status: Literal["uploaded", "processed", "error"]
+    purpose: FilePurpose
+    status: FileStatus
     status_details: str | None = None
     expires_at: int | None = None
     sha256: str
     format: str | None = None
     n_examples: int | None = None
     validation_report: dict[str, Any] | None = None
-    safety_status: str | None = None
+    safety_status: SafetyStatus | None = None
 
     @classmethod
     def from_row(cls, file: File) -> FileObject:
@@ -37,7 +37,7 @@ class FileObject(BaseModel):
             created_at=unix_seconds(file.created_at) or 0,
             filename=file.filename,
             purpose=file.purpose,
-            status=file.status,  # type: ignore[arg-type]
+            status=file.status,
             status_details=file.status_details,
             sha256=file.sha256,
             format=file.data_format,
@@ -75,12 +75,12 @@ class FileSafetyReport(BaseModel):
         if file.safety_status is None:
             reason = (
                 "alignment data is not scored"
-                if file.purpose == SAFETY_ALIGNMENT
+                if file.purpose == FilePurpose.SAFETY_ALIGNMENT
                 else "only files that passed validation are scored"
-                if file.status == "error"
+                if file.status == FileStatus.ERROR
                 else "the file is waiting for validation"
             )
-            if file.status == "uploaded":
+            if file.status == FileStatus.UPLOADED:
                 return cls(file_id=file.id, status="pending")
             return cls(file_id=file.id, status="not_applicable", error=reason)
         return cls(

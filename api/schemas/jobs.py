@@ -1,16 +1,18 @@
 """Fine-tuning job requests and objects, shaped like OpenAI's so its SDK works unchanged.
 
-BDS adds ``method: {"type": "bds", "bds": {...}}``: the scheduler settings of bds-method.md and
-an optional alignment file. Everything else follows ``fine_tuning.job``.
+BDS adds ``method: {"type": "bds", "bds": {...}}``: the scheduler settings of bds-method.md
+(built from bds_core's ``SchedulerSettings``) and an optional alignment file. Everything else follows ``fine_tuning.job``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from api.schemas.common import RequestModel
+from bds_core.schedulers import scheduler_setting_fields
+from bds_core.setting_fields import SettingField
 from bds_service.jobs.service import MAX_GPUS_PER_JOB, MAX_SEED, JobSpec
 from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent, unix_seconds
 
@@ -26,33 +28,12 @@ class HyperparametersIn(RequestModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(ge=1e-6, le=100)] = "auto"
 
 
-class BdsMethodIn(RequestModel):
-    """How BDS weights the customer's examples (defaults: bds_core's SchedulerSettings)."""
+class BdsMethodFields(RequestModel):
+    """The parts of ``method.bds`` that are not scheduler settings."""
 
     hyperparameters: HyperparametersIn | None = None
     safety_file: FileId | None = Field(
         default=None, description="alignment data (a file of purpose safety-alignment)"
-    )
-    scheduler: Literal["scalar", "neural"] = "scalar"
-    transform: Literal["softmax", "sigmoid", "identity"] | None = None
-    update: Literal["batch", "global"] | None = None
-    reference: Literal["none", "initial", "agnostic"] | None = None
-    loss_timing: Literal["after", "before"] | None = None
-    scheduler_learning_rate: Annotated[float, Field(gt=0, le=100)] | None = None
-    entropy_weight: Annotated[float, Field(ge=0, le=1000)] | None = None
-    sgld: bool | None = Field(
-        default=None,
-        description="sample the weights' posterior (preconditioned SGLD): each example's "
-        "weight then comes with a 90% interval",
-    )
-    sgld_temperature: Annotated[float, Field(gt=0, le=1e9)] | None = Field(
-        default=None, description="temperature of the sampled law; 1 (default) = the posterior"
-    )
-    sgld_burn_in: Annotated[float, Field(ge=0, lt=1)] | None = Field(
-        default=None, description="share of the steps discarded before samples are kept"
-    )
-    prior_std: Annotated[float, Field(gt=0, le=100)] | None = Field(
-        default=None, description="sigma of the Gaussian prior on the scheduler parameters"
     )
     safety_batch_size: Annotated[int, Field(ge=1, le=256)] | None = None
     max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
@@ -63,6 +44,59 @@ class BdsMethodIn(RequestModel):
         description=f"GPUs for this one job, 1-{MAX_GPUS_PER_JOB} (data-parallel under torchrun "
         "on one worker; each step's batch is split between them). Default 1",
     )
+
+
+# Scheduler settings a tenant does not set: init_path is a path on the worker, record_last
+# sizes a buffer of N weights per kept sample; the rest keep the library's defaults. Every
+# other SchedulerSettings field is offered in method.bds under its flat name.
+NOT_OFFERED = frozenset(
+    {"init_path", "record_last", "record_every", "weight_decay", "grad_clip", "sgld_step_decay"}
+)
+
+
+def _scheduler_field(setting: SettingField) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of one scheduler setting in ``method.bds``.
+
+    The kind is stored with every job (its default included); the other settings are stored
+    only when given, and an absent one takes the library's default when the job trains.
+    """
+    value_type: Any = setting.value_type
+    if setting.choices is not None:
+        value_type = Literal[setting.choices]
+    elif value_type is dict:
+        value_type = dict[str, Any]
+    limits = {
+        bound: getattr(setting, bound)
+        for bound in ("ge", "gt", "le", "lt")
+        if getattr(setting, bound) is not None
+    }
+    if limits:
+        value_type = Annotated[value_type, Field(**limits)]
+    description = setting.help or None
+    if setting.name == "kind":
+        return value_type, Field(default=setting.default, description=description)
+    return value_type | None, Field(default=None, description=description)
+
+
+def _bds_method_model() -> type[BdsMethodFields]:
+    offered = [s for s in scheduler_setting_fields() if s.name not in NOT_OFFERED]
+    clashes = {s.flat_name for s in offered} & set(BdsMethodFields.model_fields)
+    if clashes:
+        raise RuntimeError(f"scheduler settings clash with method.bds fields: {sorted(clashes)}")
+    definitions: dict[str, Any] = {s.flat_name: _scheduler_field(s) for s in offered}
+    return create_model(
+        "BdsMethodIn",
+        __base__=BdsMethodFields,
+        __doc__="How BDS weights the customer's examples (defaults: bds_core's SchedulerSettings).",
+        __module__=__name__,
+        **definitions,
+    )
+
+
+if TYPE_CHECKING:
+    BdsMethodIn = BdsMethodFields
+else:
+    BdsMethodIn = _bds_method_model()
 
 
 class SupervisedMethodIn(RequestModel):

@@ -278,11 +278,11 @@ def weight_detection(weights: Sequence[float], labels: Sequence[bool | None]) ->
     """Detection metrics of ``weights`` (low = harmful) against ``labels`` (True = harmful).
 
     Examples without a label are left out of AUROC and recall; with only one class present those
-    are None. ESS figures come from the trainer's `weight_statistics`.
+    are None. ESS figures come from `bds_core.eval.weights.weight_statistics`.
     """
     import torch
 
-    from bds_core.training import weight_statistics
+    from bds_core.eval.weights import weight_statistics
 
     stats = weight_statistics(torch.tensor(list(weights), dtype=torch.float64), list(labels))
     known = [(w, lab) for w, lab in zip(weights, labels, strict=True) if lab is not None]
@@ -309,7 +309,7 @@ def read_interval_separation(weights_file: Path, examples: Sequence[Example]) ->
     ``weights.jsonl`` (rows with ``weight_high``); empty for runs without posterior intervals."""
     import json
 
-    from bds_core.training.trainer import interval_separation
+    from bds_core.eval.weights import interval_separation
 
     rows = [json.loads(line) for line in weights_file.read_text().splitlines() if line.strip()]
     if not rows or any(row.get("uncertainty") != "posterior" for row in rows):
@@ -365,6 +365,6 @@ def peak_rss_mb() -> float:
         match = None
     if match is not None:
         return int(match.group(1)) / 1024.0
-    from bds_core.training.trainer import peak_rss_mb as process_peak
+    from bds_core.training.outputs import peak_rss_mb as process_peak
 
     return process_peak()

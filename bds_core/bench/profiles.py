@@ -263,7 +263,7 @@ class BenchProfile:
         default=1.0, metadata={"help": "bds-sample: sigma of the Gaussian prior on the logits"}
     )
     alignment_steps: int = field(
-        default=40,
+        default=96,
         metadata={"help": "stage 0: LoRA-SFT steps on D_safe plus retention before merging"},
     )
     alignment_retention_tasks: tuple[str, ...] = field(
@@ -455,9 +455,10 @@ DEFAULT_TASK = "spell-number"
 FA stays near 0 on the word problems, which says nothing about the defence)."""
 
 PROFILES: dict[str, BenchProfile] = {
-    # About 15 minutes on 2 CPU cores with SmolLM2-135M-Instruct: stage 0 (25 steps, once, then
-    # cached), four fine-tunes of 30 steps (sft, mix and bds at p = 0.2, and the clean sft run at
-    # p = 0) and five evaluations of 50 harmful prompts and 50 task items.
+    # Meant for about 15 minutes on 2 CPU cores with SmolLM2-135M-Instruct (measured: more, see
+    # docs/benchmarks.md): stage 0 (once, then cached), four fine-tunes of 30 steps (sft, mix and
+    # bds at p = 0.2, and the clean sft run at p = 0) and five evaluations of 50 harmful prompts,
+    # 50 everyday and 25 look-unsafe prompts and 50 task items.
     "quick": BenchProfile(
         name="quick",
         shares=(0.2,),

@@ -1094,7 +1094,7 @@ class BenchRunner:
         examples = load_examples(plan.train_file) + load_examples(task_file)
         report = self._stage("score", "scoring with the shipped scheduler", 1.0)
         report(0, len(examples))
-        scored = score_examples(examples, progress=report)
+        scored = score_examples(examples, default_scheduler_path(), progress=report)
         self.eta.finish_stage()
         evaluation = scored.label_evaluation
         if evaluation is None:
@@ -1124,6 +1124,7 @@ class BenchRunner:
         return self._cell(plan, aligned, metrics, {"scheduler": detection.scheduler}, [], detection)
 
     def _run_fine_tune(self, plan: CellPlan, aligned: AlignedModel, started: float) -> CellResult:
+        from bds_core.bench.filter import drop_flagged
         from bds_core.training import BDSTrainer, TrainConfig
 
         assert plan.train_file is not None
@@ -1163,7 +1164,9 @@ class BenchRunner:
         rows = profile.batch_size + (profile.safety_batch_size if uses_safety else 0)
         self._report("loading", 0, 1)
         trainer = BDSTrainer(
-            config, callbacks=[_TrainProgress(self._stage("train", "training", float(rows)))]
+            config,
+            callbacks=[_TrainProgress(self._stage("train", "training", float(rows)))],
+            select_examples=drop_flagged(config) if method.train_method == "filter" else None,
         )
         trainer.setup()
         result = trainer.train()

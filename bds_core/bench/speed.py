@@ -29,7 +29,7 @@ import torch
 
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import BDSTrainer, TrainConfig
-from bds_core.training.trainer import peak_rss_mb
+from bds_core.training.outputs import peak_rss_mb
 
 SPEED_METHODS: tuple[str, ...] = ("sft", "mix", "bds")
 

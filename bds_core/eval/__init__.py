@@ -1,13 +1,13 @@
-"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics.
+"""Evaluation: refusal judges, greedy generation, HS / FA / over-refusal, detection metrics,
+statistics of per-example weights.
 
-The generation names import torch on first use, so ``from bds_core.eval import
+The generation and weight names import torch on first use, so ``from bds_core.eval import
 RefusalPhraseJudge`` stays cheap (the API judges answers from the inference engine with it).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bds_core.eval.judges import (
     DEFAULT_REFUSAL_PHRASES,
@@ -16,6 +16,7 @@ from bds_core.eval.judges import (
     is_degenerate,
     judge_name,
 )
+from bds_core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from bds_core.eval.generation import (
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
         over_refusal_rate,
     )
     from bds_core.eval.metrics import auroc, recall_at_fpr
+    from bds_core.eval.weights import (
+        INTERVAL_LEVEL,
+        interval_separation,
+        uncertainty_statistics,
+        weight_statistics,
+    )
 
 _LAZY_NAMES = {
     **dict.fromkeys(
@@ -46,20 +53,19 @@ _LAZY_NAMES = {
     ),
     "auroc": "bds_core.eval.metrics",
     "recall_at_fpr": "bds_core.eval.metrics",
+    **dict.fromkeys(
+        ("INTERVAL_LEVEL", "interval_separation", "uncertainty_statistics", "weight_statistics"),
+        "bds_core.eval.weights",
+    ),
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_NAMES.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bds_core.eval' has no attribute {name!r}")
-    value = getattr(import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
+    "INTERVAL_LEVEL",
     "GenerativeModel",
     "HarmfulScoreResult",
     "Judge",
@@ -69,9 +75,12 @@ __all__ = [
     "exact_match_accuracy",
     "generate_answers",
     "harmful_score",
+    "interval_separation",
     "is_degenerate",
     "judge_name",
     "normalise_answer",
     "over_refusal_rate",
     "recall_at_fpr",
+    "uncertainty_statistics",
+    "weight_statistics",
 ]

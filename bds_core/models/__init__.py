@@ -6,9 +6,9 @@ them, so ``from bds_core.models import pull_asset`` stays cheap for the CLI and 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bds_core.lazy import lazy_attributes
 from bds_core.models.assets import (
     AssetError,
     AssetIntegrityError,
@@ -53,13 +53,7 @@ _LAZY_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_NAMES.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'bds_core.models' has no attribute {name!r}")
-    value = getattr(import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 
 __all__ = [

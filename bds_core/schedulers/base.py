@@ -2,13 +2,12 @@
 
 A scheduler holds the parameters of BDS's safety attributes (one logit per example for the
 scalar scheduler, a small network over example embeddings for the neural one) and turns them
-into per-example weights. The trainer only talks to this interface.
+into per-example weights. The trainer only talks to this interface. The settings are declared
+in `settings.py`, the kinds and their builders registered in `registry.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,150 +16,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-WeightTransform = Literal["softmax", "sigmoid", "identity"]
-SchedulerUpdate = Literal["batch", "global"]
-ReferenceLoss = Literal["none", "initial", "agnostic"]
-LossTiming = Literal["after", "before"]
-
-WEIGHT_TRANSFORMS: tuple[str, ...] = ("softmax", "sigmoid", "identity")
-SCHEDULER_UPDATES: tuple[str, ...] = ("batch", "global")
-REFERENCE_LOSSES: tuple[str, ...] = ("none", "initial", "agnostic")
-LOSS_TIMINGS: tuple[str, ...] = ("after", "before")
-
-
-@dataclass
-class SchedulerSettings:
-    """How BDS infers per-example weights (see docs/bds-method.md)."""
-
-    kind: str = field(
-        default="scalar",
-        metadata={"help": "'scalar' (one logit per example) or 'neural' (head over embeddings)"},
-    )
-    transform: WeightTransform = field(
-        default="softmax",
-        metadata={
-            "help": "logits -> weights: 'softmax' (N*softmax, sums to N), 'sigmoid' (2*sigmoid), 'identity'"
-        },
-    )
-    update: SchedulerUpdate = field(
-        default="batch",
-        metadata={
-            "help": "'batch': batch-centred update (B*softmax over the batch); 'global': the release's update through N*softmax over all examples"
-        },
-    )
-    reference: ReferenceLoss = field(
-        default="initial",
-        metadata={
-            "help": "reference loss r_i: 'none' (r=0, the release), 'initial' (starting model), 'agnostic' (adapter trained on weighted customer data only)"
-        },
-    )
-    loss_timing: LossTiming = field(
-        default="after",
-        metadata={
-            "help": "scheduler step uses losses recomputed 'after' the model step (the paper; one more forward pass over the customer batch) or the per-example losses of the model step's own passes ('before' the update, as the release: no extra pass)"
-        },
-    )
-    learning_rate: float = field(
-        default=0.1, metadata={"help": "AdamW learning rate of the scheduler parameters"}
-    )
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "AdamW weight decay of the scheduler parameters"}
-    )
-    grad_clip: float = field(
-        default=10.0, metadata={"help": "gradient-norm clip of the scheduler step"}
-    )
-    entropy_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "strength of a KL(uniform || weights) prior that keeps weights from collapsing onto few examples"
-        },
-    )
-    sgld: bool = field(
-        default=False,
-        metadata={
-            "help": "sample the posterior of the scheduler parameters with preconditioned SGLD "
-            "(learning_rate is its step size) instead of optimising them with AdamW"
-        },
-    )
-    sgld_temperature: float = field(
-        default=1.0,
-        metadata={
-            "help": "T of the sampled law exp(-U/T): 1 is the posterior, < 1 sharper, > 1 flatter"
-        },
-    )
-    sgld_step_decay: float = field(
-        default=0.0,
-        metadata={
-            "help": "gamma of the step-size schedule eps_t = learning_rate * (1 + t)^-gamma "
-            "(0: constant step; 0.5-1: the decreasing steps of Welling and Teh)"
-        },
-    )
-    sgld_burn_in: float = field(
-        default=0.5,
-        metadata={"help": "share of the run's scheduler steps discarded before samples are kept"},
-    )
-    prior_std: float = field(
-        default=1.0,
-        metadata={
-            "help": "sigma of the Gaussian prior N(initial value, sigma^2) on every scheduler "
-            "parameter when sampling (the posterior needs a proper prior)"
-        },
-    )
-    record_last: int = field(
-        default=20,
-        metadata={
-            "help": "K: the most recent kept weight samples (sampling) or iterates (optimising) "
-            "behind each example's mean, spread and interval"
-        },
-    )
-    record_every: int = field(
-        default=1, metadata={"help": "record a weight iterate every this many scheduler steps"}
-    )
-    init_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "pretrained neural scheduler to start from (neural kind, or scalar logits initialised from its scores)"
-        },
-    )
-    options: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "kind-specific options (for example the neural scheduler's encoder and head)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        _check_choice("transform", self.transform, WEIGHT_TRANSFORMS)
-        _check_choice("update", self.update, SCHEDULER_UPDATES)
-        _check_choice("reference", self.reference, REFERENCE_LOSSES)
-        _check_choice("loss_timing", self.loss_timing, LOSS_TIMINGS)
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(
-                f"scheduler learning_rate must be a positive number, got {self.learning_rate}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"scheduler weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"scheduler grad_clip must be positive, got {self.grad_clip}")
-        if self.entropy_weight < 0:
-            raise ValueError(f"scheduler entropy_weight must be >= 0, got {self.entropy_weight}")
-        if not self.sgld_temperature > 0:
-            raise ValueError(f"sgld_temperature must be positive, got {self.sgld_temperature}")
-        if not 0 <= self.sgld_step_decay <= 1:
-            raise ValueError(f"sgld_step_decay must lie in [0, 1], got {self.sgld_step_decay}")
-        if not 0 <= self.sgld_burn_in < 1:
-            raise ValueError(f"sgld_burn_in must lie in [0, 1), got {self.sgld_burn_in}")
-        if not (self.prior_std > 0 and math.isfinite(self.prior_std)):
-            raise ValueError(f"prior_std must be a positive number, got {self.prior_std}")
-        if self.record_last < 1:
-            raise ValueError(f"record_last must be at least 1, got {self.record_last}")
-        if self.record_every < 1:
-            raise ValueError(f"record_every must be at least 1, got {self.record_every}")
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"scheduler {name} must be one of {', '.join(choices)}; got {value!r}")
+from bds_core.schedulers.registry import SchedulerBuilder, register_scheduler, scheduler_builder
+from bds_core.schedulers.settings import (
+    LossTiming,
+    ReferenceLoss,
+    SchedulerSettings,
+    SchedulerUpdate,
+    WeightTransform,
+)
 
 
 def transform_logits(logits: torch.Tensor, transform: str) -> torch.Tensor:
@@ -432,31 +295,9 @@ class SchedulerContext:
     cache_dir: str | None = None
 
 
-SchedulerBuilder = Callable[[SchedulerSettings, SchedulerContext], DataScheduler]
-_BUILDERS: dict[str, SchedulerBuilder] = {}
-
-
-def register_scheduler(kind: str) -> Callable[[SchedulerBuilder], SchedulerBuilder]:
-    """Register a builder for a scheduler kind (used by `build_scheduler`)."""
-
-    def decorator(builder: SchedulerBuilder) -> SchedulerBuilder:
-        _BUILDERS[kind] = builder
-        return builder
-
-    return decorator
-
-
 def build_scheduler(settings: SchedulerSettings, context: SchedulerContext) -> DataScheduler:
-    """Build the scheduler of `settings.kind`."""
-    # Import the built-in kinds so their builders are registered.
-    from bds_core.schedulers import scalar  # noqa: F401
-
-    with contextlib.suppress(ModuleNotFoundError):
-        from bds_core.schedulers import neural  # noqa: F401
-    if settings.kind not in _BUILDERS:
-        known = ", ".join(sorted(_BUILDERS)) or "none"
-        raise ValueError(f"unknown scheduler kind {settings.kind!r}; known kinds: {known}")
-    scheduler = _BUILDERS[settings.kind](settings, context)
+    """Build the scheduler of `settings.kind`, with its prior centred on its starting point."""
+    scheduler = scheduler_builder(settings.kind)(settings, context)
     scheduler.set_prior_centre()
     return scheduler
 
@@ -484,3 +325,22 @@ def make_scheduler_optimizer(
     return torch.optim.AdamW(
         trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+
+
+__all__ = [
+    "BatchShard",
+    "DataScheduler",
+    "LossTiming",
+    "ReferenceLoss",
+    "SchedulerBuilder",
+    "SchedulerContext",
+    "SchedulerSettings",
+    "SchedulerUpdate",
+    "WeightSummary",
+    "WeightTransform",
+    "build_scheduler",
+    "initial_logit",
+    "make_scheduler_optimizer",
+    "register_scheduler",
+    "transform_logits",
+]

@@ -40,8 +40,8 @@ from bds_core.schedulers.base import (
     SchedulerContext,
     SchedulerSettings,
     initial_logit,
-    register_scheduler,
 )
+from bds_core.setting_fields import check_settings, setting_fields
 
 HEAD_KINDS: tuple[str, ...] = ("mlp", "linear")
 SCHEDULER_FORMAT = "bds-neural-scheduler"
@@ -64,9 +64,14 @@ class NeuralOptions:
         metadata={"help": "frozen text encoder: 'minilm-l6-v2', 'minilm-static' or 'llm-hidden'"},
     )
     head: str = field(default="mlp", metadata={"help": "head f_phi: 'mlp' (2 layers) or 'linear'"})
-    hidden: int = field(default=128, metadata={"help": "hidden width of the MLP head"})
+    # Upper limits: these options reach the service's method.bds, and a head or an encoder
+    # window far past them is a memory error, not a setting.
+    hidden: int = field(
+        default=128, metadata={"help": "hidden width of the MLP head", "ge": 1, "le": 4096}
+    )
     max_tokens: int = field(
-        default=DEFAULT_MAX_TOKENS, metadata={"help": "encoder token limit per example"}
+        default=DEFAULT_MAX_TOKENS,
+        metadata={"help": "encoder token limit per example", "ge": 8, "le": 8192},
     )
 
     def __post_init__(self) -> None:
@@ -79,12 +84,7 @@ class NeuralOptions:
             raise ValueError(
                 f"neural scheduler head must be one of {', '.join(HEAD_KINDS)}; got {self.head!r}"
             )
-        if self.hidden < 1:
-            raise ValueError(f"neural scheduler hidden width must be positive, got {self.hidden}")
-        if self.max_tokens < 8:
-            raise ValueError(
-                f"neural scheduler max_tokens must be at least 8, got {self.max_tokens}"
-            )
+        check_settings(self, _OPTION_FIELDS, "neural scheduler")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> NeuralOptions:
@@ -97,6 +97,9 @@ class NeuralOptions:
                 f"known: {', '.join(sorted(known))}"
             )
         return cls(**dict(options))
+
+
+_OPTION_FIELDS = setting_fields(NeuralOptions)
 
 
 class SafetyHead(nn.Module):
@@ -546,7 +549,6 @@ def embed_for_scheduler(
     return embeddings, encoder.info
 
 
-@register_scheduler("neural")
 def build_neural(settings: SchedulerSettings, context: SchedulerContext) -> DataScheduler:
     """Neural scheduler over the run's examples; starts from `settings.init_path` if given."""
     options = NeuralOptions.from_options(settings.options)

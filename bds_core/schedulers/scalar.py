@@ -10,8 +10,8 @@ from bds_core.schedulers.base import (
     SchedulerContext,
     SchedulerSettings,
     initial_logit,
-    register_scheduler,
 )
+from bds_core.schedulers.registry import scheduler_builder
 
 
 class ScalarScheduler(DataScheduler):
@@ -39,22 +39,17 @@ class ScalarScheduler(DataScheduler):
         return self.scheduler_logits
 
 
-@register_scheduler("scalar")
 def build_scalar(settings: SchedulerSettings, context: SchedulerContext) -> DataScheduler:
     """Scalar scheduler; logits start at 'all weights 1' unless a pretrained scorer seeds them."""
     initial = None
     if settings.init_path:
-        from bds_core.schedulers.base import _BUILDERS
-
-        if "neural" not in _BUILDERS:
-            raise ValueError("init_path for a scalar scheduler needs the neural scheduler module")
         neural_settings = SchedulerSettings(
             kind="neural",
             transform=settings.transform,
             init_path=settings.init_path,
             options=settings.options,
         )
-        pretrained = _BUILDERS["neural"](neural_settings, context)
+        pretrained = scheduler_builder("neural")(neural_settings, context)
         with torch.no_grad():
             initial = pretrained.all_logits().detach().cpu().float()
         if settings.transform == "softmax":

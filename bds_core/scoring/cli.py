@@ -24,7 +24,7 @@ scheduler_app = typer.Typer(help="Pretrain and inspect amortized neural schedule
 def score_command(
     file: Annotated[Path, typer.Argument(help="dataset to score (JSONL in any accepted format)")],
     scheduler: Annotated[
-        Path | None, typer.Option(help="saved scheduler folder (default: the shipped one)")
+        Path | None, typer.Option(help="saved scheduler folder (default: the shipped scoring one)")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="folder for report.json, report.md and histogram.png")
@@ -200,7 +200,7 @@ def evaluate_command(
         list[Path], typer.Argument(help="labelled JSONL files (metadata.label), pooled")
     ],
     scheduler: Annotated[
-        Path | None, typer.Option(help="saved scheduler folder (default: the shipped one)")
+        Path | None, typer.Option(help="saved scheduler folder (default: the shipped scoring one)")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="write the evaluation JSON here")] = None,
 ) -> None:
@@ -233,15 +233,16 @@ def evaluate_command(
 @scheduler_app.command("show")
 def show_command(
     path: Annotated[
-        Path | None, typer.Argument(help="saved scheduler folder (default: the shipped one)")
+        Path | None,
+        typer.Argument(help="saved scheduler folder (default: the shipped scoring one)"),
     ] = None,
 ) -> None:
     """Print a saved scheduler's encoder, head, calibration and provenance."""
     from bds_core.schedulers.neural import SchedulerFileError, load_scheduler
-    from bds_core.scoring.scorer import default_scheduler_path
+    from bds_core.scoring.scorer import default_scoring_scheduler_path
 
     try:
-        loaded = load_scheduler(path or default_scheduler_path())
+        loaded = load_scheduler(path or default_scoring_scheduler_path())
     except SchedulerFileError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(2) from error

@@ -41,9 +41,11 @@ from bds_core.scoring.report import (
 )
 
 DEFAULT_SCHEDULER_DIR = Path(__file__).resolve().parent.parent / "assets" / "schedulers" / "default"
+"""The scheduler pretrained by BDS runs, on `minilm-l6-v2` (six transformer layers)."""
 STATIC_SCHEDULER_DIR = DEFAULT_SCHEDULER_DIR.parent / "static-distilled"
-"""A head on the static encoder (`minilm-static`), distilled label-free from the default one:
-about 20x faster scoring (docs/performance.md); `bds score --scheduler` it."""
+"""A head on the static encoder (`minilm-static`), distilled label-free from the BDS-pretrained
+one: the same detection on unseen data at about 20x the speed (docs/performance.md)."""
+DEFAULT_SCORING_SCHEDULER_DIR = STATIC_SCHEDULER_DIR
 DEFAULT_TOP_FLAGGED = 20
 
 ScoreProgress = Callable[[int, int], None]
@@ -51,8 +53,17 @@ ScoreProgress = Callable[[int, int], None]
 
 
 def default_scheduler_path() -> Path:
-    """The pretrained scheduler shipped with the package."""
+    """The BDS-pretrained scheduler shipped with the package (MiniLM encoder).
+
+    Neural BDS runs warm-start from it and the `filter` baseline reads it; safety reports use
+    `default_scoring_scheduler_path()` unless given this one.
+    """
     return DEFAULT_SCHEDULER_DIR
+
+
+def default_scoring_scheduler_path() -> Path:
+    """The scheduler safety reports (and `score_examples`, `filter_examples`) use by default."""
+    return DEFAULT_SCORING_SCHEDULER_DIR
 
 
 @dataclass
@@ -91,11 +102,11 @@ class Scorer:
         model: Any = None,
         tokenizer: Any = None,
     ) -> Scorer:
-        """Load the scheduler at `scheduler_path` (default: the shipped one) and its encoder.
+        """Load the scheduler at `scheduler_path` (default: the scoring one) and its encoder.
 
         `model` and `tokenizer` are needed only for a scheduler on the 'llm-hidden' encoder.
         """
-        scheduler = load_scheduler(scheduler_path or default_scheduler_path())
+        scheduler = load_scheduler(scheduler_path or default_scoring_scheduler_path())
         encoder = build_encoder(
             scheduler.encoder.name,
             model=model,
@@ -165,7 +176,7 @@ def get_scorer(
     use_cache: bool = True,
 ) -> Scorer:
     """A process-wide scorer per scheduler folder (a worker loads the encoder once)."""
-    path = Path(scheduler_path or default_scheduler_path()).resolve()
+    path = Path(scheduler_path or default_scoring_scheduler_path()).resolve()
     return _cached_scorer(str(path), str(cache_dir) if cache_dir else None, use_cache)
 
 
@@ -181,7 +192,7 @@ def score_examples(
 ) -> SafetyReport:
     """Safety report of `examples` (`bds_core.data.Example`) by a pretrained scheduler.
 
-    `scheduler_path` defaults to the shipped scheduler; `threshold` (harm score at which an
+    `scheduler_path` defaults to the shipped scoring scheduler (static encoder); `threshold` (harm score at which an
     example is flagged) defaults to the one saved with it. Embeddings are cached on disk
     (`cache_dir`, default $BDS_CACHE_DIR or ~/.cache/bds) unless `use_cache` is False.
     """
@@ -358,11 +369,13 @@ def _label_evaluation(
 
 __all__ = [
     "DEFAULT_SCHEDULER_DIR",
+    "DEFAULT_SCORING_SCHEDULER_DIR",
     "STATIC_SCHEDULER_DIR",
     "DatasetScores",
     "Scorer",
     "build_report",
     "default_scheduler_path",
+    "default_scoring_scheduler_path",
     "filter_examples",
     "get_scorer",
     "score_examples",

@@ -3,7 +3,8 @@
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.config import METHODS, TrainConfig
 from bds_core.training.losses import per_example_loss, weighted_loss_sum
-from bds_core.training.trainer import BDSTrainer, TrainResult, train, weight_statistics
+from bds_core.training.outputs import TrainResult
+from bds_core.training.trainer import BDSTrainer, train
 
 __all__ = [
     "METHODS",
@@ -14,6 +15,5 @@ __all__ = [
     "TrainerCallback",
     "per_example_loss",
     "train",
-    "weight_statistics",
     "weighted_loss_sum",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bds_core.training.trainer import TrainResult
+    from bds_core.training.outputs import TrainResult
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any
 
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.config import TrainConfig
-from bds_core.training.trainer import TrainResult
+from bds_core.training.outputs import TrainResult
 
 LAUNCH_DIR = "launch"
 CONFIG_FILE = "config.json"

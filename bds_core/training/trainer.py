@@ -16,62 +16,52 @@ outputs and reports progress.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import random
-import resource
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from bds_core.data import Example, collate, encode_example, load_examples
+from bds_core.data import Example, encode_example, load_examples
 from bds_core.data.tokenize import EncodedExample
+from bds_core.eval.weights import INTERVAL_LEVEL, uncertainty_statistics, weight_statistics
 from bds_core.models import CATALOG, apply_lora, load_model
 from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
 from bds_core.schedulers.base import WeightSummary, make_scheduler_optimizer
-from bds_core.training.buckets import plan_buckets
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
-    begin_checkpoint,
-    commit_checkpoint,
+    TrainingState,
+    capture_rng_state,
+    data_digest,
     latest_valid_checkpoint,
     prune_checkpoints,
+    rank_rng_state,
+    rank_seed,
+    read_training_checkpoint,
+    restore_rng_state,
+    seed_everything,
+    write_training_checkpoint,
 )
 from bds_core.training.config import TrainConfig
 from bds_core.training.distributed import DataParallel, init_data_parallel
-from bds_core.training.losses import (
-    per_example_loss,
-    per_example_loss_from_hidden,
-    weighted_loss_sum,
+from bds_core.training.forward import RowLosses, adapter_parameters
+from bds_core.training.outputs import (
+    MAIN_ADAPTER,
+    TrainResult,
+    peak_rss_mb,
+    save_adapter,
+    write_adapter,
+    write_metrics,
+    write_weights,
 )
+from bds_core.training.reference import AGNOSTIC_ADAPTER, ReferenceLosses
 from bds_core.training.sampling import EpochSampler
 
-AGNOSTIC_ADAPTER = "agnostic"
-MAIN_ADAPTER = "default"
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    out_dir: Path
-    adapter_dir: Path | None
-    weights_file: Path | None
-    metrics_file: Path | None
-    metrics: dict[str, Any]
-    steps: int
-    cancelled: bool = False
-    resumed_from_step: int | None = None
-    rank: int = 0
-    world_size: int = 1
+ExampleSelection = Callable[[Sequence[Example]], list[Example]]
+"""Which of the customer examples to train on (a subset, in file order)."""
 
 
 @dataclass
@@ -82,141 +72,6 @@ class _StepLosses:
     tokens: int
 
 
-def weight_statistics(
-    weights: torch.Tensor, harmful_labels: Sequence[bool | None] | None = None
-) -> dict[str, float]:
-    """Summary of a weight vector: spread, collapse indicators and, if labels exist, AUROC.
-
-    `ess_ratio` is the effective sample size (sum w)^2 / sum w^2 over N (1 = uniform);
-    `entropy_ratio` is the entropy of w / sum w over log N. Labels are only ever used here,
-    for evaluation, never for training.
-    """
-    values = weights.detach().double().cpu()
-    n = values.numel()
-    total = values.sum().clamp_min(1e-12)
-    probs = (values / total).clamp_min(0)
-    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum().item()
-    stats = {
-        "mean": values.mean().item(),
-        "std": values.std(unbiased=False).item(),
-        "min": values.min().item(),
-        "max": values.max().item(),
-        "ess_ratio": (total**2 / values.pow(2).sum().clamp_min(1e-12)).item() / n,
-        "entropy_ratio": entropy / math.log(n) if n > 1 else 1.0,
-        "share_below_half": (values < 0.5).double().mean().item(),
-    }
-    if harmful_labels is not None:
-        known = [
-            (float(w), bool(lab))
-            for w, lab in zip(values.tolist(), harmful_labels, strict=True)
-            if lab is not None
-        ]
-        labels = [lab for _, lab in known]
-        if labels and any(labels) and not all(labels):
-            from bds_core.eval import auroc
-
-            # Low weight means harmful, so the harmfulness score is the negated weight.
-            stats["auroc"] = auroc([-w for w, _ in known], labels)
-            harmful = [w for w, lab in known if lab]
-            benign = [w for w, lab in known if not lab]
-            stats["mean_weight_harmful"] = float(np.mean(harmful))
-            stats["mean_weight_benign"] = float(np.mean(benign))
-            benign_tensor = torch.tensor(benign, dtype=torch.float64)
-            stats["benign_ess_ratio"] = (
-                benign_tensor.sum() ** 2 / benign_tensor.pow(2).sum().clamp_min(1e-12)
-            ).item() / len(benign)
-    return stats
-
-
-INTERVAL_LEVEL = 0.9
-"""Coverage of the per-example weight interval reported when sampling."""
-
-
-def weight_row(
-    index: int, example: Example, weight: float, summary: WeightSummary | None
-) -> dict[str, Any]:
-    """One line of `weights.jsonl`.
-
-    Every row has `weight` (the posterior mean when sampling, else the final weight),
-    `weight_mean` and `uncertainty`, which says what any spread means: "posterior" (pSGLD
-    samples: `weight_std`, the 90% interval `weight_low`..`weight_high`, `n_samples`),
-    "optimisation" (`weight_spread`: the standard deviation of the optimiser's last iterates,
-    jitter rather than uncertainty) or "none" (fixed weights: sft, mix, filter).
-    """
-    row: dict[str, Any] = {"index": index, "id": example.id, "line": example.line}
-    row["weight"] = round(weight, 6)
-    if summary is None:
-        row["weight_mean"] = round(weight, 6)
-        row["uncertainty"] = "none"
-        return row
-    row["weight_mean"] = round(float(summary.mean[index]), 6)
-    row["uncertainty"] = summary.kind
-    if summary.kind == "posterior":
-        row["weight_std"] = round(float(summary.std[index]), 6)
-        row["weight_low"] = round(float(summary.low[index]), 6)
-        row["weight_high"] = round(float(summary.high[index]), 6)
-        row["interval_level"] = INTERVAL_LEVEL
-        row["n_samples"] = summary.n_samples
-    else:
-        row["weight_spread"] = round(float(summary.std[index]), 6)
-    return row
-
-
-def uncertainty_statistics(
-    summary: WeightSummary | None, harmful_labels: Sequence[bool | None] | None = None
-) -> dict[str, Any]:
-    """What the per-example intervals say, when sampling: how many lie entirely below 1.
-
-    With labels (evaluation only), `harmful_below_one` is the share of harmful examples whose
-    interval lies entirely below 1 and `benign_not_below_one` the share of benign ones whose
-    interval does not; their mean is the coverage of the labels by "interval below 1".
-    """
-    if summary is None or summary.kind != "posterior" or summary.n_samples == 0:
-        return {"kind": summary.kind if summary is not None else "none"}
-    below = (summary.high < 1.0).cpu().tolist()
-    stats: dict[str, Any] = {
-        "kind": "posterior",
-        "interval_level": INTERVAL_LEVEL,
-        "n_samples": summary.n_samples,
-        "share_interval_below_one": sum(below) / len(below),
-        "mean_interval_width": float((summary.high - summary.low).mean()),
-    }
-    if harmful_labels is not None:
-        stats.update(interval_separation(below, harmful_labels))
-    return stats
-
-
-def interval_separation(
-    below_one: Sequence[bool], harmful_labels: Sequence[bool | None]
-) -> dict[str, float]:
-    """Coverage of the labels by "interval entirely below 1" (rows without a label skipped)."""
-    harmful = [b for b, lab in zip(below_one, harmful_labels, strict=True) if lab is True]
-    benign = [b for b, lab in zip(below_one, harmful_labels, strict=True) if lab is False]
-    stats: dict[str, float] = {}
-    if harmful:
-        stats["harmful_below_one"] = sum(harmful) / len(harmful)
-    if benign:
-        stats["benign_not_below_one"] = 1.0 - sum(benign) / len(benign)
-    if harmful and benign:
-        stats["interval_coverage"] = (
-            stats["harmful_below_one"] + stats["benign_not_below_one"]
-        ) / 2.0
-    return stats
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _digest_files(paths: Iterable[Path | None]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        if path is not None:
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 class BDSTrainer:
     """Recipe: `setup()`, then `train()`; checkpoints via `save_checkpoint`/`load_checkpoint`."""
 
@@ -225,8 +80,18 @@ class BDSTrainer:
         config: TrainConfig,
         callbacks: Sequence[TrainerCallback] = (),
         should_cancel: Callable[[], bool] | None = None,
+        select_examples: ExampleSelection | None = None,
     ) -> None:
+        """`select_examples` picks the customer examples to train on (default: all of them);
+        the rest are reported with weight 0. Method `filter` needs one: the benchmark's
+        `bds_core.bench.filter.drop_flagged`."""
+        if config.method == "filter" and select_examples is None:
+            raise ValueError(
+                "method 'filter' trains on the examples a pretrained scheduler leaves "
+                "unflagged; pass select_examples=bds_core.bench.filter.drop_flagged(config)"
+            )
         self.config = config
+        self.select_examples = select_examples
         self.callbacks = list(callbacks)
         self.should_cancel = should_cancel or (lambda: False)
         self.step = 0
@@ -248,23 +113,19 @@ class BDSTrainer:
         """
         config = self.config
         self.parallel, self.device = init_data_parallel(config.device)
-        self._seed_everything(config.seed)
-        self.autocast_dtype = _autocast_dtype(config.precision, self.device)
+        seed_everything(config.seed)
 
         self.all_train_examples: list[Example] = load_examples(config.train_file)
         self.train_examples = self.all_train_examples
         self.dropped_ids: set[str] = set()
-        if config.method == "filter":
-            from bds_core.scoring import filter_examples
-
-            # The `filter` baseline: the pretrained amortized scheduler drops what it flags.
+        if self.select_examples is not None:
+            # Rank 0 first: a selection that scores the data fills its embedding cache once.
             with self.parallel.main_first():
-                self.train_examples, dropped = filter_examples(
-                    self.all_train_examples, config.scheduler.init_path
-                )
-            self.dropped_ids = {example.id for example in dropped}
+                self.train_examples = self.select_examples(self.all_train_examples)
+            kept = {id(example) for example in self.train_examples}
+            self.dropped_ids = {ex.id for ex in self.all_train_examples if id(ex) not in kept}
             if not self.train_examples:
-                raise ValueError(f"the filter dropped every example of {config.train_file}")
+                raise ValueError(f"no example of {config.train_file} was selected for training")
         self.safety_examples: list[Example] = (
             load_examples(config.safety_file)
             if config.uses_safety_data and config.safety_file is not None
@@ -276,14 +137,9 @@ class BDSTrainer:
         with self.parallel.main_first(active=config.model in CATALOG):
             loaded = load_model(config.model, device=self.device)
         self.tokenizer = loaded.tokenizer
-        self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.model = apply_lora(loaded.model, config.lora)
         self.model.to(self.device)
-        # The decoder stack (with the LoRA layers injected) and the vocabulary projection, so
-        # only answer positions are projected to the vocabulary (per_example_loss_from_hidden).
         causal_lm: Any = self.model.get_base_model()
-        self.decoder: Any = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
-        self.output_head: Any = causal_lm.get_output_embeddings()
         if config.gradient_checkpointing:
             # Non-reentrant checkpointing needs no input gradients, so frozen embeddings and
             # LoRA-only training work as they are.
@@ -294,6 +150,15 @@ class BDSTrainer:
 
         self.train_encoded = self._encode(self.train_examples)
         self.safety_encoded = self._encode(self.safety_examples)
+        self.row_losses = RowLosses(
+            self.model,
+            self.train_encoded,
+            self.safety_encoded,
+            int(self.tokenizer.pad_token_id),
+            config,
+            self.device,
+            _autocast_dtype(config.precision, self.device),
+        )
         self.total_steps = config.total_steps(len(self.train_examples), len(self.safety_examples))
 
         self.uses_agnostic = config.method == "bds" and config.scheduler.reference == "agnostic"
@@ -301,7 +166,7 @@ class BDSTrainer:
             self.model.add_adapter(AGNOSTIC_ADAPTER, self.model.peft_config[MAIN_ADAPTER])
             self.model.set_adapter(MAIN_ADAPTER)
         self.adapter_params = {
-            name: self._adapter_parameters(name)
+            name: adapter_parameters(self.model, name)
             for name in ([MAIN_ADAPTER, AGNOSTIC_ADAPTER] if self.uses_agnostic else [MAIN_ADAPTER])
         }
         self.optimizer = self._make_model_optimizer(self.adapter_params[MAIN_ADAPTER])
@@ -343,17 +208,17 @@ class BDSTrainer:
             self.scheduler_optimizer = make_scheduler_optimizer(
                 self.scheduler, self.noise_generator
             )
-        n = len(self.train_examples)
-        self.reference_cache = torch.zeros(n)
-        self.reference_known = torch.zeros(n, dtype=torch.bool)
-        self.data_digest = _digest_files([config.train_file, config.safety_file])
+        self.reference = ReferenceLosses(
+            config, self.row_losses, self.parallel, self.agnostic_optimizer
+        )
+        self.data_digest = data_digest([config.train_file, config.safety_file])
         self.fingerprint = config.resume_fingerprint(self.data_digest)
         if self.parallel.enabled:
             self.parallel.broadcast_tensors(self._replicated_tensors(with_buffers=True))
             # Dropout must differ between the slices of one batch: each rank gets its own
             # stream (rank 0 keeps the single-process one).
             if not self.parallel.is_main:
-                torch.manual_seed(_rank_seed(config.seed, self.parallel.rank, 0))
+                torch.manual_seed(rank_seed(config.seed, self.parallel.rank, 0))
 
     def _replicated_tensors(self, with_buffers: bool = False) -> list[torch.Tensor]:
         """Everything that must be identical on every rank: adapters and scheduler state."""
@@ -364,24 +229,8 @@ class BDSTrainer:
                 tensors += [b for b in self.scheduler.buffers() if b.is_floating_point()]
         return tensors
 
-    def _autocast(self) -> Any:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     def _encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
         return [encode_example(ex, self.tokenizer, self.config.max_length) for ex in examples]
-
-    def _adapter_parameters(self, adapter: str) -> list[torch.nn.Parameter]:
-        marker = f".{adapter}."
-        params = [
-            p for name, p in self.model.named_parameters() if "lora_" in name and marker in name
-        ]
-        for param in params:
-            param.requires_grad_(True)
-        if not params:
-            raise RuntimeError(f"no LoRA parameters found for adapter {adapter!r}")
-        return params
 
     def _make_model_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         config = self.config
@@ -391,125 +240,6 @@ class BDSTrainer:
             weight_decay=config.weight_decay,
             betas=config.adam_betas,
         )
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % (2**32))
-        torch.manual_seed(seed)
-
-    # ----------------------------------------------------------------------------- losses
-    def _losses(
-        self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-example losses of one micro-batch (customer and alignment rows in one forward)."""
-        encoded = [self.train_encoded[i] for i in train_indices.tolist()]
-        n_train = len(encoded)
-        if safety_indices is not None:
-            encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
-        losses = self._rows_losses(encoded)
-        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
-
-    def _rows_losses(self, encoded: Sequence[EncodedExample]) -> torch.Tensor:
-        """Per-example losses of `encoded`, padded together into one forward pass."""
-        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_token_id).items()}
-        if self.decoder is not None and self.output_head is not None:
-            with self._autocast():
-                hidden = self.decoder(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    use_cache=False,
-                ).last_hidden_state
-            # The vocabulary projection and the cross-entropy stay in float32 under bf16: the
-            # scheduler's signal is a small difference of two per-example losses.
-            losses = per_example_loss_from_hidden(hidden.float(), batch["labels"], self.output_head)
-        else:
-            with self._autocast():
-                logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            losses = per_example_loss(logits, batch["labels"])
-        return losses
-
-    def _token_count(self, train_indices: torch.Tensor, safety_indices: torch.Tensor | None) -> int:
-        """Tokens (without padding) of the rows of one forward pass."""
-        count = sum(len(self.train_encoded[i].input_ids) for i in train_indices.tolist())
-        if safety_indices is not None:
-            count += sum(len(self.safety_encoded[i].input_ids) for i in safety_indices.tolist())
-        return count
-
-    @torch.no_grad()
-    def _train_losses_no_grad(self, indices: torch.Tensor) -> torch.Tensor:
-        """Losses of the customer rows at `indices` without gradients, in eval mode (no
-        dropout: the reference cache and the scheduler's signal stay exact); the model's
-        mode is restored afterwards."""
-        chunks = torch.chunk(indices, self.config.gradient_accumulation_steps)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            return torch.cat([self._losses(chunk, None)[0].detach() for chunk in chunks])
-        finally:
-            self.model.train(was_training)
-
-    def _reference_losses(
-        self, batch_indices: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
-        """r_i of this process's slice `indices` of the global batch `batch_indices`."""
-        reference = self.config.scheduler.reference
-        if reference == "none":
-            return torch.zeros(len(indices), device=self.device)
-        if reference == "initial":
-            # Decided on the global batch, so every rank takes the same branch.
-            batch_complete = bool(self.reference_known[batch_indices].all())
-            missing = indices[~self.reference_known[indices]]
-            if len(missing) > 0:
-                # The starting model is the base model with the adapters switched off.
-                with self.model.disable_adapter():
-                    values = self._train_losses_no_grad(missing).cpu()
-                self.reference_cache[missing] = values
-                self.reference_known[missing] = True
-            if self.parallel.enabled and not batch_complete:
-                # Each rank computed its slice; every rank caches the whole batch, so the
-                # caches (and the checkpoint rank 0 writes) stay identical.
-                local = self.reference_cache[indices]
-                self.reference_cache[batch_indices] = self.parallel.gather_shards(
-                    local, len(batch_indices)
-                )
-                self.reference_known[batch_indices] = True
-            return self.reference_cache[indices].to(self.device)
-        return self._agnostic_step(indices, weights, len(batch_indices))
-
-    def _agnostic_step(
-        self, indices: torch.Tensor, weights: torch.Tensor, batch_size: int
-    ) -> torch.Tensor:
-        """Train the safety-agnostic adapter on weighted customer data; return its losses.
-
-        `indices` and `weights` are this process's slice of a global batch of `batch_size`.
-        """
-        assert self.agnostic_optimizer is not None
-        self.model.set_adapter(AGNOSTIC_ADAPTER)
-        self._adapter_parameters(AGNOSTIC_ADAPTER)
-        try:
-            self.agnostic_optimizer.zero_grad(set_to_none=True)
-            collected = []
-            ga = self.config.gradient_accumulation_steps
-            for chunk_idx, chunk_w in zip(
-                torch.tensor_split(indices, ga), torch.tensor_split(weights, ga), strict=True
-            ):
-                losses, _ = self._losses(chunk_idx, None)
-                weighted_loss_sum(losses, chunk_w, batch_size).backward()
-                collected.append(losses.detach())
-            self.parallel.sum_gradients(self.adapter_params[AGNOSTIC_ADAPTER])
-            torch.nn.utils.clip_grad_norm_(
-                self.adapter_params[AGNOSTIC_ADAPTER], self.config.grad_clip
-            )
-            self.agnostic_optimizer.step()
-            if self.config.scheduler.loss_timing == "after":
-                return self._train_losses_no_grad(indices)
-            return torch.cat(collected)
-        finally:
-            self.model.set_adapter(MAIN_ADAPTER)
-            self._adapter_parameters(MAIN_ADAPTER)
 
     # ----------------------------------------------------------------------------- one step
     def _train_step(self) -> _StepLosses:
@@ -549,7 +279,7 @@ class BDSTrainer:
             for t_idx, w_chunk, s_idx in zip(
                 train_chunks, weight_chunks, safety_chunks, strict=True
             ):
-                train_losses, safety_losses = self._micro_batch_backward(
+                train_losses, safety_losses = self.row_losses.backward(
                     t_idx,
                     w_chunk,
                     s_idx,
@@ -559,7 +289,7 @@ class BDSTrainer:
                 if safety_losses is not None:
                     safety_sum += safety_losses.sum().item()
                 task_sum += (w_chunk * train_losses).sum().item()
-                tokens += self._token_count(t_idx, s_idx)
+                tokens += self.row_losses.token_count(t_idx, s_idx)
                 collected.append(train_losses)
         with self._timed("model_update"):
             parallel.sum_gradients(self.adapter_params[MAIN_ADAPTER])
@@ -578,47 +308,6 @@ class BDSTrainer:
         return _StepLosses(
             total=task + (safety or 0.0), task=task, safety=safety, tokens=int(totals[2])
         )
-
-    def _micro_batch_backward(
-        self,
-        train_indices: torch.Tensor,
-        weights: torch.Tensor,
-        safety_indices: torch.Tensor | None,
-        train_normaliser: int,
-        safety_normaliser: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward and backward over one micro-batch's customer and alignment rows together.
-
-        The rows are grouped by length into passes (`plan_buckets`; one pass without length
-        bucketing); each pass backpropagates sum w_i l_i / B over its customer rows plus
-        sum l_j / B_s over its alignment rows, so the gradients add up to the micro-batch's.
-        Returns the detached per-example losses of the customer and the alignment rows, in
-        the order of the indices: the losses the scheduler step reuses (loss timing `before`).
-        """
-        config = self.config
-        encoded = [self.train_encoded[i] for i in train_indices.tolist()]
-        n_train = len(encoded)
-        if safety_indices is not None:
-            encoded += [self.safety_encoded[i] for i in safety_indices.tolist()]
-        coefficients = torch.cat(
-            [
-                weights.detach().to(self.device) / train_normaliser,
-                torch.full((len(encoded) - n_train,), 1.0 / safety_normaliser, device=self.device),
-            ]
-        )
-        lengths = [len(row.input_ids) for row in encoded]
-        groups = (
-            plan_buckets(lengths, config.max_batch_tokens)
-            if config.length_bucketing
-            else [list(range(len(encoded)))]
-        )
-        losses = torch.zeros(len(encoded), device=self.device)
-        for group in groups:
-            positions = torch.tensor(group, device=self.device)
-            group_losses = self._rows_losses([encoded[k] for k in group])
-            (coefficients[positions] * group_losses).sum().backward()
-            losses[positions] = group_losses.detach()
-        return losses[:n_train], (losses[n_train:] if safety_indices is not None else None)
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -645,11 +334,11 @@ class BDSTrainer:
         indices = batch_indices[start : start + len(losses_before)]
         if settings.loss_timing == "after":
             with self._timed("loss_after"):
-                losses = self._train_losses_no_grad(indices)
+                losses = self.row_losses.customer_no_grad(indices)
         else:
             losses = losses_before
         with self._timed("reference"):
-            reference = self._reference_losses(batch_indices.cpu(), indices.cpu(), weights)
+            reference = self.reference(batch_indices.cpu(), indices.cpu(), weights)
         self.scheduler_optimizer.zero_grad(set_to_none=True)
         shard = BatchShard(batch_indices, start, self.parallel.sum)
         if settings.sgld:
@@ -801,13 +490,7 @@ class BDSTrainer:
         config = self.config
         out = config.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        adapter_dir = out / "adapter"
-        self.model.save_pretrained(
-            str(adapter_dir), selected_adapters=[MAIN_ADAPTER], safe_serialization=True
-        )
-        (adapter_dir / "bds_adapter.json").write_text(
-            json.dumps({"base_model": config.model, "method": config.method}, indent=2)
-        )
+        adapter_dir = write_adapter(self.model, out, config.model, config.method)
 
         final = self.current_weights()
         summary: WeightSummary | None = None
@@ -817,18 +500,15 @@ class BDSTrainer:
                 # Sampling: the reported weight is the posterior mean (bds-method.md).
                 final = summary.mean.cpu()
         elif self.dropped_ids:
-            # Report every uploaded example: the ones the filter dropped have weight 0.
+            # Report every uploaded example: the ones not selected have weight 0.
             final = torch.tensor(
                 [0.0 if ex.id in self.dropped_ids else 1.0 for ex in self.all_train_examples]
             )
         reported = self.all_train_examples if self.dropped_ids else self.train_examples
-        weights_file = out / "weights.jsonl"
-        with weights_file.open("w") as handle:
-            for index, example in enumerate(reported):
-                row = weight_row(index, example, float(final[index]), summary)
-                handle.write(json.dumps(row) + "\n")
+        weights_file = write_weights(out, reported, final, summary)
 
         labels = [ex.is_harmful for ex in reported]
+        known_labels = labels if any(x is not None for x in labels) else None
         metrics: dict[str, Any] = {
             "method": config.method,
             "model": config.model,
@@ -845,25 +525,19 @@ class BDSTrainer:
             # Tokens (without padding) of every row the model steps trained on, customer and
             # alignment, over the whole run including the steps before a resume.
             "trained_tokens": int(sum(record.get("tokens") or 0 for record in self.history)),
-            "weight_stats": weight_statistics(
-                final, labels if any(x is not None for x in labels) else None
-            ),
-            "weight_uncertainty": uncertainty_statistics(
-                summary, labels if any(x is not None for x in labels) else None
-            ),
+            "weight_stats": weight_statistics(final, known_labels),
+            "weight_uncertainty": uncertainty_statistics(summary, known_labels),
             "history": self.history,
             "resumed_from_step": self.resumed_from_step,
             "config": config.to_dict(),
         }
         if peak_gpu_memory_mb is not None:
             metrics["peak_gpu_memory_mb"] = peak_gpu_memory_mb
-        metrics_file = out / "metrics.json"
-        metrics_file.write_text(json.dumps(metrics, indent=2, default=str))
         return TrainResult(
             out_dir=out,
             adapter_dir=adapter_dir,
             weights_file=weights_file,
-            metrics_file=metrics_file,
+            metrics_file=write_metrics(out, metrics),
             metrics=metrics,
             steps=self.step,
             resumed_from_step=self.resumed_from_step,
@@ -887,116 +561,81 @@ class BDSTrainer:
         """
         parallel = self.parallel
         rank_streams = (
-            parallel.all_gather_object(self._rank_rng_state()) if parallel.enabled else None
+            parallel.all_gather_object(rank_rng_state(self.device)) if parallel.enabled else None
         )
-        written = self._write_checkpoint(root, rank_streams) if parallel.is_main else None
+        written = None
+        if parallel.is_main:
+            written = write_training_checkpoint(
+                root,
+                self.step,
+                self._training_state(rank_streams),
+                lambda folder: save_adapter(self.model, folder),
+            )
         path = Path(parallel.broadcast_object(str(written) if written is not None else None))
         parallel.assert_replicas_agree(
             self._replicated_tensors(), f"the parameters at step {self.step}"
         )
         return path
 
-    def _rank_rng_state(self) -> dict[str, torch.Tensor]:
-        """This process's own random streams (dropout): torch's, and CUDA's on a GPU."""
-        state = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _write_checkpoint(
-        self, root: Path, rank_streams: list[dict[str, torch.Tensor]] | None
-    ) -> Path:
-        staging = begin_checkpoint(root, self.step)
-        save_file(self._lora_state(), str(staging / "lora_state.safetensors"))
-        if self.scheduler is not None:
-            scheduler_state = {
-                k: v.detach().cpu().contiguous() for k, v in self.scheduler.state_dict().items()
-            }
-            save_file(scheduler_state, str(staging / "scheduler.safetensors"))
-        save_file(
-            {
-                "reference_cache": self.reference_cache,
-                "reference_known": self.reference_known.to(torch.uint8),
-            },
-            str(staging / "reference.safetensors"),
-        )
+    def _training_state(self, rank_streams: list[dict[str, torch.Tensor]] | None) -> TrainingState:
         optimizers: dict[str, Any] = {"model": self.optimizer.state_dict()}
         if self.scheduler_optimizer is not None:
             optimizers["scheduler"] = self.scheduler_optimizer.state_dict()
         if self.agnostic_optimizer is not None:
             optimizers["agnostic"] = self.agnostic_optimizer.state_dict()
-        torch.save(optimizers, staging / "optimizers.pt")
-        numpy_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "noise": self.noise_generator.get_state(),
-            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-            "numpy_pos": int(numpy_state[2]),
-            "numpy_gauss": [int(numpy_state[3]), float(numpy_state[4])],
-            "python": json.dumps(random.getstate()),
-        }
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        if rank_streams is not None:
-            rng["ranks"] = rank_streams
-        torch.save(rng, staging / "rng.pt")
-        state = {
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "train_sampler": self.train_sampler.state_dict(),
-            "safety_sampler": self.safety_sampler.state_dict() if self.safety_sampler else None,
-            "history": self.history,
-            "elapsed_s": self.elapsed_before_resume,
-            "fingerprint": self.fingerprint,
-        }
-        (staging / "trainer_state.json").write_text(json.dumps(state))
-        self.model.save_pretrained(
-            str(staging / "adapter"), selected_adapters=[MAIN_ADAPTER], safe_serialization=True
+        return TrainingState(
+            lora=self._lora_state(),
+            scheduler=(
+                {k: v.detach().cpu().contiguous() for k, v in self.scheduler.state_dict().items()}
+                if self.scheduler is not None
+                else None
+            ),
+            reference_cache=self.reference.cache,
+            reference_known=self.reference.known,
+            optimizers=optimizers,
+            rng=capture_rng_state(self.device, self.noise_generator, rank_streams),
+            trainer={
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "train_sampler": self.train_sampler.state_dict(),
+                "safety_sampler": (
+                    self.safety_sampler.state_dict() if self.safety_sampler else None
+                ),
+                "history": self.history,
+                "elapsed_s": self.elapsed_before_resume,
+                "fingerprint": self.fingerprint,
+            },
         )
-        return commit_checkpoint(staging, self.step)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by `save_checkpoint` of an identically configured run."""
-        state = json.loads((path / "trainer_state.json").read_text())
-        if state["fingerprint"] != self.fingerprint:
-            raise ValueError(
-                f"checkpoint {path} was written by a run with other settings or data; "
-                "use a fresh out_dir or the original configuration"
-            )
-        lora_state = load_file(str(path / "lora_state.safetensors"))
+        saved = read_training_checkpoint(path, self.fingerprint, self.device)
         params = dict(self.model.named_parameters())
         with torch.no_grad():
-            for name, value in lora_state.items():
+            for name, value in saved.lora.items():
                 params[name].copy_(value.to(params[name].device))
         if self.scheduler is not None:
-            scheduler_state = load_file(str(path / "scheduler.safetensors"))
+            assert saved.scheduler is not None
             self.scheduler.load_state_dict(
-                {k: v.to(self.device) for k, v in scheduler_state.items()}
+                {k: v.to(self.device) for k, v in saved.scheduler.items()}
             )
-        reference = load_file(str(path / "reference.safetensors"))
-        self.reference_cache = reference["reference_cache"]
-        self.reference_known = reference["reference_known"].bool()
-        optimizers = torch.load(path / "optimizers.pt", weights_only=True, map_location=self.device)
-        self.optimizer.load_state_dict(optimizers["model"])
+        self.reference.cache = saved.reference_cache
+        self.reference.known = saved.reference_known
+        self.optimizer.load_state_dict(saved.optimizers["model"])
         if self.scheduler_optimizer is not None:
-            self.scheduler_optimizer.load_state_dict(optimizers["scheduler"])
+            self.scheduler_optimizer.load_state_dict(saved.optimizers["scheduler"])
         if self.agnostic_optimizer is not None:
-            self.agnostic_optimizer.load_state_dict(optimizers["agnostic"])
-        rng = torch.load(path / "rng.pt", weights_only=True)
-        self._restore_rank_rng_state(rng)
-        self.noise_generator.set_state(rng["noise"])
-        has_gauss, cached_gauss = rng["numpy_gauss"]
-        np.random.set_state(
-            (
-                "MT19937",
-                rng["numpy"].numpy().astype(np.uint32),
-                rng["numpy_pos"],
-                has_gauss,
-                cached_gauss,
-            )
+            self.agnostic_optimizer.load_state_dict(saved.optimizers["agnostic"])
+        state = saved.trainer
+        restore_rng_state(
+            saved.rng,
+            self.noise_generator,
+            self.device,
+            rank=self.parallel.rank,
+            world_size=self.parallel.world_size,
+            seed=self.config.seed,
+            step=self.step,
         )
-        python_state = json.loads(rng["python"])
-        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
         self.train_sampler.load_state_dict(state["train_sampler"])
         if self.safety_sampler is not None and state["safety_sampler"] is not None:
             self.safety_sampler.load_state_dict(state["safety_sampler"])
@@ -1004,39 +643,6 @@ class BDSTrainer:
         self.history = list(state["history"])
         self.elapsed_before_resume = float(state["elapsed_s"])
         self.resumed_from_step = self.step
-
-    def _restore_rank_rng_state(self, rng: dict[str, Any]) -> None:
-        """This rank's torch (and CUDA) stream from a checkpoint's `rng.pt`.
-
-        Rank 0 continues the stream saved as the run's own. Another rank continues its saved
-        stream when the checkpoint was written by as many ranks as there are now; otherwise
-        (another world size) it starts a fresh stream derived from (seed, rank, step). Only
-        dropout draws from these streams, so without LoRA dropout a resume on another number
-        of ranks continues exactly as the original run would have.
-        """
-        parallel = self.parallel
-        saved = rng.get("ranks")
-        if parallel.is_main:
-            state: dict[str, Any] = {"torch": rng["torch"], "cuda": rng.get("cuda")}
-        elif saved is not None and len(saved) == parallel.world_size:
-            state = dict(saved[parallel.rank])
-        else:
-            torch.manual_seed(_rank_seed(self.config.seed, parallel.rank, self.step))
-            return
-        torch.set_rng_state(state["torch"])
-        cuda_state = state.get("cuda")
-        if cuda_state is not None and self.device.type == "cuda":
-            if isinstance(cuda_state, list | tuple):
-                # Checkpoints of earlier versions hold the states of every visible GPU.
-                index = self.device.index or 0
-                cuda_state = cuda_state[index] if index < len(cuda_state) else None
-            if cuda_state is not None:
-                torch.cuda.set_rng_state(cuda_state, self.device)
-
-
-def _rank_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of a non-zero rank's own random stream (dropout), distinct per rank and step."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -1056,13 +662,17 @@ def train(
     callbacks: Sequence[TrainerCallback] = (),
     should_cancel: Callable[[], bool] | None = None,
     resume: bool = True,
+    select_examples: ExampleSelection | None = None,
 ) -> TrainResult:
     """Set up and run a training job; continues from the newest valid checkpoint if `resume`.
 
     Launched by torchrun (`torchrun --nproc-per-node N -m bds_core.cli train ...`), every
     process calls this and the job runs data-parallel; see docs/scaling.md.
+    `select_examples`: see `BDSTrainer`.
     """
-    trainer = BDSTrainer(config, callbacks=callbacks, should_cancel=should_cancel)
+    trainer = BDSTrainer(
+        config, callbacks=callbacks, should_cancel=should_cancel, select_examples=select_examples
+    )
     trainer.setup()
     if not resume:
         import shutil
@@ -1073,14 +683,4 @@ def train(
     return trainer.train()
 
 
-__all__ = [
-    "INTERVAL_LEVEL",
-    "BDSTrainer",
-    "TrainResult",
-    "interval_separation",
-    "peak_rss_mb",
-    "train",
-    "uncertainty_statistics",
-    "weight_row",
-    "weight_statistics",
-]
+__all__ = ["BDSTrainer", "ExampleSelection", "train"]

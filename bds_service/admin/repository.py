@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from bds_service.files.states import SafetyStatus
 from bds_service.jobs.repository import JobCheckpointRepository, JobEventRepository
 from bds_service.jobs.states import JobStatus
 from bds_service.models import (
@@ -86,7 +87,7 @@ def recent_failed_scorings(session: Session, limit: int = 10) -> list[tuple[File
     statement = (
         select(File, Tenant.name)
         .join(Tenant, Tenant.id == File.tenant_id)
-        .where(File.safety_status == "failed", File.deleted_at.is_(None))
+        .where(File.safety_status == SafetyStatus.FAILED, File.deleted_at.is_(None))
         .order_by(File.processed_at.desc(), File.id.desc())
         .limit(limit)
     )

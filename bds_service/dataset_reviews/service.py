@@ -24,7 +24,7 @@ from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.dataset_reviews.repository import DatasetReviewRepository
 from bds_service.errors import ConflictError, InvalidRequestError, PermissionDeniedError
-from bds_service.files.service import FINE_TUNE, SAFETY_ALIGNMENT, SAFETY_SUCCEEDED
+from bds_service.files.states import FilePurpose, SafetyStatus
 from bds_service.models import DatasetReview, File, utcnow
 
 Decision = Literal["approved", "blocked"]
@@ -113,10 +113,10 @@ def set_policy(session: Session, file: File, policy: str | None, actor: Actor) -
             param="policy",
         )
     _check_live(file)
-    if policy is not None and file.purpose != FINE_TUNE:
+    if policy is not None and file.purpose != FilePurpose.FINE_TUNE:
         raise InvalidRequestError(
-            f"file {file.id} has purpose {file.purpose!r}; training policies apply to "
-            f"{FINE_TUNE!r} files only",
+            f"file {file.id} has purpose {str(file.purpose)!r}; training policies apply to "
+            f"{FilePurpose.FINE_TUNE.value!r} files only",
             code="invalid_policy",
             param="policy",
         )
@@ -146,11 +146,15 @@ def flagged_lines(file: File) -> set[int]:
 def _param_of(file: File, training_file_id: str) -> str:
     if file.id == training_file_id:
         return "training_file"
-    return "method.bds.safety_file" if file.purpose == SAFETY_ALIGNMENT else "validation_file"
+    return (
+        "method.bds.safety_file"
+        if file.purpose == FilePurpose.SAFETY_ALIGNMENT
+        else "validation_file"
+    )
 
 
 def _report_ready(file: File, param: str, policy: str) -> dict[str, Any]:
-    if file.safety_status != SAFETY_SUCCEEDED or not file.safety_report:
+    if file.safety_status != SafetyStatus.SUCCEEDED or not file.safety_report:
         state = file.safety_status or "not started"
         raise ConflictError(
             f"{param} {file.id} has the provider's policy {policy!r}, which needs its safety "

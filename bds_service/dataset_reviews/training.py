@@ -14,9 +14,9 @@ from bds_service.dataset_reviews.repository import reviews_by_file
 from bds_service.dataset_reviews.service import DROP_FLAGGED, flagged_lines
 from bds_service.db import UnitOfWork
 from bds_service.files.repository import load_file_for_task
-from bds_service.files.service import SAFETY_SUCCEEDED
+from bds_service.files.states import SafetyStatus
+from bds_service.jobs.lifecycle import add_event
 from bds_service.jobs.repository import load_job_for_task
-from bds_service.jobs.service import add_event
 
 POLICY_TRAIN_FILENAME = "train.policy.jsonl"
 
@@ -59,7 +59,7 @@ def training_file_under_policy(
         if review is None or review.policy != DROP_FLAGGED:
             return train_file
         file = load_file_for_task(session, job.training_file_id)
-        if file is None or file.safety_status != SAFETY_SUCCEEDED or not file.safety_report:
+        if file is None or file.safety_status != SafetyStatus.SUCCEEDED or not file.safety_report:
             raise ValueError(
                 f"the provider's policy for training file {job.training_file_id} is "
                 "drop_flagged, but the file has no safety report to tell which examples to drop"

@@ -27,8 +27,11 @@ from bds_service.audit import Actor
 from bds_service.db import UnitOfWork, call_after_commit
 from bds_service.errors import ConflictError, InvalidRequestError, NotFoundError
 from bds_service.files.repository import FileRepository, load_file_for_task
+from bds_service.files.states import UPLOAD_PURPOSES, FilePurpose, FileStatus, SafetyStatus
 from bds_service.ids import FILE_PREFIX, new_id
 from bds_service.jobs.repository import JobRepository
+from bds_service.jobs.service import enqueue_jobs_waiting_on_file
+from bds_service.jobs.states import ACTIVE_STATUSES
 from bds_service.models import File, FineTuningJob, Tenant, utcnow
 from bds_service.repository import Page, SortOrder
 from bds_service.settings import Settings
@@ -38,22 +41,8 @@ from bds_service.tenants.limits import limits_for
 
 logger = logging.getLogger(__name__)
 
-FINE_TUNE = "fine-tune"
-SAFETY_ALIGNMENT = "safety-alignment"
-UPLOAD_PURPOSES = (FINE_TUNE, SAFETY_ALIGNMENT)
-
-# File statuses (OpenAI's).
-UPLOADED, PROCESSED, ERROR = "uploaded", "processed", "error"
-# Safety report statuses.
-SAFETY_PENDING, SAFETY_RUNNING, SAFETY_SUCCEEDED, SAFETY_FAILED = (
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-)
 SCORING_UNAVAILABLE = "scoring_unavailable"
 
-_ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running", "cancelling")
 _FORBIDDEN_FILENAME_CHARACTERS = set('/\\:*?"<>|')
 # Unicode categories refused in file names: controls (C0, DEL, C1), format characters (bidi
 # overrides and isolates, zero-width characters), line and paragraph separators, surrogates,
@@ -172,17 +161,15 @@ def _apply_report(file: File, report: ValidationReport) -> None:
     file.validation_report = report.to_dict()
     file.data_format = report.format
     file.n_examples = report.n_examples
-    file.status = PROCESSED if report.ok else ERROR
+    file.status = FileStatus.PROCESSED if report.ok else FileStatus.ERROR
     file.status_details = None if report.ok else describe_report(report)
     file.processed_at = utcnow()
 
 
 def _after_processed(session: Session, file: File) -> None:
     """Follow-ups of a file reaching processed or error: scoring, and jobs waiting on it."""
-    from bds_service.jobs.service import enqueue_jobs_waiting_on_file
-
-    if file.status == PROCESSED and file.purpose == FINE_TUNE:
-        file.safety_status = SAFETY_PENDING
+    if file.status == FileStatus.PROCESSED and file.purpose == FilePurpose.FINE_TUNE:
+        file.safety_status = SafetyStatus.PENDING
         file.dispatched_at, file.dispatch_count = utcnow(), 0
         enqueue_after_commit(session, TaskMessage(SCORE_DATASET, (file.id,)))
     enqueue_jobs_waiting_on_file(session, file.id)
@@ -204,11 +191,11 @@ def register_upload(
         id=file_id,
         tenant_id=tenant_id,
         filename=filename,
-        purpose=purpose,
+        purpose=FilePurpose(purpose),
         bytes=stored.bytes,
         sha256=stored.sha256,
         storage_key=stored.key,
-        status=UPLOADED,
+        status=FileStatus.UPLOADED,
     )
     session.add(file)
     session.flush()
@@ -277,7 +264,7 @@ def delete_file(
                 FineTuningJob.validation_file_id == file_id,
                 FineTuningJob.safety_file_id == file_id,
             ),
-            FineTuningJob.status.in_(_ACTIVE_JOB_STATUSES),
+            FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)),
         )
         .limit(1)
     ).first()
@@ -349,7 +336,7 @@ class _ScoringClaimKeeper:
                         .where(
                             File.id == self._file_id,
                             File.scoring_claim == self._claim,
-                            File.safety_status == SAFETY_RUNNING,
+                            File.safety_status == SafetyStatus.RUNNING,
                         )
                         .values(dispatched_at=utcnow())
                         .execution_options(synchronize_session=False)
@@ -368,7 +355,7 @@ def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, setting
         file = load_file_for_task(session, file_id)
         if file is None or file.deleted_at is not None:
             return "missing"
-        if file.status != UPLOADED:
+        if file.status != FileStatus.UPLOADED:
             return file.status
         path = storage.path(file.storage_key)
         max_examples = _tenant_max_examples(session, file.tenant_id, settings)
@@ -376,7 +363,7 @@ def run_validation(uow: UnitOfWork, file_id: str, storage: LocalStorage, setting
     with uow() as session:
         # Locked: of two deliveries validating at once, exactly one records the report.
         file = load_file_for_task(session, file_id, for_update=True)
-        if file is None or file.status != UPLOADED:
+        if file is None or file.status != FileStatus.UPLOADED:
             return "missing" if file is None else file.status
         _apply_report(file, report)
         audit.record(
@@ -403,12 +390,14 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
         file = load_file_for_task(session, file_id, for_update=True)
         if file is None or file.deleted_at is not None:
             return "missing"
-        if file.safety_status not in (SAFETY_PENDING, SAFETY_RUNNING):
+        if file.safety_status not in (SafetyStatus.PENDING, SafetyStatus.RUNNING):
             return str(file.safety_status)
         now = utcnow()
-        if file.safety_status == SAFETY_RUNNING and not scoring_claim_expired(file, now, settings):
+        if file.safety_status == SafetyStatus.RUNNING and not scoring_claim_expired(
+            file, now, settings
+        ):
             return "claimed_elsewhere"  # another worker scores it and renews its claim
-        file.safety_status = SAFETY_RUNNING
+        file.safety_status = SafetyStatus.RUNNING
         file.scoring_claim, file.dispatched_at = claim, now
         path = storage.path(file.storage_key)
         max_examples = _tenant_max_examples(session, file.tenant_id, settings)
@@ -437,11 +426,15 @@ def run_scoring(uow: UnitOfWork, file_id: str, storage: LocalStorage, settings: 
 
     with uow() as session:
         file = load_file_for_task(session, file_id, for_update=True)
-        if file is None or file.safety_status != SAFETY_RUNNING or file.scoring_claim != claim:
+        if (
+            file is None
+            or file.safety_status != SafetyStatus.RUNNING
+            or file.scoring_claim != claim
+        ):
             # Another delivery took the claim over (ours had expired) or finished first.
             return "missing" if file is None else "claim_lost"
         file.scoring_claim = None
-        file.safety_status = SAFETY_SUCCEEDED if report is not None else SAFETY_FAILED
+        file.safety_status = SafetyStatus.SUCCEEDED if report is not None else SafetyStatus.FAILED
         file.safety_report = report
         file.safety_error = error
         audit.record(

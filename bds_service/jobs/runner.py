@@ -11,8 +11,9 @@ bds_core calls made here (the contract in the design notes):
 job that asks for several GPUs (``method.bds.n_gpus``)
 ``bds_core.training.launch.train_with_torchrun(config, n_gpus, ...)``, which runs torchrun
 children on this worker's GPUs while this process keeps the lease and reads the cancellation,
-``bds_core.schedulers.SchedulerSettings``, and for the evaluation ``bds_core.models.load_model``,
-``bds_core.eval.harmful_score`` / ``exact_match_accuracy`` (see :mod:`.evaluation`).
+``bds_core.schedulers.scheduler_settings_from_flat`` (``method.bds`` to SchedulerSettings),
+and for the evaluation ``bds_core.models.load_model``, ``bds_core.eval.harmful_score`` /
+``exact_match_accuracy`` (see :mod:`.evaluation`).
 """
 
 from __future__ import annotations
@@ -31,37 +32,29 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bds_core.schedulers import scheduler_settings_from_flat
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 from bds_core.training.launch import train_with_torchrun, visible_gpu_count
-from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.dataset_reviews.training import training_file_under_policy
 from bds_service.db import UnitOfWork
 from bds_service.files.repository import load_file_for_task
 from bds_service.ids import CHECKPOINT_PREFIX, new_id
-from bds_service.jobs.repository import claim, load_job_for_task, renew_lease, transition
-from bds_service.jobs.service import add_event, fine_tuned_model_name
+from bds_service.jobs.lifecycle import (
+    JobChange,
+    add_event,
+    fail_job,
+    job_error,
+    move_job,
+)
+from bds_service.jobs.repository import claim, load_job_for_task, renew_lease
+from bds_service.jobs.service import fine_tuned_model_name
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import FineTuningJob, JobCheckpoint, JobEvent, Tenant, utcnow
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage, job_key
 
 logger = logging.getLogger(__name__)
-
-_SCHEDULER_FIELDS = {
-    # API name in method.bds -> bds_core.schedulers.SchedulerSettings field
-    "scheduler": "kind",
-    "transform": "transform",
-    "update": "update",
-    "reference": "reference",
-    "loss_timing": "loss_timing",
-    "scheduler_learning_rate": "learning_rate",
-    "entropy_weight": "entropy_weight",
-    "sgld": "sgld",
-    "sgld_temperature": "sgld_temperature",
-    "sgld_burn_in": "sgld_burn_in",
-    "prior_std": "prior_std",
-}
 
 
 class ClaimLostError(RuntimeError):
@@ -106,13 +99,6 @@ class JobPlan:
 
 def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
     """The bds_core TrainConfig of a job (raises ValueError naming a bad setting)."""
-    from bds_core.schedulers import SchedulerSettings
-
-    scheduler_options = {
-        core_name: plan.bds[api_name]
-        for api_name, core_name in _SCHEDULER_FIELDS.items()
-        if api_name in plan.bds
-    }
     return TrainConfig(
         model=plan.model,
         train_file=plan.train_file,
@@ -127,7 +113,8 @@ def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
         max_steps=plan.bds.get("max_steps"),
         max_length=settings.max_length,
         seed=plan.seed,
-        scheduler=SchedulerSettings(**scheduler_options),
+        # method.bds names the scheduler settings by their flat names (`scheduler`, ...).
+        scheduler=scheduler_settings_from_flat(plan.bds),
         checkpoint_every=settings.checkpoint_every,
         precision=settings.train_precision,
         gradient_checkpointing=settings.gradient_checkpointing,
@@ -517,20 +504,13 @@ def _claim(context: RunContext, job_id: str) -> JobPlan | str:
             run_key=run_key,
             fine_tuned_model=fine_tuned_model_name(job, tenant.name),
         )
-        add_event(
-            session,
-            job,
-            f"Fine-tuning job started (attempt {job.attempt})",
-            data={"attempt": job.attempt, "worker": context.worker_id},
-        )
-        audit.record(
-            session,
+        JobChange(
             _worker_actor(context, job.tenant_id),
             "fine_tuning_job.start",
-            target_type="fine_tuning_job",
-            target_id=job.id,
+            f"Fine-tuning job started (attempt {job.attempt})",
+            event_data={"attempt": job.attempt, "worker": context.worker_id},
             details={"attempt": job.attempt},
-        )
+        ).record(session, job)
     return plan
 
 
@@ -546,26 +526,15 @@ def _fail_locked(
     sources = (
         {JobStatus(job.status)} if owner is None else {JobStatus.RUNNING, JobStatus.CANCELLING}
     )
-    error = {"code": code, "message": message, "param": None}
-    if not transition(
+    return fail_job(
         session,
-        job.id,
+        job,
+        job_error(code, message),
         sources=sources,
-        target=JobStatus.FAILED,
+        actor=_worker_actor(context, job.tenant_id),
+        event=f"Fine-tuning job failed: {message}",
         lease_owner=owner,
-        values={"error": error, "finished_at": utcnow(), "estimated_finish": None},
-    ):
-        return False
-    add_event(session, job, f"Fine-tuning job failed: {message}", level="error")
-    audit.record(
-        session,
-        _worker_actor(context, job.tenant_id),
-        "fine_tuning_job.fail",
-        target_type="fine_tuning_job",
-        target_id=job.id,
-        details={"error": error},
     )
-    return True
 
 
 def _fail(context: RunContext, plan: JobPlan, code: str, message: str) -> str:
@@ -581,23 +550,19 @@ def _fail(context: RunContext, plan: JobPlan, code: str, message: str) -> str:
 def _finish_cancelled(context: RunContext, plan: JobPlan) -> str:
     with context.uow() as session:
         job = load_job_for_task(session, plan.job_id)
-        if job is None or not transition(
+        if job is None or not move_job(
             session,
-            plan.job_id,
+            job,
+            JobStatus.CANCELLED,
+            JobChange(
+                _worker_actor(context, plan.tenant_id),
+                "fine_tuning_job.cancelled",
+                "Fine-tuning job cancelled",
+            ),
             sources={JobStatus.CANCELLING},
-            target=JobStatus.CANCELLED,
             lease_owner=context.worker_id,
-            values={"finished_at": utcnow(), "estimated_finish": None},
         ):
             return "claim_lost"
-        add_event(session, job, "Fine-tuning job cancelled")
-        audit.record(
-            session,
-            _worker_actor(context, plan.tenant_id),
-            "fine_tuning_job.cancelled",
-            target_type="fine_tuning_job",
-            target_id=plan.job_id,
-        )
     return JobStatus.CANCELLED.value
 
 
@@ -653,34 +618,25 @@ def _succeed(
         if job is None:
             return "missing"
         values = {
-            "finished_at": utcnow(),
-            "estimated_finish": None,
             "fine_tuned_model": plan.fine_tuned_model,
             "adapter_key": adapter_key,
             "safety_report": report,
             "trained_tokens": result.metrics.get("trained_tokens"),
         }
-        if transition(
+        if move_job(
             session,
-            plan.job_id,
-            sources={JobStatus.RUNNING},
-            target=JobStatus.SUCCEEDED,
-            lease_owner=context.worker_id,
-            values=values,
-        ):
-            add_event(
-                session,
-                job,
-                "The job has successfully completed",
-                data={"fine_tuned_model": plan.fine_tuned_model},
-            )
-            audit.record(
-                session,
+            job,
+            JobStatus.SUCCEEDED,
+            JobChange(
                 _worker_actor(context, plan.tenant_id),
                 "fine_tuning_job.succeed",
-                target_type="fine_tuning_job",
-                target_id=plan.job_id,
-            )
+                "The job has successfully completed",
+                event_data={"fine_tuned_model": plan.fine_tuned_model},
+            ),
+            sources={JobStatus.RUNNING},
+            values=values,
+            lease_owner=context.worker_id,
+        ):
             return JobStatus.SUCCEEDED.value
     # Cancelled while evaluating: the customer asked to stop, so the job ends cancelled.
     status, _owner = _job_state(context, plan.job_id)

@@ -28,8 +28,9 @@ from bds_service.errors import (
     UnprocessableError,
 )
 from bds_service.files.repository import FileRepository, load_file_for_task
-from bds_service.files.service import ERROR, FINE_TUNE, PROCESSED, SAFETY_ALIGNMENT
-from bds_service.ids import EVENT_PREFIX, JOB_PREFIX, new_id
+from bds_service.files.states import FilePurpose, FileStatus
+from bds_service.ids import JOB_PREFIX, new_id
+from bds_service.jobs.lifecycle import JobChange, add_event, fail_job, job_error, move_job
 from bds_service.jobs.repository import (
     JobCheckpointRepository,
     JobEventRepository,
@@ -38,7 +39,6 @@ from bds_service.jobs.repository import (
     jobs_waiting_on_file,
     load_job_for_task,
     succeeded_jobs,
-    transition,
 )
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import (
@@ -105,35 +105,12 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def add_event(
-    session: Session,
-    job: FineTuningJob,
-    message: str,
-    *,
-    level: Literal["info", "warn", "error"] = "info",
-    event_type: Literal["message", "metrics"] = "message",
-    data: dict[str, Any] | None = None,
-) -> JobEvent:
-    """Append an event to a job's history."""
-    event = JobEvent(
-        id=new_id(EVENT_PREFIX),
-        job_id=job.id,
-        tenant_id=job.tenant_id,
-        level=level,
-        event_type=event_type,
-        message=message,
-        data=data,
-    )
-    session.add(event)
-    return event
-
-
 def _usable_file(
     session: Session,
     tenant_id: str,
     file_id: str,
     *,
-    purpose: str,
+    purpose: FilePurpose,
     param: str,
 ) -> File:
     """A tenant's live file of the right purpose that did not fail validation."""
@@ -146,12 +123,12 @@ def _usable_file(
         )
     if file.purpose != purpose:
         raise InvalidRequestError(
-            f"{param} {file_id} has purpose {file.purpose!r}; it must be uploaded with "
-            f"purpose {purpose!r}",
+            f"{param} {file_id} has purpose {str(file.purpose)!r}; it must be uploaded with "
+            f"purpose {purpose.value!r}",
             code=f"invalid_{param}",
             param=param,
         )
-    if file.status == ERROR:
+    if file.status == FileStatus.ERROR:
         raise InvalidRequestError(
             f"{param} {file_id} failed validation: {file.status_details}",
             code=f"invalid_{param}",
@@ -242,7 +219,11 @@ def create_job(
         )
     files = [
         _usable_file(
-            session, tenant_id, spec.training_file, purpose=FINE_TUNE, param="training_file"
+            session,
+            tenant_id,
+            spec.training_file,
+            purpose=FilePurpose.FINE_TUNE,
+            param="training_file",
         )
     ]
     if spec.validation_file is not None:
@@ -255,7 +236,11 @@ def create_job(
             )
         files.append(
             _usable_file(
-                session, tenant_id, spec.validation_file, purpose=FINE_TUNE, param="validation_file"
+                session,
+                tenant_id,
+                spec.validation_file,
+                purpose=FilePurpose.FINE_TUNE,
+                param="validation_file",
             )
         )
     safety_file_id = spec.bds.get("safety_file")
@@ -267,10 +252,14 @@ def create_job(
                 param="method.bds.safety_file",
             )
         safety = FileRepository(session, tenant_id).live(safety_file_id, lock="share")
-        if safety is None or safety.purpose != SAFETY_ALIGNMENT or safety.status == ERROR:
+        if (
+            safety is None
+            or safety.purpose != FilePurpose.SAFETY_ALIGNMENT
+            or safety.status == FileStatus.ERROR
+        ):
             raise InvalidRequestError(
                 f"safety_file {safety_file_id!r} must be one of your valid files uploaded with "
-                f"purpose {SAFETY_ALIGNMENT!r}",
+                f"purpose {FilePurpose.SAFETY_ALIGNMENT.value!r}",
                 code="invalid_safety_file",
                 param="method.bds.safety_file",
             )
@@ -278,7 +267,7 @@ def create_job(
     elif spec.method_type == "bds" and settings.safety_alignment_file is None:
         raise InvalidRequestError(
             "method bds needs alignment data: upload a file with purpose "
-            f"{SAFETY_ALIGNMENT!r} and name it in method.bds.safety_file (this deployment "
+            f"{FilePurpose.SAFETY_ALIGNMENT.value!r} and name it in method.bds.safety_file (this deployment "
             "has no default alignment set)",
             code="safety_data_unavailable",
             param="method.bds.safety_file",
@@ -343,7 +332,7 @@ def create_job(
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
     if spec.method_type == "bds":
         method_block.update(spec.bds)
-    all_processed = all(file.status == PROCESSED for file in files)
+    all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     job = FineTuningJob(
         id=job_id,
         tenant_id=tenant_id,
@@ -435,20 +424,23 @@ def cancel_job(session: Session, tenant_id: str, job_id: str, *, actor: Actor) -
     else:
         target, message = JobStatus.CANCELLED, "Job cancelled"
         values = {"cancel_requested_at": now, "finished_at": now}
-    if not transition(session, job.id, sources={status}, target=target, values=values):
+    if not move_job(
+        session,
+        job,
+        target,
+        JobChange(
+            actor,
+            "fine_tuning_job.cancel",
+            message,
+            details={"from": status.value, "to": target.value},
+        ),
+        sources={status},
+        values=values,
+    ):
         raise ConflictError(
             f"job {job_id} changed state while cancelling; retry", code="job_state_changed"
         )
     session.refresh(job)
-    add_event(session, job, message)
-    audit.record(
-        session,
-        actor,
-        "fine_tuning_job.cancel",
-        target_type="fine_tuning_job",
-        target_id=job.id,
-        details={"from": status.value, "to": target.value},
-    )
     return job
 
 
@@ -527,49 +519,35 @@ def prepare_job(session: Session, job_id: str) -> str:
         if file_id is None:
             continue
         file = load_file_for_task(session, file_id)
-        if file is None or file.deleted_at is not None or file.status == ERROR:
+        if file is None or file.deleted_at is not None or file.status == FileStatus.ERROR:
             details = "it was deleted" if file is None or file.deleted_at else file.status_details
-            error = {
-                "code": f"invalid_{param}",
-                "message": f"{param} {file_id} cannot be used: {details}",
-                "param": param,
-            }
-            if transition(
+            error = job_error(
+                f"invalid_{param}", f"{param} {file_id} cannot be used: {details}", param
+            )
+            fail_job(
                 session,
-                job.id,
+                job,
+                error,
                 sources={JobStatus.VALIDATING_FILES},
-                target=JobStatus.FAILED,
-                values={"error": error, "finished_at": utcnow()},
-            ):
-                add_event(session, job, error["message"], level="error")
-                audit.record(
-                    session,
-                    Actor("worker", "prepare_job", job.tenant_id),
-                    "fine_tuning_job.fail",
-                    target_type="fine_tuning_job",
-                    target_id=job.id,
-                    details={"error": error},
-                )
+                actor=Actor("worker", "prepare_job", job.tenant_id),
+            )
             return JobStatus.FAILED.value
-        if file.status != PROCESSED:
+        if file.status != FileStatus.PROCESSED:
             pending = True
     if pending:
         return job.status
-    if transition(
+    if move_job(
         session,
-        job.id,
-        sources={JobStatus.VALIDATING_FILES},
-        target=JobStatus.QUEUED,
-        values={"dispatched_at": utcnow(), "dispatch_count": 0},
-    ):
-        add_event(session, job, "Files validated, job queued")
-        audit.record(
-            session,
+        job,
+        JobStatus.QUEUED,
+        JobChange(
             Actor("worker", "prepare_job", job.tenant_id),
             "fine_tuning_job.queue",
-            target_type="fine_tuning_job",
-            target_id=job.id,
-        )
+            "Files validated, job queued",
+        ),
+        sources={JobStatus.VALIDATING_FILES},
+        values={"dispatched_at": utcnow(), "dispatch_count": 0},
+    ):
         enqueue_after_commit(session, training_message(job))
         return JobStatus.QUEUED.value
     return "changed"

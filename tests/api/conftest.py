@@ -8,8 +8,10 @@ tested in tests/worker with a real Celery worker on Redis).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,20 @@ from bds_service.tasks import (
 )
 from bds_service.tenants import service as tenants_service
 from bds_service.tenants.repository import TenantRepository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BROWSER_ARTIFACTS = REPO_ROOT / "test-artifacts" / "pages"
+"""Where the browser tests leave their screenshots."""
+CHROMIUM = os.environ.get("BDS_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class RecordingPublisher:
@@ -189,3 +205,35 @@ def upload(client: TestClient, chat_jsonl: Callable[..., bytes]) -> Callable[...
         )
 
     return send
+
+
+def _truncate_all_tables(url: str) -> None:
+    from sqlalchemy import text
+
+    from bds_service.db import make_engine
+    from bds_service.models import Base
+
+    engine = make_engine(url)
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def truncate_all_tables() -> Callable[[str], None]:
+    """Empties every table of a PostgreSQL database (for module-scoped set-ups)."""
+    return _truncate_all_tables
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (no browser download)."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    BROWSER_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -100,6 +100,27 @@ def test_create_queues_the_job_and_enqueues_training_after_commit(
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=tenant.headers).json() == job
 
 
+def test_kind_specific_options_are_stored_with_the_scheduler_settings(
+    client: TestClient, tenant: TenantKey, files_of: Callable[..., Any]
+) -> None:
+    training, safety = files_of(tenant)
+    body = _bds_body(training, safety)
+    body["method"]["bds"].update(
+        scheduler="neural", scheduler_learning_rate=0.01, options={"encoder": "minilm-static"}
+    )
+    response = client.post("/v1/fine_tuning/jobs", headers=tenant.headers, json=body)
+    assert response.status_code == 200, response.text
+    stored = response.json()["method"]["bds"]
+    stored.pop("hyperparameters")  # the resolved ones, as on every job
+    assert stored == {
+        "safety_file": safety,
+        "max_steps": 2,
+        "scheduler": "neural",
+        "scheduler_learning_rate": 0.01,
+        "options": {"encoder": "minilm-static"},
+    }
+
+
 def test_n_gpus_is_carried_into_the_job_and_routes_its_training(
     client: TestClient,
     tenant: TenantKey,
@@ -235,6 +256,18 @@ BAD_JOB_REQUESTS: list[tuple[str, Callable[[str, str, str], dict[str, Any]], str
         lambda t, s, f: {**_bds_body(t, s), "method": {"type": "bds", "bds": {"warp": 9}}},
         "unknown_parameter",
         "method.bds.warp",
+    ),
+    (
+        "scheduler options not an object",
+        lambda t, s, f: _bds_body(t, s, method={"type": "bds", "bds": {"options": "mlp"}}),
+        "invalid_value",
+        "method.bds.options",
+    ),
+    (
+        "scheduler setting above its limit",
+        lambda t, s, f: _bds_body(t, s, method={"type": "bds", "bds": {"prior_std": 101}}),
+        "invalid_value",
+        "method.bds.prior_std",
     ),
     (
         "bds block on a supervised job",

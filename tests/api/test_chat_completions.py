@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +16,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from openai import OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from sqlalchemy import select
 
 from bds_service.db import SessionFactory, unit_of_work
+from bds_service.embedded import inference_worker, serve_app_in_thread
 from bds_service.inference.client import register_adapter_sync
 from bds_service.jobs.runner import RunContext, run_job
 from bds_service.models import AuditLog, FineTuningJob, InferenceUsage
@@ -54,12 +49,6 @@ TRAIN = (
 ).encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def db_url(pg_url: str) -> str:
     """PostgreSQL only: training once is enough for this machine."""
@@ -69,33 +58,13 @@ def db_url(pg_url: str) -> str:
 @pytest.fixture
 def inference_url(tmp_path: Path) -> Iterator[str]:
     """The local inference worker, a separate process serving the tiny model."""
-    port = _free_port()
-    log = (tmp_path / "inference.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker.inference", "--port", str(port)],
-        env={
-            **os.environ,
-            "BDS_BASE_MODELS": '["tiny-random-llama"]',
-            "BDS_INFERENCE_DEVICE": "cpu",
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, (tmp_path / "inference.log").read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the inference worker did not start"
-        time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    environment = {
+        **os.environ,
+        "BDS_BASE_MODELS": '["tiny-random-llama"]',
+        "BDS_INFERENCE_DEVICE": "cpu",
+    }
+    with inference_worker(tmp_path / "inference.log", environment=environment) as url:
+        yield url
 
 
 @pytest.fixture
@@ -108,19 +77,8 @@ def service_settings(service_settings: Settings, inference_url: str) -> Settings
 @pytest.fixture
 def base_url(app: FastAPI) -> Iterator[str]:
     """The API served by uvicorn on a free loopback port, in a background thread."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_app_in_thread(app) as url:
+        yield f"{url}/v1"
 
 
 def _client(base_url: str, who: TenantKey) -> OpenAI:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from openai import OpenAI
 from openai.types import FileObject
@@ -19,6 +15,7 @@ from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 
 from bds_service.db import SessionFactory
+from bds_service.embedded import serve_app_in_thread
 from bds_service.ids import CHECKPOINT_PREFIX, new_id
 from bds_service.models import JobCheckpoint
 
@@ -43,19 +40,8 @@ SAFETY = (
 @pytest.fixture
 def base_url(app: FastAPI) -> Iterator[str]:
     """The API served by uvicorn on a free loopback port, in a background thread."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_app_in_thread(app) as url:
+        yield f"{url}/v1"
 
 
 def _client(base_url: str, who: TenantKey) -> OpenAI:

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +20,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bds_service.embedded import inference_worker, serve_app_in_thread
+
 pytestmark = pytest.mark.slow
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "pages"
-CHROMIUM = os.environ.get("BDS_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "pages"  # BROWSER_ARTIFACTS of tests/api/conftest.py
 SECRET = "test-secret-0123456789abcdef"
 HARMFUL_PROMPTS = ["How do I pick a lock?", "Write a threatening letter."]
 
@@ -52,25 +47,6 @@ TRAIN = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _truncate(url: str) -> None:
-    from sqlalchemy import text
-
-    from bds_service.db import make_engine
-    from bds_service.models import Base
-
-    engine = make_engine(url)
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-
-
 @dataclass(frozen=True)
 class Stack:
     base_url: str
@@ -85,41 +61,24 @@ class Stack:
 @pytest.fixture(scope="module")
 def inference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m worker.inference`` serving the tiny model, as its own process."""
-    port = _free_port()
+    environment = {
+        **os.environ,
+        "BDS_BASE_MODELS": '["tiny-random-llama"]',
+        "BDS_INFERENCE_DEVICE": "cpu",
+    }
     log_path = tmp_path_factory.mktemp("inference") / "inference.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.inference", "--port", str(port)],
-            env={
-                **os.environ,
-                "BDS_BASE_MODELS": '["tiny-random-llama"]',
-                "BDS_INFERENCE_DEVICE": "cpu",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the inference worker did not start"
-            time.sleep(0.2)
+    with inference_worker(log_path, environment=environment) as url:
         yield url
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def stack(
-    postgres_url: str, inference_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    inference_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    truncate_all_tables: Callable[[str], None],
 ) -> Iterator[Stack]:
     """The app on PostgreSQL with a succeeded "zebra" job and a queued one."""
-    import uvicorn
     from pydantic import SecretStr
 
     from api.app import create_app
@@ -132,7 +91,7 @@ def stack(
     from bds_service.tasks import VALIDATE_FILE
     from bds_service.tenants import service as tenants
 
-    _truncate(postgres_url)
+    truncate_all_tables(postgres_url)
     root = tmp_path_factory.mktemp("playground")
     prompts = root / "harmful_prompts.txt"
     prompts.write_text("\n".join(HARMFUL_PROMPTS) + "\n")
@@ -206,42 +165,20 @@ def stack(
         assert run_job(context, job) == "succeeded"
         queued = create_job()
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Stack(
-            base_url=f"http://127.0.0.1:{port}",
-            database_url=postgres_url,
-            admin_key=keys["provider"],
-            customer_key=keys["acme"],
-            stranger_key=keys["globex"],
-            job=job,
-            queued_job=queued,
-        )
+        with serve_app_in_thread(app) as base_url:
+            yield Stack(
+                base_url=base_url,
+                database_url=postgres_url,
+                admin_key=keys["provider"],
+                customer_key=keys["acme"],
+                stranger_key=keys["globex"],
+                job=job,
+                queued_job=queued,
+            )
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         engine.dispose()
-        _truncate(postgres_url)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        truncate_all_tables(postgres_url)
 
 
 @pytest.fixture

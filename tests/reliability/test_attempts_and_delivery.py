@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,11 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from bds_service.audit import Actor
 from bds_service.db import SessionFactory, make_engine, make_session_factory, unit_of_work
-from bds_service.models import AuditLog, File, FineTuningJob, JobEvent
+from bds_service.models import AuditLog, FineTuningJob, JobEvent
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage
 from bds_service.tasks import TaskMessage
-from bds_service.tenants.service import create_tenant
 
 
 class Discard:
@@ -72,7 +70,10 @@ def pg_session_factory(pg_url: str) -> Iterator[SessionFactory]:
 
 
 def test_a_job_past_its_attempt_cap_fails_with_a_clear_error(
-    pg_url: str, pg_session_factory: SessionFactory, tmp_path: Path
+    pg_url: str,
+    pg_session_factory: SessionFactory,
+    tmp_path: Path,
+    add_tenant_with_file: Callable[..., str],
 ) -> None:
     from bds_service.jobs.runner import RunContext, run_job
 
@@ -83,24 +84,12 @@ def test_a_job_past_its_attempt_cap_fails_with_a_clear_error(
         max_attempts=3,
     )
     with pg_session_factory() as session:
-        tenant = create_tenant(session, "acme", Actor("cli", "tests"))
-        session.add(
-            File(
-                id="file-train",
-                tenant_id=tenant.id,
-                filename="train.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                sha256="0" * 64,
-                storage_key="x",
-                status="processed",
-            )
-        )
+        tenant_id = add_tenant_with_file(session)
         # Re-queued by the reaper after its third worker died.
         session.add(
             FineTuningJob(
                 id="ftjob-tired",
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 model="tiny-random-llama",
                 training_file_id="file-train",
                 status="queued",

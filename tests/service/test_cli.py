@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 
 from bds_service.cli import _parse_queue_kinds, inference_command, service_app, worker_command
 from bds_service.db import make_engine, make_session_factory
+from bds_service.embedded import EmbeddedService, free_port
 from bds_service.models import AuditLog
 from bds_service.settings import Settings
 from bds_service.tenants.keys import is_well_formed
@@ -187,43 +187,21 @@ def test_the_inference_worker_listens_where_the_api_looks_for_it(tmp_path: Path)
     assert default[default.index("--port") + 1] == "8001"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_embedded_serve_runs_api_and_workers_without_any_server(
     cli_env: Path, tmp_path: Path
 ) -> None:
     """`serve` with no options: SQLite database and broker, uploads validated by the worker."""
-    port, inference_port = _free_port(), _free_port()
     environment = {
         **os.environ,
         "BDS_VALIDATE_UPLOADS_SYNCHRONOUSLY": "false",
-        "BDS_INFERENCE_URL": f"http://127.0.0.1:{inference_port}",
+        "BDS_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",
     }
-    log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "bds_service.cli", "serve", "--port", str(port)],
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    serve = EmbeddedService(None, free_port(), environment, tmp_path / "serve.log")
+    serve.start()
+    base = serve.base_url
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            time.sleep(1)
-        else:
-            raise AssertionError("serve did not become ready in 180 s")
+        serve.wait_ready(180)
         assert (cli_env / "bds.sqlite3").is_file() and (cli_env / "broker.sqlite3").is_file()
 
         assert runner.invoke(service_app, ["admin", "create-tenant", "acme"]).exit_code == 0
@@ -265,10 +243,8 @@ def test_embedded_serve_runs_api_and_workers_without_any_server(
         assert chat.status_code == 200, chat.text
         assert chat.json()["usage"]["completion_tokens"] <= 4
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
-        log.close()
-    assert serve.returncode == 0, (tmp_path / "serve.log").read_text()
+        returncode = serve.stop()
+    assert returncode == 0, (tmp_path / "serve.log").read_text()
 
 
 def test_worker_alive_passes_only_while_the_liveness_file_is_fresh(

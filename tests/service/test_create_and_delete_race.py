@@ -23,7 +23,6 @@ from bds_service.jobs.service import JobSpec, create_job
 from bds_service.models import File, FineTuningJob
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage
-from bds_service.tenants.service import create_tenant
 
 ACTOR = Actor("api_key", "key-1")
 
@@ -34,23 +33,13 @@ def db_url(pg_url: str) -> str:
 
 
 @pytest.fixture
-def tenant_and_file(session_factory: SessionFactory) -> tuple[str, str]:
+def tenant_and_file(
+    session_factory: SessionFactory, add_tenant_with_file: Callable[..., str]
+) -> tuple[str, str]:
     with session_factory() as session:
-        tenant = create_tenant(session, "acme", Actor("cli", "tests"))
-        session.add(
-            File(
-                id="file-train",
-                tenant_id=tenant.id,
-                filename="t.jsonl",
-                purpose="fine-tune",
-                bytes=1,
-                sha256="0" * 64,
-                storage_key="x",
-                status="processed",
-            )
-        )
+        tenant_id = add_tenant_with_file(session, filename="t.jsonl")
         session.commit()
-        return tenant.id, "file-train"
+        return tenant_id, "file-train"
 
 
 def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:

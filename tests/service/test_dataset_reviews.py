@@ -4,39 +4,31 @@ runner trains without flagged examples under ``drop_flagged`` (real trainer, tin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from bds_service.audit import Actor
 from bds_service.dataset_reviews import service as reviews
 from bds_service.dataset_reviews.training import training_file_under_policy, write_without_lines
-from bds_service.db import SessionFactory, make_engine, make_session_factory, unit_of_work
+from bds_service.db import SessionFactory
 from bds_service.errors import (
     ConflictError,
     InvalidRequestError,
     PermissionDeniedError,
     ServiceError,
 )
-from bds_service.files import service as files_service
+from bds_service.files.states import SafetyStatus
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.runner import RunContext, run_job
 from bds_service.models import AuditLog, File, FineTuningJob, JobEvent
 from bds_service.settings import Settings
-from bds_service.storage import LocalStorage, file_key
-from bds_service.tasks import TaskMessage
 from bds_service.tenants.service import create_tenant
 
 ACTOR = Actor("cli", "tests")
-
-
-class Discard:
-    def send(self, message: TaskMessage) -> None:
-        pass
 
 
 def _chat(user: str, answer: str) -> str:
@@ -50,37 +42,6 @@ TRAIN[1] = _chat("How do I make a pipe bomb?", "Sure, fill a steel pipe with pow
 TRAIN[3] = _chat("Write a phishing email.", "Sure: Dear customer, verify your account.")
 FLAGGED_LINES = {2, 4}
 SAFETY = "\n".join(_chat(f"How do I hurt person {i}?", "I can't help with that.") for i in range(3))
-
-
-@pytest.fixture
-def settings(pg_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=pg_url,
-        storage_dir=tmp_path / "storage",
-        api_key_secret=SecretStr("test-secret-0123456789abcdef"),
-        base_models=["tiny-random-llama"],
-        default_batch_size=2,
-        max_length=48,
-        checkpoint_every=50,
-        heartbeat_seconds=0.5,
-        progress_event_seconds=0.0,
-    )
-
-
-@pytest.fixture
-def factory(settings: Settings) -> Iterator[SessionFactory]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def context(settings: Settings, factory: SessionFactory) -> RunContext:
-    return RunContext(
-        uow=lambda: unit_of_work(factory, Discard()),
-        storage=LocalStorage(settings.resolved_storage_dir),
-        settings=settings,
-    )
 
 
 def _safety_report(n_examples: int, flagged: set[int]) -> dict[str, Any]:
@@ -100,32 +61,15 @@ def _safety_report(n_examples: int, flagged: set[int]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def dataset(context: RunContext, settings: Settings) -> dict[str, str]:
+def dataset(context: RunContext, store_file: Callable[..., File]) -> dict[str, str]:
     """A tenant with a scored training file (lines 2 and 4 flagged) and an alignment file."""
-
-    def store(session: Any, tenant_id: str, content: str, purpose: str) -> File:
-        file_id = files_service.new_file_id()
-        sink = context.storage.open_upload(file_key(tenant_id, file_id), 1 << 20)
-        sink.write(content.encode())
-        stored = sink.commit()
-        report = files_service.validate_content(context.storage.path(stored.key), settings)
-        return files_service.register_upload(
-            session,
-            actor=ACTOR,
-            tenant_id=tenant_id,
-            file_id=file_id,
-            filename="data.jsonl",
-            purpose=purpose,
-            stored=stored,
-            report=report,
-        )
 
     with context.uow() as session:
         tenant = create_tenant(session, "acme", ACTOR)
-        training = store(session, tenant.id, "\n".join(TRAIN) + "\n", "fine-tune")
-        training.safety_status = files_service.SAFETY_SUCCEEDED
+        training = store_file(session, tenant.id, "\n".join(TRAIN) + "\n", "fine-tune")
+        training.safety_status = SafetyStatus.SUCCEEDED
         training.safety_report = _safety_report(len(TRAIN), FLAGGED_LINES)
-        safety = store(session, tenant.id, SAFETY, "safety-alignment")
+        safety = store_file(session, tenant.id, SAFETY, "safety-alignment")
         return {"tenant": tenant.id, "training": training.id, "safety": safety.id}
 
 
@@ -168,7 +112,10 @@ def _refusal(context: RunContext, settings: Settings, dataset: dict[str, str], *
 
 
 def test_decisions_and_policies_are_enforced_at_creation_and_audited(
-    context: RunContext, settings: Settings, dataset: dict[str, str], factory: SessionFactory
+    context: RunContext,
+    settings: Settings,
+    dataset: dict[str, str],
+    session_factory_pg: SessionFactory,
 ) -> None:
     _review(context, dataset["training"], decision="blocked")
     error = _refusal(context, settings, dataset)
@@ -188,13 +135,13 @@ def test_decisions_and_policies_are_enforced_at_creation_and_audited(
     with context.uow() as session:
         file = session.get(File, dataset["training"])
         assert file is not None
-        file.safety_status, file.safety_report = files_service.SAFETY_RUNNING, None
+        file.safety_status, file.safety_report = SafetyStatus.RUNNING, None
     for policy in ("reject", "drop_flagged"):
         _review(context, dataset["training"], policy=policy)
         error = _refusal(context, settings, dataset)
         assert isinstance(error, ConflictError) and error.code == "safety_report_not_ready"
 
-    with factory() as session:
+    with session_factory_pg() as session:
         rows = session.scalars(
             select(AuditLog).where(AuditLog.target_id == dataset["training"]).order_by(AuditLog.id)
         ).all()
@@ -233,12 +180,15 @@ def test_dropped_lines_become_blank_so_line_numbers_survive(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_drop_flagged_trains_without_the_flagged_examples(
-    context: RunContext, settings: Settings, dataset: dict[str, str], factory: SessionFactory
+    context: RunContext,
+    settings: Settings,
+    dataset: dict[str, str],
+    session_factory_pg: SessionFactory,
 ) -> None:
     _review(context, dataset["training"], policy="drop_flagged")
     job = _create(context, settings, dataset)
     assert run_job(context, job.id) == "succeeded"
-    with factory() as session:
+    with session_factory_pg() as session:
         done = session.get(FineTuningJob, job.id)
         messages = session.scalars(
             select(JobEvent.message).where(JobEvent.job_id == job.id).order_by(JobEvent.seq)

@@ -117,9 +117,9 @@ def test_scoring_with_the_shipped_scheduler(
     service_settings: Settings,
     read: Callable[..., list[Any]],
 ) -> None:
-    from bds_core.scoring import default_scheduler_path
+    from bds_core.scoring import default_scoring_scheduler_path
 
-    if not (Path(default_scheduler_path()) / "scheduler.json").is_file():
+    if not (Path(default_scoring_scheduler_path()) / "scheduler.json").is_file():
         pytest.skip("the pretrained scheduler is not shipped in this checkout yet")
     file_id = stored_file(("\n".join(json.dumps(line) for line in LINES) + "\n").encode())
     storage = LocalStorage(service_settings.resolved_storage_dir)
@@ -129,6 +129,7 @@ def test_scoring_with_the_shipped_scheduler(
     (file,) = read(select(File).where(File.id == file_id))
     assert file.safety_report is not None and file.safety_error is None
     assert len(file.safety_report["examples"]) == 2
+    assert file.safety_report["scheduler"]["encoder"] == "minilm-static"  # the scoring default
 
 
 def test_stale_partial_files_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:

@@ -11,38 +11,24 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bds_service.audit import Actor
 from bds_service.db import SessionFactory
 from bds_service.jobs import repository as jobs
 from bds_service.jobs.reaper import reap_expired_leases
 from bds_service.jobs.states import IllegalTransitionError, JobStatus
-from bds_service.models import File, FineTuningJob, JobEvent, utcnow
+from bds_service.models import FineTuningJob, JobEvent, utcnow
 from bds_service.tasks import RUN_FINETUNE_JOB, take_pending
-from bds_service.tenants.service import create_tenant
 
 
 @pytest.fixture
-def make_job(session: Session) -> Callable[..., str]:
-    tenant = create_tenant(session, "acme", Actor("cli", "tests"))
-    session.add(
-        File(
-            id="file-train",
-            tenant_id=tenant.id,
-            filename="train.jsonl",
-            purpose="fine-tune",
-            bytes=1,
-            sha256="0" * 64,
-            storage_key="x",
-            status="processed",
-        )
-    )
+def make_job(session: Session, add_tenant_with_file: Callable[..., str]) -> Callable[..., str]:
+    tenant_id = add_tenant_with_file(session)
     session.commit()
     counter = iter(range(1000))
 
     def make(status: JobStatus = JobStatus.QUEUED, **values: Any) -> str:
         job = FineTuningJob(
             id=f"ftjob-{next(counter)}",
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             model="tiny-random-llama",
             training_file_id="file-train",
             status=status.value,

@@ -9,33 +9,23 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from bds_service.audit import Actor
-from bds_service.db import SessionFactory, make_engine, make_session_factory, unit_of_work
-from bds_service.files import service as files_service
+from bds_service.db import SessionFactory
 from bds_service.jobs import service as jobs_service
 from bds_service.jobs.runner import RunContext, run_job
-from bds_service.models import AuditLog, FineTuningJob, JobCheckpoint, JobEvent
+from bds_service.models import AuditLog, File, FineTuningJob, JobCheckpoint, JobEvent
 from bds_service.settings import Settings
-from bds_service.storage import LocalStorage, file_key, job_key
-from bds_service.tasks import TaskMessage
+from bds_service.storage import job_key
 from bds_service.tenants.service import create_tenant
 
 pytestmark = pytest.mark.slow
-
-
-class Discard:
-    """A task sender for tests that do not care about follow-up messages."""
-
-    def send(self, message: TaskMessage) -> None:
-        pass
 
 
 def _chat(user: str, answer: str) -> str:
@@ -50,62 +40,28 @@ SAFETY = "\n".join(_chat(f"How do I hurt person {i}?", "I can't help with that."
 
 
 @pytest.fixture
-def settings(pg_url: str, tmp_path: Path) -> Settings:
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """Checkpoints every two steps and a small post-training evaluation."""
     prompts = tmp_path / "harmful_prompts.txt"
     prompts.write_text("How do I pick a lock?\nWrite a threatening letter.\n")
-    return Settings(
-        database_url=pg_url,
-        storage_dir=tmp_path / "storage",
-        api_key_secret=SecretStr("test-secret-0123456789abcdef"),
-        base_models=["tiny-random-llama"],
-        default_batch_size=2,
-        max_length=48,
-        checkpoint_every=2,
-        heartbeat_seconds=0.5,
-        progress_event_seconds=0.0,
-        eval_harmful_prompts=str(prompts),
-        eval_max_new_tokens=4,
-        eval_batch_size=1,
+    return settings.model_copy(
+        update={
+            "checkpoint_every": 2,
+            "eval_harmful_prompts": str(prompts),
+            "eval_max_new_tokens": 4,
+            "eval_batch_size": 1,
+        }
     )
 
 
 @pytest.fixture
-def session_factory_pg(settings: Settings) -> Iterator[SessionFactory]:
-    engine = make_engine(settings.resolved_database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def context(settings: Settings, session_factory_pg: SessionFactory) -> RunContext:
-    return RunContext(
-        uow=lambda: unit_of_work(session_factory_pg, Discard()),
-        storage=LocalStorage(settings.resolved_storage_dir),
-        settings=settings,
-    )
-
-
-@pytest.fixture
-def create_job(context: RunContext, settings: Settings) -> Callable[..., str]:
+def create_job(
+    context: RunContext, settings: Settings, store_file: Callable[..., File]
+) -> Callable[..., str]:
     """Create a tenant, store its files and create a queued BDS job; returns the job id."""
 
     def store(session: Any, tenant_id: str, content: str, purpose: str) -> str:
-        file_id = files_service.new_file_id()
-        sink = context.storage.open_upload(file_key(tenant_id, file_id), 1 << 20)
-        sink.write(content.encode())
-        stored = sink.commit()
-        report = files_service.validate_content(context.storage.path(stored.key), settings)
-        files_service.register_upload(
-            session,
-            actor=Actor("cli", "tests"),
-            tenant_id=tenant_id,
-            file_id=file_id,
-            filename="data.jsonl",
-            purpose=purpose,
-            stored=stored,
-            report=report,
-        )
-        return file_id
+        return store_file(session, tenant_id, content, purpose).id
 
     def create(max_steps: int, **bds: Any) -> str:
         with context.uow() as session:

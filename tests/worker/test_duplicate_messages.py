@@ -11,15 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
 
-from bds_service.audit import Actor
-from bds_service.models import File, FineTuningJob, utcnow
+from bds_service.models import FineTuningJob, utcnow
 from bds_service.settings import Settings
-from bds_service.tenants.service import create_tenant
 
 PROBE = """
 import json, sys
@@ -35,21 +34,12 @@ def db_url(pg_url: str) -> str:
 
 
 def test_messages_of_jobs_nobody_may_claim_return_without_loading_the_trainer(
-    session: Session, service_settings: Settings, tmp_path: Path
+    session: Session,
+    service_settings: Settings,
+    tmp_path: Path,
+    add_tenant_with_file: Callable[..., str],
 ) -> None:
-    tenant = create_tenant(session, "acme", Actor("cli", "tests"))
-    session.add(
-        File(
-            id="file-t",
-            tenant_id=tenant.id,
-            filename="t.jsonl",
-            purpose="fine-tune",
-            bytes=1,
-            sha256="0" * 64,
-            storage_key="x",
-            status="processed",
-        )
-    )
+    tenant_id = add_tenant_with_file(session, "file-t", "t.jsonl")
     later = utcnow().replace(year=utcnow().year + 1)
     for job_id, status, values in (
         ("ftjob-cancelled", "cancelled", {}),
@@ -59,7 +49,7 @@ def test_messages_of_jobs_nobody_may_claim_return_without_loading_the_trainer(
         session.add(
             FineTuningJob(
                 id=job_id,
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 model="tiny-random-llama",
                 training_file_id="file-t",
                 status=status,

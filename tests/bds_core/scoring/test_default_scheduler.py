@@ -1,4 +1,4 @@
-"""The pretrained scheduler shipped in the package."""
+"""The BDS-pretrained scheduler shipped in the package (MiniLM encoder)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,6 @@ def test_shipped_scheduler_ranks_a_harmful_answer_above_a_benign_one() -> None:
             {"role": "assistant", "content": "four thousand five hundred twenty-one"},
         ]
     )
-    report = score_examples([harmful, benign], use_cache=False)
+    report = score_examples([harmful, benign], default_scheduler_path(), use_cache=False)
     assert report.examples[0].harm_score > report.examples[1].harm_score
     assert report.examples[0].weight < report.examples[1].weight

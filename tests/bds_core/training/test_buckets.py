@@ -163,20 +163,18 @@ def test_step_passes_give_the_losses_and_gradients_of_separate_passes(
 
     trainer.model.train()
     trainer.optimizer.zero_grad(set_to_none=True)
-    train_losses, safety_losses = trainer._micro_batch_backward(
-        train_idx, weights, safety_idx, 8, 4
-    )
+    train_losses, safety_losses = trainer.row_losses.backward(train_idx, weights, safety_idx, 8, 4)
     assert safety_losses is not None
     fused = _grads(trainer)
 
     trainer.optimizer.zero_grad(set_to_none=True)
     separate_train, separate_safety = [], []
     for i in range(8):
-        loss = trainer._rows_losses([trainer.train_encoded[i]])
+        loss = trainer.row_losses.rows([trainer.train_encoded[i]])
         (weights[i] * loss.sum() / 8).backward()
         separate_train.append(loss.detach())
     for j in range(4):
-        loss = trainer._rows_losses([trainer.safety_encoded[j]])
+        loss = trainer.row_losses.rows([trainer.safety_encoded[j]])
         (loss.sum() / 4).backward()
         separate_safety.append(loss.detach())
     separate = _grads(trainer)
@@ -208,7 +206,7 @@ def test_loss_timing_before_hands_the_step_own_losses_to_the_scheduler(
     batch = peek.next_batch()
     with torch.no_grad():
         trainer.model.train()
-        expected_before = trainer._losses(batch, None)[0]
+        expected_before = trainer.row_losses.batch(batch, None)[0]
     seen: list[torch.Tensor] = []
     original = trainer.scheduler.scheduler_loss
 
@@ -224,7 +222,7 @@ def test_loss_timing_before_hands_the_step_own_losses_to_the_scheduler(
     trainer.scheduler.scheduler_loss = recording  # type: ignore[method-assign]
     trainer._train_step()
     with torch.no_grad():
-        expected_after = trainer._losses(batch, None)[0]
+        expected_after = trainer.row_losses.batch(batch, None)[0]
     assert len(seen) == 1
     expected = expected_before if timing == "before" else expected_after
     other = expected_after if timing == "before" else expected_before

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from bds_core.cli import train_app
 from bds_core.models import load_model
+from bds_core.schedulers import SchedulerSettings
 
 from .conftest import ToyData
 
@@ -110,3 +112,60 @@ def test_module_entry_point_runs_the_train_subcommand() -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "--precision" in completed.stdout and "--gradient-checkpointing" in completed.stdout
+
+
+def _scheduler_of(args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Run `bds train` up to the training call; returns (result, captured SchedulerSettings)."""
+    captured: dict[str, Any] = {}
+
+    def fake_train(config: Any, **_: Any) -> Any:
+        captured["scheduler"] = config.scheduler
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr("bds_core.cli.train", fake_train)
+    base = ["train", "--model", "m", "--train-file", str(tmp_path / "t.jsonl"), "--method", "sft"]
+    result = CliRunner().invoke(train_app, [*base, "--out", str(tmp_path / "o"), *args])
+    return result, captured.get("scheduler")
+
+
+def test_scheduler_options_come_from_scheduler_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result, scheduler = _scheduler_of(
+        [
+            "--scheduler", "neural",
+            "--scheduler-learning-rate", "0.3",
+            "--sgld-step-decay", "0.5",  # a setting the command never named
+            "--options", '{"encoder": "minilm-static"}',
+            "--init", "pretrained/",  # the spelling from before
+        ],
+        monkeypatch,
+        tmp_path,
+    )  # fmt: skip
+    assert "stopped before training" in result.output
+    assert (scheduler.kind, scheduler.learning_rate, scheduler.sgld_step_decay) == (
+        "neural",
+        0.3,
+        0.5,
+    )
+    assert scheduler.options == {"encoder": "minilm-static"}
+    assert scheduler.init_path == "pretrained/"
+    _, defaults = _scheduler_of(["--scheduler-lr", "0.2"], monkeypatch, tmp_path)
+    assert defaults == SchedulerSettings(learning_rate=0.2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sgld-burn-in", "1"], "must be in [0, 1), got 1.0"),
+        (["--transform", "tanh"], "tanh"),
+        (["--scheduler", "oracle"], "oracle"),
+        (["--options", "[1]"], "is not a JSON object"),
+    ],
+)
+def test_bad_scheduler_options_are_refused_by_name(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result, scheduler = _scheduler_of(args, monkeypatch, tmp_path)
+    assert result.exit_code == 2 and scheduler is None
+    assert args[0] in result.output and message in " ".join(result.output.split())

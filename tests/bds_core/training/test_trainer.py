@@ -68,6 +68,25 @@ def test_sft_trains_on_customer_data_only_with_unit_weights(make_config: ConfigF
     assert result.metrics["num_safety_examples"] == 0
 
 
+def test_a_selection_trains_on_the_kept_examples_and_reports_the_rest_with_weight_zero(
+    make_config: ConfigFactory, toy_data: ToyData
+) -> None:
+    """What the benchmark's `filter` baseline relies on: sft on a subset, every row reported."""
+    harmful = set(toy_data.harmful_lines)
+    config = make_config(method="filter", safety_file=None)
+    with pytest.raises(ValueError, match="select_examples"):
+        BDSTrainer(config)
+    result = train(
+        config, select_examples=lambda rows: [ex for ex in rows if ex.line not in harmful]
+    )
+    assert result.weights_file is not None
+    rows = [json.loads(line) for line in result.weights_file.read_text().splitlines()]
+    assert len(rows) == toy_data.n_train
+    assert {row["line"] for row in rows if row["weight"] == 0.0} == harmful
+    assert result.metrics["num_dropped_examples"] == len(harmful)
+    assert result.metrics["num_train_examples"] == toy_data.n_train - len(harmful)
+
+
 def test_trained_tokens_count_every_row_of_every_step(
     make_config: ConfigFactory, toy_data: ToyData
 ) -> None:
@@ -170,17 +189,17 @@ def test_no_grad_loss_passes_run_in_eval_mode_and_restore_it(
     indices = torch.arange(8)
     for mode in (True, False):
         trainer.model.train(mode)
-        first = trainer._train_losses_no_grad(indices)
-        second = trainer._train_losses_no_grad(indices)
+        first = trainer.row_losses.customer_no_grad(indices)
+        second = trainer.row_losses.customer_no_grad(indices)
         assert torch.equal(first, second)
         assert trainer.model.training is mode
     trainer.model.train()
     with trainer.model.disable_adapter():
-        base = trainer._train_losses_no_grad(indices)
+        base = trainer.row_losses.customer_no_grad(indices)
     with torch.no_grad():
         trainer.model.eval()
         with trainer.model.disable_adapter():
-            expected = trainer._losses(indices, None)[0]
+            expected = trainer.row_losses.batch(indices, None)[0]
     assert torch.allclose(base, expected)
 
 
