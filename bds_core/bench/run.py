@@ -1175,8 +1175,8 @@ class BenchRunner:
         evaluation = self._evaluate(trainer.model, trainer.tokenizer, plan.task)
         finished = time.monotonic()
 
-        all_examples = trainer.all_train_examples
-        n_kept = len(trainer.train_examples)
+        all_examples = trainer.data.all_train_examples
+        n_kept = len(trainer.data.train_examples)
         detection = None
         separation: dict[str, float] = {}
         if method.has_weights and result.weights_file is not None:

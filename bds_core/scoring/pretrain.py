@@ -189,7 +189,7 @@ def pretrain_scheduler(
         run_summary = {
             "train_file": str(train_file),
             "train_file_sha256": _sha256(train_file),
-            "n_examples": len(trainer.train_examples),
+            "n_examples": len(trainer.data.train_examples),
             "steps": result.steps,
             "seconds_per_step": result.metrics.get("seconds_per_step"),
             # Evaluation only: labels never reach the scheduler.

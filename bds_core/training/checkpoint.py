@@ -133,6 +133,23 @@ class TrainingState:
     trainer: dict[str, Any]
 
 
+def lora_state(model: Any) -> dict[str, torch.Tensor]:
+    """The LoRA parameters of every adapter of the PEFT `model`, as CPU tensors."""
+    return {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if "lora_" in name
+    }
+
+
+def load_lora_state(model: Any, lora: dict[str, torch.Tensor]) -> None:
+    """Copy `lora` (from `lora_state`) into the PEFT `model`'s parameters, in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in lora.items():
+            params[name].copy_(value.to(params[name].device))
+
+
 def write_training_checkpoint(
     root: Path, step: int, state: TrainingState, save_adapter: Callable[[Path], None]
 ) -> Path:

@@ -13,13 +13,18 @@ import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from bds_core.data import Example
-from bds_core.eval.weights import INTERVAL_LEVEL
-from bds_core.schedulers.base import WeightSummary
+from bds_core.eval.weights import INTERVAL_LEVEL, uncertainty_statistics, weight_statistics
+from bds_core.schedulers.base import DataScheduler, WeightSummary
+from bds_core.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    # setup.py imports this module (MAIN_ADAPTER).
+    from bds_core.training.setup import TrainingData
 
 MAIN_ADAPTER = "default"
 """PEFT's name of the adapter a run trains and ships."""
@@ -110,6 +115,101 @@ def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
     return metrics_file
 
 
+def write_outputs(
+    model: Any,
+    config: TrainConfig,
+    data: TrainingData,
+    scheduler: DataScheduler | None,
+    weights: torch.Tensor,
+    *,
+    step: int,
+    total_steps: int,
+    history: list[dict[str, float | None]],
+    elapsed_s: float,
+    resumed_from_step: int | None,
+    world_size: int,
+    throughput: dict[str, float],
+    peak_gpu_memory_mb: float | None,
+) -> TrainResult:
+    """Write the adapter, `weights.jsonl` and `metrics.json` of a finished run (rank 0).
+
+    `weights` is the current weight of every trained example; when sampling, the reported
+    weight is the posterior mean instead (bds-method.md), and examples the selection left out
+    are reported with weight 0.
+    """
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    adapter_dir = write_adapter(model, out, config.model, config.method)
+
+    final = weights
+    summary: WeightSummary | None = None
+    if scheduler is not None:
+        summary = scheduler.summarise_weights(INTERVAL_LEVEL)
+        if summary.kind == "posterior" and summary.n_samples > 0:
+            final = summary.mean.cpu()
+    elif data.dropped_ids:
+        final = torch.tensor(
+            [0.0 if ex.id in data.dropped_ids else 1.0 for ex in data.all_train_examples]
+        )
+    reported = data.all_train_examples if data.dropped_ids else data.train_examples
+    weights_file = write_weights(out, reported, final, summary)
+
+    labels = [ex.is_harmful for ex in reported]
+    known_labels = labels if any(x is not None for x in labels) else None
+    metrics: dict[str, Any] = {
+        "method": config.method,
+        "model": config.model,
+        "steps": step,
+        "total_steps": total_steps,
+        "num_train_examples": len(data.train_examples),
+        "num_safety_examples": len(data.safety_examples),
+        "num_dropped_examples": len(data.dropped_ids),
+        **throughput,
+        "world_size": world_size,
+        "elapsed_s": elapsed_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "final_loss": history[-1]["loss"] if history else None,
+        # Tokens (without padding) of every row the model steps trained on, customer and
+        # alignment, over the whole run including the steps before a resume.
+        "trained_tokens": int(sum(record.get("tokens") or 0 for record in history)),
+        "weight_stats": weight_statistics(final, known_labels),
+        "weight_uncertainty": uncertainty_statistics(summary, known_labels),
+        "history": history,
+        "resumed_from_step": resumed_from_step,
+        "config": config.to_dict(),
+    }
+    if peak_gpu_memory_mb is not None:
+        metrics["peak_gpu_memory_mb"] = peak_gpu_memory_mb
+    return TrainResult(
+        out_dir=out,
+        adapter_dir=adapter_dir,
+        weights_file=weights_file,
+        metrics_file=write_metrics(out, metrics),
+        metrics=metrics,
+        steps=step,
+        resumed_from_step=resumed_from_step,
+        world_size=world_size,
+    )
+
+
+def cancelled_result(
+    out_dir: Path, step: int, resumed_from_step: int | None, rank: int, world_size: int
+) -> TrainResult:
+    """What a cancelled run reports: no outputs, only the step its last checkpoint holds."""
+    return TrainResult(
+        out_dir=out_dir,
+        adapter_dir=None,
+        weights_file=None,
+        metrics_file=None,
+        metrics={"steps": step, "cancelled": True},
+        steps=step,
+        cancelled=True,
+        resumed_from_step=resumed_from_step,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -118,10 +218,12 @@ def peak_rss_mb() -> float:
 __all__ = [
     "MAIN_ADAPTER",
     "TrainResult",
+    "cancelled_result",
     "peak_rss_mb",
     "save_adapter",
     "weight_row",
     "write_adapter",
     "write_metrics",
+    "write_outputs",
     "write_weights",
 ]

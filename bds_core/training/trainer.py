@@ -6,7 +6,10 @@ One loop serves three methods (bds-method.md, "The algorithm"):
 - `bds`: customer data weighted by the scheduler plus an alignment batch; after each model
   step the scheduler takes a step on L_a = mean w_i (l_i - r_i).
 
-Shape of the recipe: `setup`, `train`, `save_checkpoint`, `load_checkpoint`.
+Shape of the recipe: `setup`, `train`, `save_checkpoint`, `load_checkpoint`. The class keeps
+the orchestration; what `setup` builds comes from `training/setup.py`, the forward passes from
+`training/forward.py`, the checkpoint format from `training/checkpoint.py` and what a finished
+run writes from `training/outputs.py`.
 
 The same loop runs data-parallel when launched by torchrun (or inside an initialised process
 group): every process draws the same global batch, trains on its slice, and gradients are
@@ -25,18 +28,16 @@ from typing import Any
 
 import torch
 
-from bds_core.data import Example, encode_example, load_examples
-from bds_core.data.tokenize import EncodedExample
-from bds_core.eval.weights import INTERVAL_LEVEL, uncertainty_statistics, weight_statistics
-from bds_core.models import CATALOG, apply_lora, load_model
-from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext, build_scheduler
-from bds_core.schedulers.base import WeightSummary, make_scheduler_optimizer
+from bds_core.eval.weights import weight_statistics
+from bds_core.schedulers import BatchShard, DataScheduler, SchedulerContext
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 from bds_core.training.checkpoint import (
     TrainingState,
     capture_rng_state,
     data_digest,
     latest_valid_checkpoint,
+    load_lora_state,
+    lora_state,
     prune_checkpoints,
     rank_rng_state,
     rank_seed,
@@ -51,17 +52,22 @@ from bds_core.training.forward import RowLosses, adapter_parameters
 from bds_core.training.outputs import (
     MAIN_ADAPTER,
     TrainResult,
-    peak_rss_mb,
+    cancelled_result,
     save_adapter,
-    write_adapter,
-    write_metrics,
-    write_weights,
+    write_outputs,
 )
 from bds_core.training.reference import AGNOSTIC_ADAPTER, ReferenceLosses
-from bds_core.training.sampling import EpochSampler
-
-ExampleSelection = Callable[[Sequence[Example]], list[Example]]
-"""Which of the customer examples to train on (a subset, in file order)."""
+from bds_core.training.setup import (
+    ExampleSelection,
+    adapter_optimizer,
+    autocast_dtype,
+    encode_examples,
+    load_training_data,
+    setup_model,
+    setup_samplers,
+    setup_scheduler,
+    uses_agnostic_adapter,
+)
 
 
 @dataclass
@@ -114,42 +120,12 @@ class BDSTrainer:
         config = self.config
         self.parallel, self.device = init_data_parallel(config.device)
         seed_everything(config.seed)
-
-        self.all_train_examples: list[Example] = load_examples(config.train_file)
-        self.train_examples = self.all_train_examples
-        self.dropped_ids: set[str] = set()
-        if self.select_examples is not None:
-            # Rank 0 first: a selection that scores the data fills its embedding cache once.
-            with self.parallel.main_first():
-                self.train_examples = self.select_examples(self.all_train_examples)
-            kept = {id(example) for example in self.train_examples}
-            self.dropped_ids = {ex.id for ex in self.all_train_examples if id(ex) not in kept}
-            if not self.train_examples:
-                raise ValueError(f"no example of {config.train_file} was selected for training")
-        self.safety_examples: list[Example] = (
-            load_examples(config.safety_file)
-            if config.uses_safety_data and config.safety_file is not None
-            else []
-        )
+        self.data = load_training_data(config, self.parallel, self.select_examples)
+        train_examples, safety_examples = self.data.train_examples, self.data.safety_examples
         config.check_split(self.parallel.world_size)
-        # A catalog model is converted into a cache on first use: rank 0 fills it, then the
-        # others read it.
-        with self.parallel.main_first(active=config.model in CATALOG):
-            loaded = load_model(config.model, device=self.device)
-        self.tokenizer = loaded.tokenizer
-        self.model = apply_lora(loaded.model, config.lora)
-        self.model.to(self.device)
-        causal_lm: Any = self.model.get_base_model()
-        if config.gradient_checkpointing:
-            # Non-reentrant checkpointing needs no input gradients, so frozen embeddings and
-            # LoRA-only training work as they are.
-            causal_lm.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            causal_lm.config.use_cache = False
-
-        self.train_encoded = self._encode(self.train_examples)
-        self.safety_encoded = self._encode(self.safety_examples)
+        self.model, self.tokenizer = setup_model(config, self.parallel, self.device)
+        self.train_encoded = encode_examples(train_examples, self.tokenizer, config)
+        self.safety_encoded = encode_examples(safety_examples, self.tokenizer, config)
         self.row_losses = RowLosses(
             self.model,
             self.train_encoded,
@@ -157,62 +133,40 @@ class BDSTrainer:
             int(self.tokenizer.pad_token_id),
             config,
             self.device,
-            _autocast_dtype(config.precision, self.device),
+            autocast_dtype(config.precision, self.device),
         )
-        self.total_steps = config.total_steps(len(self.train_examples), len(self.safety_examples))
+        self.total_steps = config.total_steps(len(train_examples), len(safety_examples))
 
-        self.uses_agnostic = config.method == "bds" and config.scheduler.reference == "agnostic"
-        if self.uses_agnostic:
-            self.model.add_adapter(AGNOSTIC_ADAPTER, self.model.peft_config[MAIN_ADAPTER])
-            self.model.set_adapter(MAIN_ADAPTER)
-        self.adapter_params = {
-            name: adapter_parameters(self.model, name)
-            for name in ([MAIN_ADAPTER, AGNOSTIC_ADAPTER] if self.uses_agnostic else [MAIN_ADAPTER])
-        }
-        self.optimizer = self._make_model_optimizer(self.adapter_params[MAIN_ADAPTER])
+        adapters = [MAIN_ADAPTER] + ([AGNOSTIC_ADAPTER] if uses_agnostic_adapter(config) else [])
+        self.adapter_params = {name: adapter_parameters(self.model, name) for name in adapters}
+        self.optimizer = adapter_optimizer(config, self.adapter_params[MAIN_ADAPTER])
         self.agnostic_optimizer = (
-            self._make_model_optimizer(self.adapter_params[AGNOSTIC_ADAPTER])
-            if self.uses_agnostic
+            adapter_optimizer(config, self.adapter_params[AGNOSTIC_ADAPTER])
+            if AGNOSTIC_ADAPTER in self.adapter_params
             else None
         )
-
-        # Every process walks the same global order; `_train_step` takes its slice.
-        self.train_sampler = EpochSampler(len(self.train_examples), config.batch_size, config.seed)
-        self.safety_sampler = (
-            EpochSampler(
-                len(self.safety_examples), config.effective_safety_batch_size, config.seed + 1
-            )
-            if self.safety_examples
-            else None
+        self.train_sampler, self.safety_sampler = setup_samplers(
+            config, len(train_examples), len(safety_examples)
         )
-
-        self.scheduler = None
-        self.scheduler_optimizer: torch.optim.Optimizer | None = None
         # The sampler's noise (pSGLD): seeded alike on every rank, so every rank draws the same.
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
-        if config.method == "bds":
-            context = SchedulerContext(
-                num_examples=len(self.train_examples),
-                examples=self.train_examples,
-                model=self.model,
-                tokenizer=self.tokenizer,
-                device=self.device,
-                seed=config.seed,
-            )
-            # The neural scheduler embeds every example through an on-disk cache: rank 0
-            # fills it, the others read it.
-            with self.parallel.main_first(active=config.scheduler.kind != "scalar"):
-                self.scheduler = build_scheduler(config.scheduler, context).to(self.device)
-            # Burn-in is a share of the run's scheduler updates (one per step).
-            self.scheduler.total_updates = self.total_steps
-            self.scheduler_optimizer = make_scheduler_optimizer(
-                self.scheduler, self.noise_generator
-            )
+        context = SchedulerContext(
+            num_examples=len(train_examples),
+            examples=train_examples,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            device=self.device,
+            seed=config.seed,
+        )
+        self.scheduler, self.scheduler_optimizer = setup_scheduler(
+            config, context, self.parallel, self.total_steps, self.noise_generator
+        )
         self.reference = ReferenceLosses(
             config, self.row_losses, self.parallel, self.agnostic_optimizer
         )
-        self.data_digest = data_digest([config.train_file, config.safety_file])
-        self.fingerprint = config.resume_fingerprint(self.data_digest)
+        self.fingerprint = config.resume_fingerprint(
+            data_digest([config.train_file, config.safety_file])
+        )
         if self.parallel.enabled:
             self.parallel.broadcast_tensors(self._replicated_tensors(with_buffers=True))
             # Dropout must differ between the slices of one batch: each rank gets its own
@@ -228,18 +182,6 @@ class BDSTrainer:
             if with_buffers:
                 tensors += [b for b in self.scheduler.buffers() if b.is_floating_point()]
         return tensors
-
-    def _encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
-        return [encode_example(ex, self.tokenizer, self.config.max_length) for ex in examples]
-
-    def _make_model_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        config = self.config
-        return torch.optim.AdamW(
-            params,
-            lr=config.learning_rate,
-            weight_decay=config.weight_decay,
-            betas=config.adam_betas,
-        )
 
     # ----------------------------------------------------------------------------- one step
     def _train_step(self) -> _StepLosses:
@@ -377,8 +319,8 @@ class BDSTrainer:
         info = {
             "method": config.method,
             "model": config.model,
-            "num_train_examples": len(self.train_examples),
-            "num_safety_examples": len(self.safety_examples),
+            "num_train_examples": len(self.data.train_examples),
+            "num_safety_examples": len(self.data.safety_examples),
             "total_steps": self.total_steps,
             "start_step": self.step,
             "device": str(self.device),
@@ -439,23 +381,32 @@ class BDSTrainer:
         }
         if cancelled:
             self._checkpoint_and_notify(checkpoint_root, listeners)
-            result = TrainResult(
-                out_dir=config.out_dir,
-                adapter_dir=None,
-                weights_file=None,
-                metrics_file=None,
-                metrics={"steps": self.step, "cancelled": True},
-                steps=self.step,
-                cancelled=True,
-                resumed_from_step=self.resumed_from_step,
-                rank=parallel.rank,
-                world_size=parallel.world_size,
+            result = cancelled_result(
+                config.out_dir,
+                self.step,
+                self.resumed_from_step,
+                parallel.rank,
+                parallel.world_size,
             )
         else:
             parallel.assert_replicas_agree(self._replicated_tensors(), "the trained parameters")
             peak_gpu_mb = self._peak_gpu_memory_mb()
             if parallel.is_main:
-                result = self._write_outputs(throughput, peak_gpu_mb)
+                result = write_outputs(
+                    self.model,
+                    config,
+                    self.data,
+                    self.scheduler,
+                    self.current_weights(),
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    history=self.history,
+                    elapsed_s=self.elapsed_before_resume,
+                    resumed_from_step=self.resumed_from_step,
+                    world_size=parallel.world_size,
+                    throughput=throughput,
+                    peak_gpu_memory_mb=peak_gpu_mb,
+                )
             # Rank 0's files are complete once the others get past this point.
             result = parallel.broadcast_object(result if parallel.is_main else None)
             result.rank = parallel.rank
@@ -480,78 +431,10 @@ class BDSTrainer:
     def current_weights(self) -> torch.Tensor:
         """Current weight of every customer example (1 for sft and mix)."""
         if self.scheduler is None:
-            return torch.ones(len(self.train_examples))
+            return torch.ones(len(self.data.train_examples))
         return self.scheduler.all_weights().cpu()
 
-    # ----------------------------------------------------------------------------- outputs
-    def _write_outputs(
-        self, throughput: dict[str, float], peak_gpu_memory_mb: float | None
-    ) -> TrainResult:
-        config = self.config
-        out = config.out_dir
-        out.mkdir(parents=True, exist_ok=True)
-        adapter_dir = write_adapter(self.model, out, config.model, config.method)
-
-        final = self.current_weights()
-        summary: WeightSummary | None = None
-        if self.scheduler is not None:
-            summary = self.scheduler.summarise_weights(INTERVAL_LEVEL)
-            if summary.kind == "posterior" and summary.n_samples > 0:
-                # Sampling: the reported weight is the posterior mean (bds-method.md).
-                final = summary.mean.cpu()
-        elif self.dropped_ids:
-            # Report every uploaded example: the ones not selected have weight 0.
-            final = torch.tensor(
-                [0.0 if ex.id in self.dropped_ids else 1.0 for ex in self.all_train_examples]
-            )
-        reported = self.all_train_examples if self.dropped_ids else self.train_examples
-        weights_file = write_weights(out, reported, final, summary)
-
-        labels = [ex.is_harmful for ex in reported]
-        known_labels = labels if any(x is not None for x in labels) else None
-        metrics: dict[str, Any] = {
-            "method": config.method,
-            "model": config.model,
-            "steps": self.step,
-            "total_steps": self.total_steps,
-            "num_train_examples": len(self.train_examples),
-            "num_safety_examples": len(self.safety_examples),
-            "num_dropped_examples": len(self.dropped_ids),
-            **throughput,
-            "world_size": self.parallel.world_size,
-            "elapsed_s": self.elapsed_before_resume,
-            "peak_rss_mb": peak_rss_mb(),
-            "final_loss": self.history[-1]["loss"] if self.history else None,
-            # Tokens (without padding) of every row the model steps trained on, customer and
-            # alignment, over the whole run including the steps before a resume.
-            "trained_tokens": int(sum(record.get("tokens") or 0 for record in self.history)),
-            "weight_stats": weight_statistics(final, known_labels),
-            "weight_uncertainty": uncertainty_statistics(summary, known_labels),
-            "history": self.history,
-            "resumed_from_step": self.resumed_from_step,
-            "config": config.to_dict(),
-        }
-        if peak_gpu_memory_mb is not None:
-            metrics["peak_gpu_memory_mb"] = peak_gpu_memory_mb
-        return TrainResult(
-            out_dir=out,
-            adapter_dir=adapter_dir,
-            weights_file=weights_file,
-            metrics_file=write_metrics(out, metrics),
-            metrics=metrics,
-            steps=self.step,
-            resumed_from_step=self.resumed_from_step,
-            world_size=self.parallel.world_size,
-        )
-
     # ----------------------------------------------------------------------------- checkpoints
-    def _lora_state(self) -> dict[str, torch.Tensor]:
-        return {
-            name: p.detach().cpu().contiguous()
-            for name, p in self.model.named_parameters()
-            if "lora_" in name
-        }
-
     def save_checkpoint(self, root: Path) -> Path:
         """Write everything needed to continue bit-for-bit, atomically; return its folder.
 
@@ -584,7 +467,7 @@ class BDSTrainer:
         if self.agnostic_optimizer is not None:
             optimizers["agnostic"] = self.agnostic_optimizer.state_dict()
         return TrainingState(
-            lora=self._lora_state(),
+            lora=lora_state(self.model),
             scheduler=(
                 {k: v.detach().cpu().contiguous() for k, v in self.scheduler.state_dict().items()}
                 if self.scheduler is not None
@@ -610,10 +493,7 @@ class BDSTrainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by `save_checkpoint` of an identically configured run."""
         saved = read_training_checkpoint(path, self.fingerprint, self.device)
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in saved.lora.items():
-                params[name].copy_(value.to(params[name].device))
+        load_lora_state(self.model, saved.lora)
         if self.scheduler is not None:
             assert saved.scheduler is not None
             self.scheduler.load_state_dict(
@@ -645,18 +525,6 @@ class BDSTrainer:
         self.resumed_from_step = self.step
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision` on `device` (None: plain float32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"precision bf16: the GPU of {device} does not support bfloat16")
-        # bfloat16 autocast also works on CPU (slowly); it is meant for CUDA.
-        return torch.bfloat16
-    raise ValueError(f"unknown precision {precision!r}")
-
-
 def train(
     config: TrainConfig,
     callbacks: Sequence[TrainerCallback] = (),
@@ -683,4 +551,4 @@ def train(
     return trainer.train()
 
 
-__all__ = ["BDSTrainer", "ExampleSelection", "train"]
+__all__ = ["BDSTrainer", "train"]

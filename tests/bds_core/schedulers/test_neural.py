@@ -262,8 +262,8 @@ def test_scalar_logits_start_from_a_pretrained_scheduler(tmp_path: Path) -> None
     trainer.scheduler.save(tmp_path / "sched")
     pretrained_logits = trainer.scheduler.all_logits().detach()
     context = SchedulerContext(
-        num_examples=len(trainer.train_examples),
-        examples=trainer.train_examples,
+        num_examples=len(trainer.data.train_examples),
+        examples=trainer.data.train_examples,
         model=trainer.model,
         tokenizer=trainer.tokenizer,
     )

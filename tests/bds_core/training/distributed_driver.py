@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from bds_core.training import TrainConfig
+from bds_core.training.checkpoint import lora_state
 from bds_core.training.trainer import BDSTrainer
 
 
@@ -49,7 +50,7 @@ def run_and_capture(config: TrainConfig, cancel_after: int | None = None) -> dic
         "resumed_from_step": result.resumed_from_step,
         "losses": torch.tensor([record["loss"] for record in trainer.history], dtype=torch.float64),
         "weights": trainer.current_weights().double(),
-        "lora": {name: value.double() for name, value in trainer._lora_state().items()},
+        "lora": {name: value.double() for name, value in lora_state(trainer.model).items()},
     }
 
 
