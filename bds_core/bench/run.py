@@ -74,7 +74,7 @@ from bds_core.bench.results import (
     write_cell,
     write_json_atomically,
 )
-from bds_core.data import Example, load_examples
+from bds_core.data import Example, load_examples, write_examples
 from bds_core.eval import Judge, RefusalPhraseJudge, judge_name
 from bds_core.training.callbacks import ProgressEvent, TrainerCallback
 
@@ -382,15 +382,13 @@ def write_alignment_replay(
     examples = stage0_examples(
         safety_file, retention, alignment.retention_per_file, general, alignment.retention_general
     )
-    content = "".join(
-        json.dumps(example.to_record(), ensure_ascii=False, allow_nan=False) + "\n"
-        for example in examples
-    ).encode("utf-8")
     path = out_dir / REPLAY_FILE
-    if not path.is_file() or path.read_bytes() != content:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".jsonl.tmp")
-        staging.write_bytes(content)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".jsonl.tmp")
+    write_examples(examples, staging)
+    if path.is_file() and path.read_bytes() == staging.read_bytes():
+        staging.unlink()
+    else:
         staging.replace(path)
     return path
 
