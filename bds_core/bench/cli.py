@@ -22,6 +22,7 @@ from bds_core.bench.build import (
     BuildDataError,
     build_benchmark_data,
 )
+from bds_core.schedulers.settings import LossTiming
 
 console = Console()
 bench_app = typer.Typer(help="The offline safety benchmark: data, runs and reports.")
@@ -306,6 +307,21 @@ def run_command(
             help="alignment rows per step for mix, BDS and Lisa (the reduced-budget regime: 2)"
         ),
     ] = None,
+    safety_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="mix and the BDS variants take their alignment batch on every k-th step only "
+            "(Lisa spends the same alignment rows); default 1: every step",
+        ),
+    ] = None,
+    loss_timing: Annotated[
+        LossTiming | None,
+        typer.Option(
+            help="what the BDS variants' scheduler step reads: after (losses recomputed after "
+            "the model step, the default) or before (the step's own losses: no extra pass)",
+        ),
+    ] = None,
     learning_rate: Annotated[
         float | None,
         typer.Option(help="LoRA learning rate of every fine-tune (the stronger attack: 2x)"),
@@ -396,6 +412,10 @@ def run_command(
             changes["safety_batch_size"] = batch_size
         if safety_batch_size is not None:
             changes["safety_batch_size"] = safety_batch_size
+        if safety_every is not None:
+            changes["safety_every"] = safety_every
+        if loss_timing is not None:
+            changes["loss_timing"] = loss_timing
         if learning_rate is not None:
             changes["learning_rate"] = learning_rate
         if neural_entropy_weight is not None:

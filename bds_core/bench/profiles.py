@@ -17,6 +17,7 @@ from bds_core.encoders import DEFAULT_ENCODER
 from bds_core.models.lora import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 from bds_core.schedulers.base import ReferenceLoss
+from bds_core.schedulers.settings import LOSS_TIMINGS, LossTiming
 
 ALIGNMENT_REPLAYS = ("stage0", "d_safe")
 """What the fine-tuning defences replay: stage 0's training set, or D_safe's refusals alone."""
@@ -78,6 +79,7 @@ class BenchMethod:
             return SchedulerSettings(
                 kind="neural",
                 reference=self.reference,
+                loss_timing=profile.loss_timing,
                 learning_rate=profile.neural_learning_rate,
                 entropy_weight=profile.neural_entropy_weight,
                 init_path=str(default_scheduler_path()),
@@ -86,6 +88,7 @@ class BenchMethod:
             return SchedulerSettings(
                 kind="neural",
                 reference=self.reference,
+                loss_timing=profile.loss_timing,
                 learning_rate=profile.neural_learning_rate,
                 entropy_weight=profile.neural_entropy_weight,
                 options={"encoder": profile.neural_encoder, "head": "mlp", "hidden": 128},
@@ -94,6 +97,7 @@ class BenchMethod:
             return SchedulerSettings(
                 kind="scalar",
                 reference=self.reference,
+                loss_timing=profile.loss_timing,
                 learning_rate=profile.sgld_step_size,
                 entropy_weight=profile.scalar_entropy_weight,
                 sgld=True,
@@ -105,6 +109,7 @@ class BenchMethod:
             return SchedulerSettings(
                 kind="scalar",
                 reference=self.reference,
+                loss_timing=profile.loss_timing,
                 learning_rate=profile.scheduler_learning_rate,
                 entropy_weight=profile.scalar_entropy_weight,
             )
@@ -217,7 +222,25 @@ class BenchProfile:
     )
     batch_size: int = field(default=8, metadata={"help": "customer examples per step"})
     safety_batch_size: int = field(
-        default=8, metadata={"help": "alignment examples per step (mix and bds)"}
+        default=8,
+        metadata={"help": "alignment rows per alignment step (mix, the BDS variants and Lisa)"},
+    )
+    safety_every: int = field(
+        default=1,
+        metadata={
+            "help": "alignment budget over time: mix and the BDS variants take an alignment "
+            "batch on every k-th step only (the steps between train on the customer rows "
+            "alone) and Lisa spends the same alignment rows; 1: every step"
+        },
+    )
+    loss_timing: LossTiming = field(
+        default="after",
+        metadata={
+            "help": "the losses every BDS variant's scheduler step reads: 'after' (recomputed "
+            "after the model step, the paper's; one more forward pass over the customer rows) "
+            "or 'before' (the model step's own per-example losses; no extra pass)",
+            "choices": LOSS_TIMINGS,
+        },
     )
     learning_rate: float = field(default=5e-4, metadata={"help": "LoRA AdamW learning rate"})
     lora: LoraSettings = field(
@@ -347,6 +370,7 @@ class BenchProfile:
         for name in (
             "batch_size",
             "safety_batch_size",
+            "safety_every",
             "alignment_steps",
             "alignment_batch_size",
             "hs_max_new_tokens",
@@ -355,6 +379,10 @@ class BenchProfile:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loss_timing not in LOSS_TIMINGS:
+            raise ValueError(
+                f"loss_timing must be one of {', '.join(LOSS_TIMINGS)}, got {self.loss_timing!r}"
+            )
         if self.alignment_replay not in ALIGNMENT_REPLAYS:
             raise ValueError(
                 f"alignment_replay must be one of {', '.join(ALIGNMENT_REPLAYS)}, "
@@ -415,6 +443,8 @@ class BenchProfile:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "safety_batch_size": self.safety_batch_size,
+            "safety_every": self.safety_every,
+            "loss_timing": self.loss_timing,
             "learning_rate": self.learning_rate,
             "lora": {
                 "r": self.lora.r,

@@ -13,7 +13,9 @@ Every fine-tune starts from M0 with the same LoRA settings, steps, batch sizes, 
 seed; only the method differs. A finished cell is written atomically to
 ``RESULTS/cells/<cell_id>.json``; a rerun skips every cell whose file exists with the same
 digest (the hash of all its inputs and settings) and refuses to mix in a cell computed with
-other settings. Inside a cell the trainer checkpoints (``RESULTS/work/<cell_id>/``), so an
+other settings. The alignment budget keys only the cells that read D_safe
+(`cell_training_keys`), so M0's cell and the clean run can be copied between folders of
+different budgets. Inside a cell the trainer checkpoints (``RESULTS/work/<cell_id>/``), so an
 interrupted cell continues from its last checkpoint.
 """
 
@@ -62,7 +64,7 @@ from bds_core.bench.evaluate import (
     reset_peak_rss,
     weight_detection,
 )
-from bds_core.bench.profiles import BenchProfile, get_method
+from bds_core.bench.profiles import PROFILES, BenchMethod, BenchProfile, get_method
 from bds_core.bench.results import (
     CellKind,
     CellMetrics,
@@ -153,6 +155,13 @@ class CellPlan:
     digest: str
     work_units: dict[str, float]
     seed: int = 0
+    accepted_digests: tuple[str, ...] = ()
+    """Other digests under which an existing cell is this cell: those earlier code gave it (a
+    method that reads no D_safe was once keyed on the run's alignment budget)."""
+
+    def accepts(self, digest: str) -> bool:
+        """Whether a cell (or a checkpoint folder) with ``digest`` is this cell."""
+        return digest == self.digest or digest in self.accepted_digests
 
 
 @dataclass(frozen=True)
@@ -441,6 +450,42 @@ def _training_settings(profile: BenchProfile) -> dict[str, Any]:
     }
 
 
+def _named_safety_batch_size(profile: BenchProfile) -> int:
+    """The alignment batch of the named profile that ``profile`` was made from (its own when
+    its name is not one of PROFILES)."""
+    named = PROFILES.get(profile.name)
+    return named.safety_batch_size if named is not None else profile.safety_batch_size
+
+
+def cell_training_keys(profile: BenchProfile, method: BenchMethod) -> list[dict[str, Any]]:
+    """The training settings a fine-tune cell of ``method`` is keyed on: the one its digest
+    holds, then any under which earlier code keyed the same cell.
+
+    The alignment budget keys only the methods that read D_safe (mix, the BDS variants, Lisa):
+    their ``safety_batch_size``, and ``safety_every`` when it is not 1 (so cells computed
+    before the setting existed keep their digests). A method that reads no D_safe (sft, filter,
+    vaccine, booster, repnoise) trains the same under every budget, so its key holds the named
+    profile's alignment batch whatever the run's: its cells, the clean run among them, are the
+    same cells in a default-budget and a candidate-budget folder and can be copied from one to
+    the other. Earlier code keyed them on the run's own alignment batch; that key is accepted
+    too, so no finished cell is recomputed.
+    """
+    settings = _training_settings(profile)
+    if method.uses_safety:
+        if profile.safety_every != 1:
+            settings["safety_every"] = profile.safety_every
+        return [settings]
+    named = _named_safety_batch_size(profile)
+    if named == profile.safety_batch_size:
+        return [settings]
+    return [{**settings, "safety_batch_size": named}, settings]
+
+
+def alignment_rows_per_step(profile: BenchProfile, method: BenchMethod) -> float:
+    """Alignment rows a step of ``method`` trains on, on average (for the ETA)."""
+    return profile.safety_batch_size / profile.safety_every if method.uses_safety else 0.0
+
+
 def _fine_tune_runs(config: RunConfig, task: str) -> list[tuple[str, float | None, Path]]:
     """(method, share, D_ft file) of every fine-tune of ``task``: the clean run (sft at p = 0)
     first, then every share and method of the profile (or of the custom training file)."""
@@ -596,66 +641,71 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
             method = get_method(method_name)
             examples = load_examples(path)
             steps = profile.steps_for(len(examples))
-            rows = profile.batch_size + (profile.safety_batch_size if method.uses_safety else 0)
+            rows = profile.batch_size + alignment_rows_per_step(profile, method)
             custom = config.train_file is not None and path == config.train_file
             label = "custom" if custom else share_label(share if share is not None else 0.0)
             scheduler = method.scheduler_settings(profile)
-            digest = _digest(
-                {
-                    **task_common,
-                    "kind": "fine-tune",
-                    "method": method_name,
-                    "train_method": method.train_method,
-                    "scheduler": {
-                        "kind": scheduler.kind,
-                        "reference": scheduler.reference,
-                        "update": scheduler.update,
-                        "learning_rate": scheduler.learning_rate,
-                        "options": scheduler.options,
-                        # Only when set, so cells computed before the option existed keep
-                        # their digests.
-                        **(
-                            {"entropy_weight": scheduler.entropy_weight}
-                            if scheduler.entropy_weight
-                            else {}
-                        ),
-                        **(
-                            {
-                                "sgld": {
-                                    "temperature": scheduler.sgld_temperature,
-                                    "burn_in": scheduler.sgld_burn_in,
-                                    "prior_std": scheduler.prior_std,
-                                    "step_decay": scheduler.sgld_step_decay,
-                                    "record_last": scheduler.record_last,
-                                    "record_every": scheduler.record_every,
-                                }
+            training_keys = cell_training_keys(profile, method)
+            payload: dict[str, Any] = {
+                **task_common,
+                "kind": "fine-tune",
+                "method": method_name,
+                "train_method": method.train_method,
+                "scheduler": {
+                    "kind": scheduler.kind,
+                    "reference": scheduler.reference,
+                    "update": scheduler.update,
+                    "learning_rate": scheduler.learning_rate,
+                    "options": scheduler.options,
+                    # Only when not the default, so earlier cells keep their digests.
+                    **(
+                        {"loss_timing": scheduler.loss_timing}
+                        if scheduler.loss_timing != "after"
+                        else {}
+                    ),
+                    # Only when set, so cells computed before the option existed keep
+                    # their digests.
+                    **(
+                        {"entropy_weight": scheduler.entropy_weight}
+                        if scheduler.entropy_weight
+                        else {}
+                    ),
+                    **(
+                        {
+                            "sgld": {
+                                "temperature": scheduler.sgld_temperature,
+                                "burn_in": scheduler.sgld_burn_in,
+                                "prior_std": scheduler.prior_std,
+                                "step_decay": scheduler.sgld_step_decay,
+                                "record_last": scheduler.record_last,
+                                "record_every": scheduler.record_every,
                             }
-                            if scheduler.sgld
-                            else {}
-                        ),
-                    },
-                    "share": share,
-                    "train_sha256": file_sha256(path),
-                    "safety_sha256": file_sha256(inputs.replayed),
-                    "steps": steps,
-                    "training": _training_settings(profile),
-                    "filter_scheduler": (
-                        shipped_scheduler_digest() if method.train_method == "filter" else None
-                    ),
-                    # Only when they apply, so earlier cells keep their digests.
-                    **({"finetune_seed": seed} if seed != config.seed else {}),
-                    **(
-                        {"baseline": _baseline_record(config, method.baseline)}
-                        if method.baseline
+                        }
+                        if scheduler.sgld
                         else {}
                     ),
-                    **(
-                        {"transfer_scheduler": shipped_scheduler_digest()}
-                        if method.scheduler_init == "shipped"
-                        else {}
-                    ),
-                }
-            )
+                },
+                "share": share,
+                "train_sha256": file_sha256(path),
+                "safety_sha256": file_sha256(inputs.replayed),
+                "steps": steps,
+                "training": training_keys[0],
+                "filter_scheduler": (
+                    shipped_scheduler_digest() if method.train_method == "filter" else None
+                ),
+                # Only when they apply, so earlier cells keep their digests.
+                **({"finetune_seed": seed} if seed != config.seed else {}),
+                **(
+                    {"baseline": _baseline_record(config, method.baseline)}
+                    if method.baseline
+                    else {}
+                ),
+                **(
+                    {"transfer_scheduler": shipped_scheduler_digest()}
+                    if method.scheduler_init == "shipped"
+                    else {}
+                ),
+            }
             plans.append(
                 CellPlan(
                     cell_id=f"{task}__{method_name}__{label}{seed_suffix(config, seed)}",
@@ -666,9 +716,12 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                     train_file=path,
                     steps=steps,
                     n_train=len(examples),
-                    digest=digest,
+                    digest=_digest(payload),
                     work_units={"train": float(steps * rows), "eval": eval_units},
                     seed=seed,
+                    accepted_digests=tuple(
+                        _digest({**payload, "training": key}) for key in training_keys[1:]
+                    ),
                 )
             )
     return plans, inputs
@@ -710,7 +763,7 @@ def check_existing_cells(out_dir: Path, plans: Sequence[CellPlan]) -> dict[str, 
             raise BenchRunError(f"{error}; delete it to recompute that cell") from None
         if cell.status == "failed":
             continue  # retried by this run
-        if cell.digest != plan.digest:
+        if not plan.accepts(cell.digest):
             raise BenchRunError(
                 f"{path} was computed with other settings or data than this run (a different "
                 "model, seed, profile setting or input file). Use another --out folder, or "
@@ -1131,7 +1184,7 @@ class BenchRunner:
         work_dir = self.config.out_dir / WORK_DIR / plan.cell_id
         digest_file = work_dir / "cell-digest.txt"
         if work_dir.exists() and (
-            not digest_file.is_file() or digest_file.read_text().strip() != plan.digest
+            not digest_file.is_file() or not plan.accepts(digest_file.read_text().strip())
         ):
             # Left over from a cell with other settings: its checkpoints must not be resumed.
             shutil.rmtree(work_dir)
@@ -1152,6 +1205,9 @@ class BenchRunner:
             learning_rate=profile.learning_rate,
             batch_size=profile.batch_size,
             safety_batch_size=profile.safety_batch_size,
+            # The alignment budget over time, for the methods that read D_safe (TrainConfig
+            # applies it to bds and mix); the others keep the default.
+            safety_every=profile.safety_every if uses_safety else 1,
             max_steps=plan.steps,
             max_length=profile.max_length,
             seed=plan.seed,
@@ -1159,7 +1215,7 @@ class BenchRunner:
             checkpoint_every=profile.checkpoint_every,
             device=self.device,
         )
-        rows = profile.batch_size + (profile.safety_batch_size if uses_safety else 0)
+        rows = profile.batch_size + alignment_rows_per_step(profile, method)
         self._report("loading", 0, 1)
         trainer = BDSTrainer(
             config,
@@ -1270,6 +1326,7 @@ class BenchRunner:
             profile.max_length,
             plan.seed,
             self.config.baselines.lisa,
+            alignment_every=profile.safety_every,
             device=self.device,
             on_step=self._stage("train", "training (lisa)", float(profile.batch_size)),
         )
@@ -1304,6 +1361,7 @@ class BenchRunner:
                 "user_steps": states.count("fine-tuning"),
                 "alignment_steps": states.count("alignment"),
                 **_training_settings(profile),
+                "safety_every": profile.safety_every,
                 "lisa": self.config.baselines.for_method("lisa"),
             },
             "eval": self._eval_record(),

@@ -20,7 +20,8 @@ has about 125 user steps, where that split would mean a single switch, so a roun
 ``round_user_steps`` user steps (default 10) and the alignment steps of a round are set by the
 alignment budget that mix and BDS get: ``alignment_rows_per_step * user steps / batch size``
 (8 alignment rows a step: as many alignment steps as user steps; the reduced budget of 2: one
-alignment step per four user steps).
+alignment step per four user steps), with ``ceil(user steps / k)`` in place of the user steps
+when mix and BDS take their alignment batch every k-th step only (``safety_every``).
 """
 
 from __future__ import annotations
@@ -79,9 +80,15 @@ def lisa_schedule(user_steps: int, alignment_steps: int, round_user_steps: int) 
     return schedule
 
 
-def alignment_steps_for(user_steps: int, alignment_rows_per_step: int, batch_size: int) -> int:
-    """Alignment steps (of ``batch_size`` rows) that spend the same alignment rows as mix/BDS."""
-    return round(user_steps * alignment_rows_per_step / batch_size)
+def alignment_steps_for(
+    user_steps: int, alignment_rows_per_step: int, batch_size: int, alignment_every: int = 1
+) -> int:
+    """Alignment steps (of ``batch_size`` rows) that spend the same alignment rows as mix/BDS,
+    which take ``alignment_rows_per_step`` rows on every ``alignment_every``-th step (steps
+    0, k, 2k, ...: ceil(user_steps / k) of them)."""
+    if alignment_every < 1:
+        raise ValueError(f"alignment_every must be at least 1, got {alignment_every}")
+    return round(math.ceil(user_steps / alignment_every) * alignment_rows_per_step / batch_size)
 
 
 @dataclass

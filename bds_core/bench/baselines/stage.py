@@ -298,11 +298,13 @@ def run_lisa(
     max_length: int,
     seed: int,
     settings: LisaSettings,
+    alignment_every: int = 1,
     device: str | None = None,
     on_step: ProgressFn | None = None,
 ) -> LisaRun:
     """Fine-tune M0 on D_ft with Lisa: ``user_steps`` user steps of ``batch_size`` rows and the
-    alignment steps that spend ``alignment_rows_per_step`` alignment rows per user step."""
+    alignment steps that spend ``alignment_rows_per_step`` alignment rows on every
+    ``alignment_every``-th user step (the alignment rows mix and BDS spend)."""
     from bds_core.models import load_model
     from bds_core.models.lora import apply_lora
 
@@ -317,7 +319,7 @@ def run_lisa(
     )
     schedule = lisa_schedule(
         user_steps,
-        alignment_steps_for(user_steps, alignment_rows_per_step, batch_size),
+        alignment_steps_for(user_steps, alignment_rows_per_step, batch_size, alignment_every),
         settings.round_user_steps,
     )
     optimizer = _optimizer(trainable_parameters(model), learning_rate)

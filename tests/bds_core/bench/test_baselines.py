@@ -250,6 +250,11 @@ def test_lisa_schedule_alternates_states_and_spends_the_alignment_budget() -> No
     # Budget: 8 alignment rows a step = as many alignment steps as user steps; 2 = a quarter.
     assert alignment_steps_for(125, 8, 8) == 125
     assert alignment_steps_for(125, 2, 8) == 31
+    # mix and BDS with an alignment batch every k-th step (steps 0, k, ...): ceil(125 / k).
+    assert alignment_steps_for(125, 8, 8, alignment_every=2) == 63
+    assert alignment_steps_for(125, 2, 8, alignment_every=4) == 8
+    with pytest.raises(ValueError, match="alignment_every must be at least 1"):
+        alignment_steps_for(125, 8, 8, alignment_every=0)
 
 
 def _lisa_distance_after(rho: float) -> tuple[list[float], list[str]]:

@@ -120,6 +120,17 @@ def test_the_regime_options_reach_the_cells(data: Path, tmp_path: Path) -> None:
     assert cell.settings["train"]["learning_rate"] == 0.02
 
 
+def test_lisa_spends_the_alignment_rows_of_a_budget_over_time(data: Path, tmp_path: Path) -> None:
+    """--safety-every 2: mix and BDS take 2 alignment rows on one step of the smoke profile's
+    two, so Lisa takes one alignment step of 2 rows instead of two."""
+    out, cache = tmp_path / "results", tmp_path / "aligned"
+    _run(data, out, cache, "--methods", "lisa", "--safety-every", "2")
+    lisa = read_cell(out / "cells" / "sort-words__lisa__p0.5.json")
+    assert lisa.status == "finished", lisa.error
+    train = lisa.settings["train"]
+    assert (train["user_steps"], train["alignment_steps"], train["safety_every"]) == (2, 1, 2)
+
+
 def test_bds_transfer_starts_from_the_shipped_scheduler(data: Path, tmp_path: Path) -> None:
     out, cache = tmp_path / "results", tmp_path / "aligned"
     _run(data, out, cache, "--methods", "bds-transfer")

@@ -7,6 +7,8 @@ profile (2 steps a cell, methods sft and bds), stage 0 cached in the test's fold
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +25,9 @@ from bds_core.bench.alignment import stage0_examples
 from bds_core.bench.answers import GenerationSettings
 from bds_core.bench.build import file_sha256
 from bds_core.bench.cli import bench_app
-from bds_core.bench.profiles import PROFILES, BenchProfile
-from bds_core.bench.results import read_cell, results_json_schema, validate_results
-from bds_core.bench.run import RunConfig, run_benchmark
+from bds_core.bench.profiles import METHODS, PROFILES, BenchProfile
+from bds_core.bench.results import read_cell, results_json_schema, validate_results, write_cell
+from bds_core.bench.run import CellPlan, RunConfig, plan_run, run_benchmark
 from bds_core.data import harmful_count, load_examples
 from bds_core.eval import RefusalPhraseJudge
 
@@ -447,3 +449,169 @@ def test_a_sampled_bds_cell_reports_interval_separation(bench: Bench, tmp_path: 
         .splitlines()
     ]
     assert all(row["uncertainty"] == "posterior" for row in rows)
+
+
+# ---------------------------------------------------------------------------------- budget
+
+
+def plain(output: str) -> str:
+    """CLI output without rich's error box and its line wraps."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+def test_the_budget_options_reach_the_trainer_and_the_records(bench: Bench, tmp_path: Path) -> None:
+    """--loss-timing and --safety-every: in run.json's profile settings, in each cell's
+    training settings and in the trainer's own config; sft, which reads no D_safe, keeps
+    the default budget."""
+    out = tmp_path / "candidate"
+    args = bench.run_args(out, "--no-report", "--methods", "mix,bds", "--shares", "0.5")
+    result = CliRunner().invoke(
+        bench_app, [*args, "--loss-timing", "before", "--safety-every", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "run.json").read_text())[-1]["profile_settings"]
+    assert (settings["loss_timing"], settings["safety_every"]) == ("before", 2)
+    for method in ("mix", "bds"):
+        cell = read_cell(out / "cells" / f"sort-words__{method}__p0.5.json")
+        assert cell.status == "finished", cell.error
+        assert cell.settings["train"]["safety_every"] == 2
+        trained = json.loads((out / "work" / cell.cell_id / "metrics.json").read_text())
+        assert trained["config"]["safety_every"] == 2
+        # Two steps: an alignment batch on the first only.
+        assert [step["safety_loss"] is not None for step in trained["history"]] == [True, False]
+    bds = read_cell(out / "cells" / "sort-words__bds__p0.5.json")
+    assert bds.settings["train"]["scheduler"]["loss_timing"] == "before"
+    trained = json.loads((out / "work" / bds.cell_id / "metrics.json").read_text())
+    assert trained["config"]["scheduler"]["loss_timing"] == "before"
+    sft = read_cell(out / "cells" / "sort-words__sft__p0.json")
+    assert sft.settings["train"]["safety_every"] == 1
+    assert sft.settings["train"]["scheduler"]["loss_timing"] == "after"
+
+
+def test_every_bds_variant_takes_the_profiles_loss_timing() -> None:
+    from dataclasses import replace
+
+    profile = replace(PROFILES["full"], loss_timing="before")
+    for method in METHODS.values():
+        timing = method.scheduler_settings(profile).loss_timing
+        assert timing == ("before" if method.is_bds else "after"), method.name
+        assert method.scheduler_settings(PROFILES["full"]).loss_timing == "after"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--loss-timing", "sideways", "'sideways' is not one of 'after', 'before'"),
+        ("--safety-every", "0", "greater than or equal to 1"),
+    ],
+)
+def test_a_bad_budget_option_is_refused_by_name(
+    bench: Bench, tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(bench_app, bench.run_args(out, "--no-report", option, value))
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in plain(result.output)
+    assert message in plain(result.output)
+    assert not out.exists()
+
+
+def test_a_profile_refuses_a_bad_budget_by_field() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="loss_timing must be one of after, before, got 'x'"):
+        replace(PROFILES["smoke"], loss_timing="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="safety_every must be at least 1, got 0"):
+        replace(PROFILES["smoke"], safety_every=0)
+
+
+def _plans(bench: Bench, **changes: Any) -> dict[str, CellPlan]:
+    from dataclasses import replace
+
+    profile = replace(PROFILES["smoke"], methods=("sft", "mix", "bds"), **changes)
+    config = RunConfig(
+        data_dir=bench.data, out_dir=bench.root / "unused", profile=profile, model=TINY
+    )
+    return {plan.cell_id: plan for plan in plan_run(config, RefusalPhraseJudge())[0]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "keyed"),
+    [
+        ({"loss_timing": "before"}, {"bds"}),
+        ({"safety_every": 2}, {"mix", "bds"}),
+        ({"safety_batch_size": 1}, {"mix", "bds"}),
+        ({"safety_batch_size": 1, "safety_every": 4, "loss_timing": "before"}, {"mix", "bds"}),
+    ],
+)
+def test_the_budget_keys_only_the_cells_that_read_it(
+    bench: Bench, changes: dict[str, Any], keyed: set[str]
+) -> None:
+    """A candidate budget changes the digests of the cells that read D_safe (mix, bds; the
+    loss timing bds alone) and no other: M0 and sft are the same cells under every budget."""
+    default, candidate = _plans(bench), _plans(bench, **changes)
+    assert default.keys() == candidate.keys()
+    changed = {cell for cell in default if default[cell].digest != candidate[cell].digest}
+    assert changed == {
+        f"sort-words__{method}__{share}" for method in keyed for share in ("p0", "p0.5")
+    }
+    assert all(not plan.accepted_digests for plan in default.values())
+
+
+def test_an_sft_cell_keyed_on_the_runs_own_budget_by_earlier_code_is_still_finished(
+    bench: Bench, tmp_path: Path
+) -> None:
+    """Earlier code keyed every fine-tune on the run's alignment batch (the rule a profile
+    whose name is not a named profile still follows); such a cell is not recomputed."""
+    from dataclasses import replace
+
+    candidate = _plans(bench, safety_batch_size=1)["sort-words__sft__p0"]
+    earlier = _plans(bench, safety_batch_size=1, name="unnamed")["sort-words__sft__p0"]
+    assert earlier.digest != candidate.digest
+    assert candidate.accepted_digests == (earlier.digest,)
+    assert replace(candidate, accepted_digests=()).accepts(earlier.digest) is False
+
+    out = tmp_path / "budget1"
+    args = bench.run_args(out, "--no-report", "--methods", "sft", "--shares", "0.5")
+    args += ["--safety-batch-size", "1"]
+    assert CliRunner().invoke(bench_app, args).exit_code == 0
+    path = out / "cells" / "sort-words__sft__p0.json"
+    write_cell(out, read_cell(path).model_copy(update={"digest": earlier.digest}))
+    before = cell_mtimes(out)
+    again = CliRunner().invoke(bench_app, args)
+    assert again.exit_code == 0, again.output
+    assert "0 cell(s) computed, 3 already finished" in again.output
+    assert cell_mtimes(out) == before
+
+
+def test_a_folder_resumes_only_with_its_budget_and_takes_copied_shared_cells(
+    bench: Bench, first_run: Path, tmp_path: Path
+) -> None:
+    """A default-budget folder refuses a run with another budget before any work (its bds
+    cells were computed otherwise); a candidate folder takes M0's and the clean run's cells
+    copied from it and computes only its own."""
+    before = cell_mtimes(first_run)
+    for option in (
+        ("--loss-timing", "before"),
+        ("--safety-every", "2"),
+        ("--safety-batch-size", "1"),
+    ):
+        result = CliRunner().invoke(bench_app, bench.run_args(first_run, "--no-report", *option))
+        assert result.exit_code == 1, result.output
+        assert "sort-words__bds__p0.json was computed with other settings" in plain(result.output)
+    assert cell_mtimes(first_run) == before
+
+    out = tmp_path / "candidate"
+    (out / "cells").mkdir(parents=True)
+    for cell_id in ("sort-words__m0", "sort-words__sft__p0"):
+        shutil.copy2(first_run / "cells" / f"{cell_id}.json", out / "cells")
+    copied = cell_mtimes(out)
+    args = bench.run_args(out, "--no-report", "--methods", "bds", "--shares", "0.5")
+    args += ["--safety-batch-size", "1", "--loss-timing", "before"]
+    result = CliRunner().invoke(bench_app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 cell(s) computed, 2 already finished" in result.output
+    assert {cell: cell_mtimes(out)[cell] for cell in copied} == copied
+    bds = read_cell(out / "cells" / "sort-words__bds__p0.5.json")
+    assert bds.settings["train"]["safety_batch_size"] == 1
+    assert bds.digest != read_cell(first_run / "cells" / "sort-words__bds__p0.5.json").digest
