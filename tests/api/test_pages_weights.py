@@ -62,6 +62,29 @@ SAMPLED_REPORT = {
     "evaluation": {},
 }
 
+# A report of a job that optimised its weights: the spread is named as the optimiser's.
+OPTIMISED_REPORT = {
+    "weights": {
+        "n_examples": 1,
+        "mean": 1.0,
+        "min": 0.8,
+        "max": 0.8,
+        "uncertainty": {"kind": "optimisation"},
+        "examples": [
+            {
+                "index": 0,
+                "id": "line-1",
+                "line": 1,
+                "weight": 0.8,
+                "weight_mean": 0.79,
+                "uncertainty": "optimisation",
+                "weight_spread": 0.03,
+            }
+        ],
+    },
+    "evaluation": {},
+}
+
 # A report stored before intervals existed: `weight_std` was an optimiser's spread.
 OLD_REPORT = {
     "weights": {
@@ -85,6 +108,8 @@ OLD_REPORT = {
 
 
 def test_final_weights_carry_posterior_intervals_and_old_rows_have_none() -> None:
+    optimised = final_weights(OPTIMISED_REPORT, None)
+    assert optimised[0].weight == 0.8 and optimised[0].low is None and optimised[0].high is None
     sampled = final_weights(SAMPLED_REPORT, None)
     assert [(w.low, w.high) for w in sampled] == [(0.21, 0.83), (0.9, 2.2)]
     assert [w.interval_below_one for w in sampled] == [True, False]
@@ -94,7 +119,7 @@ def test_final_weights_carry_posterior_intervals_and_old_rows_have_none() -> Non
 
 
 def test_weights_plot_draws_sampled_and_optimised_reports() -> None:
-    for report in (SAMPLED_REPORT, OLD_REPORT):
+    for report in (SAMPLED_REPORT, OPTIMISED_REPORT, OLD_REPORT):
         png = plots.weights_plot(MetricsSeries(), final_weights(report, None))
         assert png.startswith(b"\x89PNG")
 
@@ -121,12 +146,17 @@ def job_id(client: TestClient, tenant: TenantKey, upload: Callable[..., Any]) ->
     [
         (SAMPLED_REPORT, ["posterior mean", "90% interval", "0.21", "0.83"], ["not sampled"]),
         (
+            OPTIMISED_REPORT,
+            ["Learned weight (BDS, this job)", "optimised, not sampled"],
+            ["90% interval", "posterior mean"],
+        ),
+        (
             OLD_REPORT,
             ["Learned weight (BDS, this job)", "optimised, not sampled"],
             ["90% interval"],
         ),
     ],
-    ids=["sampled", "stored-before-intervals"],
+    ids=["sampled", "optimised", "stored-before-intervals"],
 )
 def test_job_page_labels_the_spread(
     client: TestClient,

@@ -50,3 +50,22 @@ def test_rows_without_a_kind_are_optimisation_spread(tmp_path: Path) -> None:
     old_row = {"index": 0, "id": "a", "line": 1, "weight": 0.9, "weight_std": 0.02}
     report = _report(tmp_path, [old_row], {})
     assert report["weights"]["uncertainty"] == {"kind": "optimisation"}
+
+
+def test_an_optimised_job_names_its_spread_and_has_no_interval(tmp_path: Path) -> None:
+    row = {
+        "index": 0,
+        "id": "a",
+        "line": 1,
+        "weight": 0.8,
+        "weight_mean": 0.79,
+        "uncertainty": "optimisation",
+        "weight_spread": 0.03,
+    }
+    report = _report(tmp_path, [row], {"weight_uncertainty": {"kind": "optimisation"}})
+    assert report["weights"]["uncertainty"] == {"kind": "optimisation"}
+    example = report["weights"]["examples"][0]
+    assert example["weight_spread"] == 0.03
+    assert "weight_low" not in example and "weight_std" not in example
+    # Without the run's metrics, the kind still comes from the rows.
+    assert _report(tmp_path, [row], {})["weights"]["uncertainty"] == {"kind": "optimisation"}

@@ -203,6 +203,53 @@ def test_no_grad_loss_passes_run_in_eval_mode_and_restore_it(
     assert torch.allclose(base, expected)
 
 
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        SchedulerSettings(reference="initial", loss_timing="after"),
+        SchedulerSettings(reference="agnostic", loss_timing="after"),
+    ],
+    ids=["initial-after", "agnostic-after"],
+)
+def test_every_no_grad_pass_of_a_run_is_in_eval_mode(
+    make_config: ConfigFactory, scheduler: SchedulerSettings
+) -> None:
+    """Through the trainer itself, not one helper: every forward pass without gradients (the
+    `initial` reference with the adapters off, the agnostic adapter's and the main adapter's
+    losses after their steps) sees the model in eval mode, every pass with gradients in train
+    mode. LoRA dropout and dropout in the base model's attention make a train-mode pass noisy,
+    so the cached `initial` reference must equal a fresh eval-mode pass."""
+    trainer = BDSTrainer(
+        make_config(max_steps=3, lora=LoraSettings(dropout=0.5), scheduler=scheduler)
+    )
+    trainer.setup()
+    decoder = trainer.row_losses.decoder
+    for layer in decoder.layers:
+        layer.self_attn.attention_dropout = 0.5
+    passes: list[tuple[bool, bool]] = []
+    decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append((torch.is_grad_enabled(), module.training)),
+        with_kwargs=True,
+    )
+    trainer.train()
+    no_grad_modes = [training for grad, training in passes if not grad]
+    grad_modes = [training for grad, training in passes if grad]
+    assert no_grad_modes and not any(no_grad_modes), passes
+    assert grad_modes and all(grad_modes), passes
+    if scheduler.reference == "initial":
+        known = torch.nonzero(trainer.reference.known).flatten()
+        assert len(known) > 0
+        trainer.model.eval()
+        with torch.no_grad(), trainer.model.disable_adapter():
+            expected = trainer.row_losses.batch(known, None)[0].cpu()
+        assert torch.allclose(trainer.reference.cache[known], expected, atol=1e-5)
+        # The same pass in train mode differs: the dropout is live, so the check can fail.
+        trainer.model.train()
+        with torch.no_grad(), trainer.model.disable_adapter():
+            noisy = trainer.row_losses.batch(known, None)[0].cpu()
+        assert not torch.allclose(noisy, expected, atol=1e-5)
+
+
 def test_a_row_without_answer_tokens_is_refused_with_line_and_reason(
     make_config: ConfigFactory, toy_data: ToyData
 ) -> None:
