@@ -81,25 +81,12 @@ def run_finetune_job(job_id: str) -> str:
 
     status = run_job(RunContext(context.uow, context.storage, context.settings), job_id)
     if status == "succeeded":
-        _register_adapter(job_id)
+        # Tell the inference engine about the adapter (vLLM's dynamic LoRA loading). Best
+        # effort: if the engine is down, the API registers the adapter on its first use.
+        from bds_service.inference.client import register_job_adapter
+
+        register_job_adapter(context.uow, context.storage, context.settings, job_id)
     return status
-
-
-def _register_adapter(job_id: str) -> None:
-    """Tell the inference engine about a succeeded job's adapter (vLLM's dynamic LoRA loading).
-
-    Best effort: if the engine is down, the API registers the adapter on its first use.
-    """
-    from bds_service.inference.client import register_adapter_sync
-    from bds_service.jobs.repository import load_job_for_task
-
-    context = worker_context(app)
-    with context.uow() as session:
-        job = load_job_for_task(session, job_id)
-        if job is None or job.adapter_key is None or job.fine_tuned_model is None:
-            return
-        name, adapter_dir = job.fine_tuned_model, context.storage.path(job.adapter_key)
-    register_adapter_sync(name, adapter_dir, context.settings)
 
 
 @app.task(name=REAP_JOBS, ignore_result=True)

@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session
 
 from bds_service.errors import ServiceError
+from bds_service.jobs.repository import load_job_for_task
+from bds_service.jobs.states import JobStatus
 from bds_service.settings import Settings
+from bds_service.storage import LocalStorage
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +98,28 @@ def register_adapter_sync(name: str, adapter_dir: Path, settings: Settings) -> b
     return False
 
 
+def register_job_adapter(
+    uow: Callable[[], AbstractContextManager[Session]],
+    storage: LocalStorage,
+    settings: Settings,
+    job_id: str,
+) -> bool:
+    """Register the adapter of a job that has just succeeded under its ``fine_tuned_model``
+    name (what the training worker does as the job succeeds). False, without asking the
+    engine, for a job that has not succeeded; otherwise as :func:`register_adapter_sync`."""
+    with uow() as session:
+        job = load_job_for_task(session, job_id)
+        if (
+            job is None
+            or job.status != JobStatus.SUCCEEDED
+            or job.adapter_key is None
+            or not job.fine_tuned_model
+        ):
+            return False
+        name, adapter_dir = job.fine_tuned_model, storage.path(job.adapter_key)
+    return register_adapter_sync(name, adapter_dir, settings)
+
+
 @dataclass
 class InferenceClient:
     """Async client of the engine, shared by the API's requests.
@@ -154,9 +181,26 @@ class InferenceClient:
 
     def _refused(self, response: httpx.Response) -> ServiceError:
         message = _engine_message(response)
-        if response.status_code >= 500:
+        status = response.status_code
+        if status >= 500:
             return InferenceUnavailableError(
                 f"the inference engine failed: {message}", code="inference_failed"
+            )
+        # The caller's request was checked before it was forwarded: an engine that refuses the
+        # service's key or does not know a model the API resolved is misconfigured, which is
+        # the deployment's fault, not the caller's.
+        if status in (401, 403):
+            logger.error("the inference engine refused the API's key: %s %s", status, message)
+            return InferenceUnavailableError(
+                f"the inference engine refused this service's key ({status}): "
+                "BDS_INFERENCE_API_KEY does not match the engine's",
+                code="inference_failed",
+            )
+        if status == 404:
+            logger.error("the inference engine does not serve a resolved model: %s", message)
+            return InferenceUnavailableError(
+                f"the inference engine does not serve this model: {message}",
+                code="inference_failed",
             )
         code = "context_length_exceeded" if "context" in message else "invalid_request"
         return EngineError(f"the inference engine refused the request: {message}", code=code)

@@ -23,9 +23,9 @@ from sqlalchemy import select
 
 from bds_service.db import SessionFactory, unit_of_work
 from bds_service.embedded import inference_worker, serve_app_in_thread
-from bds_service.inference.client import register_adapter_sync
+from bds_service.inference.client import register_job_adapter
 from bds_service.jobs.runner import RunContext, run_job
-from bds_service.models import AuditLog, FineTuningJob, InferenceUsage
+from bds_service.models import AuditLog, InferenceUsage
 from bds_service.settings import Settings
 from bds_service.storage import LocalStorage
 
@@ -144,12 +144,9 @@ def test_chat_completions_on_a_fine_tuned_model_through_the_openai_sdk(
     assert job.fine_tuned_model == model_name
 
     # The training worker registers the adapter with the engine as the job succeeds (vLLM's
-    # dynamic LoRA loading); the API, which has not registered it yet, takes "already loaded".
-    with session_factory() as session:
-        adapter_key = session.get_one(FineTuningJob, job.id).adapter_key
-    assert adapter_key is not None
-    adapter_dir = context.storage.path(adapter_key)
-    assert register_adapter_sync(model_name, adapter_dir, service_settings)
+    # dynamic LoRA loading, what run_finetune_job calls); the API, which has not registered it
+    # yet, takes the engine's "already loaded" on first use.
+    assert register_job_adapter(context.uow, context.storage, service_settings, job.id)
     served = httpx.get(f"{service_settings.inference_url}/v1/models").json()["data"]
     assert {"id": model_name, "parent": "tiny-random-llama"}.items() <= next(
         entry for entry in served if entry["id"] == model_name

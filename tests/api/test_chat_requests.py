@@ -72,3 +72,22 @@ def test_a_down_engine_is_a_503_that_says_so(client: TestClient, tenant: TenantK
         assert answer.status_code == 503, answer.text
         error = answer.json()["error"]
         assert error["code"] == "inference_unavailable" and "not available" in error["message"]
+
+
+def test_chat_completions_count_against_the_keys_rate_limit(
+    service_settings: Settings, tenant: TenantKey, other_tenant: TenantKey, publisher: Any
+) -> None:
+    """The per-key rate limit of every route: a streamed request counts like any other."""
+    from api.app import create_app
+
+    service_settings.rate_limit_requests = 2
+    service_settings.rate_limit_window_seconds = 60.0
+    with TestClient(create_app(service_settings, publisher)) as client:
+        assert _chat(client, tenant).status_code == 503  # counted, though the engine is down
+        assert _chat(client, tenant, stream=True).status_code == 503
+        limited = _chat(client, tenant)
+        assert limited.status_code == 429, limited.text
+        error = limited.json()["error"]
+        assert (error["code"], error["type"]) == ("rate_limit_exceeded", "rate_limit_error")
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert _chat(client, other_tenant).status_code == 503  # another key, its own allowance
