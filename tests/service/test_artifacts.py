@@ -45,8 +45,7 @@ def test_every_archived_file_is_0644_and_symlinks_are_left_out(
         else:
             with zipfile.ZipFile(archive) as packed:
                 modes = {
-                    info.filename: (info.external_attr >> 16) & 0o7777
-                    for info in packed.infolist()
+                    info.filename: (info.external_attr >> 16) & 0o7777 for info in packed.infolist()
                 }
                 content = packed.read("ftjob-x-adapter/adapter_model.safetensors")
     finally:
