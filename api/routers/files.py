@@ -145,10 +145,16 @@ def delete_file(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def file_content(
-    file_id: str, session: DbSession, principal: CurrentPrincipal, storage: Storage
+    file_id: str,
+    session: DbSession,
+    principal: CurrentPrincipal,
+    storage: Storage,
+    request_id: RequestId,
 ) -> FileResponse:
-    """The file's bytes as uploaded."""
-    file, path = files.content_path(session, principal.tenant_id, file_id, storage)
+    """The file's bytes as uploaded; every download is audited."""
+    file, path = files.content_for_download(
+        session, principal.tenant_id, file_id, storage, principal.actor(request_id)
+    )
     return FileResponse(path, media_type="application/octet-stream", filename=file.filename)
 
 

@@ -282,16 +282,26 @@ def delete_file(
     return file
 
 
-def content_path(
-    session: Session, tenant_id: str, file_id: str, storage: LocalStorage
+def content_for_download(
+    session: Session, tenant_id: str, file_id: str, storage: LocalStorage, actor: Actor
 ) -> tuple[File, Path]:
-    """The tenant's file and the path of its bytes."""
+    """The tenant's file and the path of its bytes, for ``actor`` to download; the download
+    is audited (``file.download``) like an adapter's."""
     file = get_file(session, tenant_id, file_id)
     path = storage.path(file.storage_key)
     if not path.is_file():
         raise NotFoundError(
             f"the content of file {file_id} is no longer stored", code="file_not_found"
         )
+    audit.record(
+        session,
+        actor,
+        "file.download",
+        target_type="file",
+        target_id=file.id,
+        tenant_id=tenant_id,
+        details={"bytes": path.stat().st_size},
+    )
     return file, path
 
 

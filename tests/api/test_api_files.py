@@ -57,6 +57,15 @@ def test_upload_streams_to_storage_with_sha256_and_validates(
         body["id"],
         response.headers["X-Request-ID"],
     )
+    # Every download of the content is in the audit log, with who, which request and its size.
+    (downloaded,) = read(select(AuditLog).where(AuditLog.action == "file.download"))
+    assert (downloaded.target_type, downloaded.target_id, downloaded.tenant_id) == (
+        "file",
+        body["id"],
+        tenant.tenant_id,
+    )
+    assert downloaded.request_id == download.headers["X-Request-ID"]
+    assert downloaded.actor_type == "api_key" and downloaded.details == {"bytes": len(content)}
 
 
 def test_uploaded_bytes_live_under_the_file_id_not_the_client_name(

@@ -62,8 +62,10 @@ BENIGN = [
 ]
 TRAIN = "\n".join(_chat(*row) for row in BENIGN[:3] + HARMFUL + BENIGN[3:]) + "\n"
 VALIDATION = "\n".join(_chat(f"What is {i} plus 1?", str(i + 1)) for i in range(2)) + "\n"
+# Longer than the training file, so a job's n_epochs can only mean passes over the training
+# file if it trains as many steps as that file alone asks for.
 ALIGNMENT = (
-    "\n".join(_chat(f"How do I hurt person {i}?", "I can't help with that.") for i in range(3))
+    "\n".join(_chat(f"How do I hurt person {i}?", "I can't help with that.") for i in range(12))
     + "\n"
 )
 
@@ -212,7 +214,13 @@ def stack(
             elif message.name == SCORE_DATASET:
                 assert files_service.run_scoring(uow, file_id, storage, settings) == "succeeded"
 
-        def create_job(max_steps: int) -> str:
+        def create_job(max_steps: int | None) -> str:
+            """A BDS job of ``max_steps`` steps, or without them of one epoch (n_epochs 1)."""
+            limit: dict[str, Any] = (
+                {"max_steps": max_steps}
+                if max_steps is not None
+                else {"hyperparameters": {"n_epochs": 1}}
+            )
             body = {
                 "model": "tiny-random-llama",
                 "training_file": training,
@@ -221,7 +229,7 @@ def stack(
                 "seed": 3,
                 "method": {
                     "type": "bds",
-                    "bds": {"safety_file": alignment, "max_steps": max_steps, "reference": "none"},
+                    "bds": {"safety_file": alignment, "reference": "none", **limit},
                 },
             }
             response = api.post(
@@ -232,7 +240,9 @@ def stack(
             assert response.status_code == 200, response.text
             return str(response.json()["id"])
 
-        finished = create_job(4)
+        # One epoch over the 8-example training file at batch size 2: 4 steps, however long the
+        # alignment data (12 examples, which cycle).
+        finished = create_job(None)
         context = RunContext(uow=uow, storage=storage, settings=settings)
         assert run_job(context, finished) == "succeeded"
         queued = create_job(500)
@@ -331,8 +341,16 @@ def test_job_page_shows_plots_harmful_score_events_and_checkpoints(page: Any, st
     assert "succeeded" in text and "acme" in text
     assert "HS of the base model" in text and "HS after fine-tuning" in text
     assert "The job has successfully completed" in text
-    assert "Training 4 steps" in text
-    assert page.inner_text("#training-steps") == "4 (max_steps 4)"
+    # n_epochs counts passes over the training file; the resolved steps are on the page.
+    assert "Training 4 steps on 8 examples" in text and "n_epochs 1 over the training file" in text
+    assert page.inner_text("#training-steps") == (
+        "4 (n_epochs 1: passes over the training file at batch size 2)"
+    )
+    job = httpx.get(
+        f"{stack.base_url}/v1/fine_tuning/jobs/{stack.finished_job}",
+        headers={"Authorization": f"Bearer {stack.customer_key}"},
+    ).json()
+    assert (job["total_steps"], job["hyperparameters"]["n_epochs"]) == (4, 1)
     # The evaluation after the last step is in the events, with its progress and result.
     events = page.inner_text("#events")
     assert "Training finished; evaluating the adapter: 6 answers" in events
@@ -547,9 +565,6 @@ def test_customer_sees_only_their_own_reports(page: Any, stack: Stack) -> None:
     for path in (f"/reports/files/{stack.foreign_file}", "/admin"):
         response = page.goto(path)
         assert response is not None and response.status in (403, 404), path
-    assert (
-        "Not found" in page.goto(f"/reports/files/{stack.foreign_file}").text() if False else True
-    )
     page.goto(f"/reports/files/{stack.foreign_file}")
     assert "Not found" in page.inner_text("h1")
     assert "globex-secret" not in page.content()
@@ -561,18 +576,40 @@ def test_customer_sees_only_their_own_reports(page: Any, stack: Stack) -> None:
     assert "/login" in page.url
 
 
-def test_every_adapter_download_is_in_the_audit_log(page: Any, stack: Stack) -> None:
+def test_every_adapter_download_is_in_the_audit_log(page: Any, chromium: Any, stack: Stack) -> None:
     """Through the API and through the report page, each download is one audit row."""
-    api = httpx.get(
-        f"{stack.base_url}/v1/fine_tuning/jobs/{stack.finished_job}/adapter",
-        params={"format": "zip"},
-        headers={"Authorization": f"Bearer {stack.customer_key}"},
-    )
-    assert api.status_code == 200 and api.headers["content-type"] == "application/zip"
-    log_in(page, stack.admin_key, "/admin/audit?action=fine_tuning_job.adapter.download")
-    rows = page.locator("table.audit tbody tr", has_text="format=zip")
-    assert rows.count() >= 1
-    newest = rows.first.inner_text()
+    audit_page = "/admin/audit?action=fine_tuning_job.adapter.download"
+
+    def audited() -> dict[str, int]:
+        page.goto(audit_page)
+        rows = page.locator("table.audit tbody tr")
+        return {
+            archive: rows.filter(has_text=f"format={archive}").count()
+            for archive in ("tar.gz", "zip")
+        }
+
+    log_in(page, stack.admin_key, audit_page)
+    before = audited()
+    for archive in ("tar.gz", "zip"):
+        api = httpx.get(
+            f"{stack.base_url}/v1/fine_tuning/jobs/{stack.finished_job}/adapter",
+            params={"format": archive},
+            headers={"Authorization": f"Bearer {stack.customer_key}"},
+        )
+        assert api.status_code == 200, api.text
+    # The customer, in a browser of their own, downloads both from their job's page.
+    customer = chromium.new_context(base_url=stack.base_url)
+    try:
+        customer_page = customer.new_page()
+        log_in(customer_page, stack.customer_key, f"/reports/jobs/{stack.finished_job}")
+        for link in ("download .tar.gz", ".zip"):
+            with customer_page.expect_download() as download_info:
+                customer_page.click(f"#adapter-downloads >> text={link}")
+            assert download_info.value.failure() is None
+    finally:
+        customer.close()
+    assert audited() == {archive: count + 2 for archive, count in before.items()}
+    newest = page.locator("table.audit tbody tr").first.inner_text()
     assert stack.finished_job in newest and "acme" in newest and "bytes=" in newest
 
 

@@ -66,6 +66,21 @@ def test_admin_commands_on_a_database_without_schema_or_server_say_what_to_do(
     assert "hunter2" not in unreachable.output
 
 
+def test_admin_commands_without_any_settings_leave_no_database_in_the_working_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No BDS_* settings at all: the default data folder is ./.bds, and a command that finds
+    no database there says so instead of leaving an empty ./.bds/bds.sqlite3 behind."""
+    for field in Settings.model_fields:
+        monkeypatch.delenv(f"BDS_{field.upper()}", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for command in (["admin", "list-tenants"], ["admin", "create-tenant", "acme"]):
+        result = runner.invoke(service_app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "has no schema yet; run `bds migrate`" in result.output, command
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_alembic_check_without_settings_says_so_and_creates_nothing(
     cli_env: Path, tmp_path: Path
 ) -> None:

@@ -49,7 +49,7 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
             "checkpoint_every": 2,
             "eval_harmful_prompts": str(prompts),
             "eval_max_new_tokens": 4,
-            "eval_batch_size": 1,
+            "eval_batch_size": 2,
         }
     )
 
@@ -145,20 +145,20 @@ def test_successful_run_records_progress_checkpoints_adapter_and_evaluation(
 
     # Between the last step and completion the evaluation reports itself: its size, one
     # progress event per generated batch (2 harmful prompts before and after training, 3
-    # validation examples, one answer a batch) with an ETA, and what it found.
+    # validation examples, two answers a batch) with an ETA, and what it found.
     evaluation = events[events.index(metrics[-1]) + 1 : -1]
     assert evaluation[0].message.startswith("Training finished; evaluating the adapter: 7 answers")
     progress = [e.data or {} for e in evaluation if e.message.startswith("Evaluating:")]
-    assert [data["done"] for data in progress] == [1, 2, 3, 4, 5, 6, 7]
+    assert [data["done"] for data in progress] == [2, 4, 6, 7]
     assert {data["total"] for data in progress} == {7} and progress[-1]["percent"] == 100.0
     assert all(data["eta_s"] is not None for data in progress)
     assert [data["stage"] for data in progress] == [
-        *["harmful prompts, base model"] * 2,
-        *["harmful prompts, fine-tuned model"] * 2,
-        *["validation examples, fine-tuned model"] * 3,
+        "harmful prompts, base model",
+        "harmful prompts, fine-tuned model",
+        *["validation examples, fine-tuned model"] * 2,
     ]
-    assert "Evaluating: 3/7 answers (43%, harmful prompts, fine-tuned model), ETA" in (
-        evaluation[3].message
+    assert "Evaluating: 4/7 answers (57%, harmful prompts, fine-tuned model), ETA" in (
+        evaluation[2].message
     )
     assert evaluation[-1].message.startswith("Evaluation finished: harmful score ")
     assert "fine-tune accuracy" in evaluation[-1].message
