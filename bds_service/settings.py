@@ -122,7 +122,9 @@ class Settings(BaseSettings):
     eval_max_new_tokens: int = Field(default=48, gt=0, description="answer length in evaluation")
     eval_max_examples: int = Field(default=200, gt=0, description="validation examples used for FA")
     eval_batch_size: int = Field(
-        default=8,
+        # 32 answers of SmolLM2-135M at a time cost half the CPU of 8 at a time, with the same
+        # greedy answers (docs/benchmarks.md, "Evaluation batch").
+        default=32,
         gt=0,
         le=256,
         description="answers generated together in the evaluation; a progress event follows "
