@@ -165,7 +165,7 @@ def _start_api(database_url: str, folder: Path, workers: int) -> tuple[ServicePr
     }
     log_path = folder / "api.log"
     try:
-        return start_api(environment, log_path, cwd=REPO_ROOT, workers=workers, timeout_s=90)
+        return start_api(environment, log_path, cwd=REPO_ROOT, workers=workers, timeout_s=300)
     except ServiceNotReadyError as error:
         raise SystemExit(f"{error}:\n{log_path.read_text()[-3000:]}") from error
 
