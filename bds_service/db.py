@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,6 +99,20 @@ def make_read_session_factory(engine: Engine) -> SessionFactory:
             bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
     return make_session_factory(engine)
+
+
+def execute_inserts(session: Session, statements: Sequence[Insert]) -> None:
+    """Run INSERT statements in the session's transaction: on PostgreSQL in one round trip
+    (all but the last as data-modifying CTEs of the last; foreign keys are checked at the
+    end of the statement, so their order does not matter), elsewhere one by one."""
+    *first, last = statements
+    if first and session.get_bind().dialect.name == "postgresql":
+        for index, statement in enumerate(first):
+            last = last.add_cte(statement.cte(f"insert_{index}"))
+        session.execute(last)
+        return
+    for statement in statements:
+        session.execute(statement)
 
 
 _AFTER_COMMIT_KEY = "bds_after_commit"
