@@ -177,14 +177,32 @@ def unit_of_work(session_factory: SessionFactory, sender: TaskSender) -> Iterato
     session = session_factory()
     try:
         yield session
+    except BaseException:
+        abandon_unit_of_work(session)
+        raise
+    complete_unit_of_work(session, sender)
+
+
+def complete_unit_of_work(session: Session, sender: TaskSender) -> None:
+    """The successful end of :func:`unit_of_work`: commit and close ``session``, then publish
+    its buffered tasks; if the commit fails, :func:`abandon_unit_of_work` and re-raise."""
+    try:
         session.commit()
     except BaseException:
+        abandon_unit_of_work(session)
+        raise
+    session.close()
+    finish_commit(session, sender)
+
+
+def abandon_unit_of_work(session: Session) -> None:
+    """The failed end of :func:`unit_of_work`: roll back and close ``session``, forget its
+    buffered tasks and run its after-rollback callbacks."""
+    try:
         session.rollback()
         discard_after_commit(session)
-        raise
     finally:
         session.close()
-    finish_commit(session, sender)
 
 
 def alembic_config(database_url: str) -> Any:
