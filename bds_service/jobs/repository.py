@@ -67,17 +67,23 @@ def insert_new_job(
     job as a persistent object of the session, built from ``values`` without reading it back.
 
     The same rows the unit of work would write (only the columns given are sent; the others
-    take their defaults), but as Core statements, one round trip on PostgreSQL
-    (:func:`bds_service.db.execute_inserts`): a job create is the busiest write. ``values``
-    must hold ``created_at``, which the events and the audit row share.
+    take their defaults), but as Core statements, each compiled once per process: the job and
+    its audit row in one statement on PostgreSQL (:func:`bds_service.db.execute_inserts`),
+    then the events. A job create is the busiest write. ``values`` must hold ``created_at``,
+    which the events and the audit row share.
     """
     columns = _job_columns()
     created_at = values["created_at"]
-    statements = [
-        insert(table_of(FineTuningJob)).values({columns[k]: v for k, v in values.items()}),
-        insert(table_of(AuditLog)).values({**audit_row, "created_at": created_at}),
-    ]
+    execute_inserts(
+        session,
+        [
+            insert(table_of(FineTuningJob)).values({columns[k]: v for k, v in values.items()}),
+            insert(table_of(AuditLog)).values({**audit_row, "created_at": created_at}),
+        ],
+    )
     if events:
+        # One executemany, rows in order (``seq`` orders a job's events). A multi-row VALUES
+        # would be one statement too, but SQLAlchemy compiles those afresh on every call.
         rows = [
             {
                 "id": new_id(EVENT_PREFIX),
@@ -88,8 +94,7 @@ def insert_new_job(
             }
             for event in events
         ]
-        statements.insert(1, insert(table_of(JobEvent)).values(rows))
-    execute_inserts(session, statements)
+        session.execute(insert(table_of(JobEvent)), rows)
     job = FineTuningJob(**{**dict.fromkeys(columns), **values})
     make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
     session.add(job)
