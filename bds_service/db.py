@@ -101,18 +101,20 @@ def make_read_session_factory(engine: Engine) -> SessionFactory:
     return make_session_factory(engine)
 
 
-def execute_inserts(session: Session, statements: Sequence[Insert]) -> None:
-    """Run INSERT statements in the session's transaction: on PostgreSQL in one round trip
-    (all but the last as data-modifying CTEs of the last; foreign keys are checked at the
-    end of the statement, so their order does not matter), elsewhere one by one."""
+def combined_inserts(dialect: str, statements: Sequence[Insert]) -> list[Insert]:
+    """``statements`` as few statements as ``dialect`` runs them in: on PostgreSQL one, all
+    but the last as data-modifying CTEs of the last (one round trip; foreign keys are checked
+    at the end of the statement, so the order does not matter), elsewhere the same ones.
+
+    For INSERTs built once with bind parameters of distinct names: run each statement of the
+    result with one dict of all the parameters (a statement ignores the others).
+    """
     *first, last = statements
-    if first and session.get_bind().dialect.name == "postgresql":
-        for index, statement in enumerate(first):
-            last = last.add_cte(statement.cte(f"insert_{index}"))
-        session.execute(last)
-        return
-    for statement in statements:
-        session.execute(statement)
+    if dialect != "postgresql":
+        return list(statements)
+    for index, statement in enumerate(first):
+        last = last.add_cte(statement.cte(f"insert_{index}"))
+    return [last]
 
 
 _AFTER_COMMIT_KEY = "bds_after_commit"
