@@ -23,6 +23,7 @@ from api.ratelimit import (
     RateLimiter,
     check_auth_failures,
     check_rate_limit,
+    check_request_limits,
     record_auth_failure,
 )
 from bds_service.db import SessionFactory, abandon_unit_of_work, complete_unit_of_work
@@ -196,11 +197,23 @@ def _authenticate_key(
     services: AppServices, key: str, client: str, cached: Principal | None = None
 ) -> Principal:
     """Check the address's failed authentications, look the key up (unless ``cached``, its
-    principal from the cache), count a failure or the request against the key's rate limit."""
-    check_auth_failures(services.auth_failure_limiter, client, services.settings)
+    principal from the cache), count a failure or the request against the key's rate limit.
+
+    A key found in the cache needs no lookup between the two checks, so they are made
+    together: one Redis round trip where both count in Redis.
+    """
+    if cached is None and services.key_cache is not None:
+        cached = _cached(services, key)
     if cached is not None:
-        check_rate_limit(services.rate_limiter, cached.key_id, services.settings)
+        check_request_limits(
+            services.auth_failure_limiter,
+            services.rate_limiter,
+            client,
+            cached.key_id,
+            services.settings,
+        )
         return cached
+    check_auth_failures(services.auth_failure_limiter, client, services.settings)
     try:
         with (services.read_session_factory or services.session_factory)() as session:
             principal = authenticate(
