@@ -8,10 +8,11 @@ client never sees a success that was not stored.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -22,9 +23,10 @@ from api.ratelimit import (
     RateLimiter,
     check_auth_failures,
     check_rate_limit,
+    check_request_limits,
     record_auth_failure,
 )
-from bds_service.db import SessionFactory, unit_of_work
+from bds_service.db import SessionFactory, abandon_unit_of_work, complete_unit_of_work
 from bds_service.errors import AuthenticationError, PermissionDeniedError
 from bds_service.inference.client import InferenceClient
 from bds_service.settings import Settings
@@ -73,11 +75,25 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 Storage = Annotated[LocalStorage, Depends(get_storage)]
 
 
-def get_session(services: Services) -> Iterator[Session]:
+async def get_session(services: Services) -> AsyncIterator[Session]:
     """One transaction per request (:func:`bds_service.db.unit_of_work`): commit on success,
-    roll back on error, then publish."""
-    with unit_of_work(services.session_factory, services.publisher) as session:
+    roll back on error, then publish.
+
+    Async, so that opening the session costs no hop to a worker thread (it does no I/O: it
+    connects at its first statement, on the endpoint's thread). The commit or rollback, which
+    wait on the database, run on a worker thread with a limiter of their own, as FastAPI runs
+    a sync dependency's exit: never waiting for a thread that a request waiting for this
+    session's connection may hold. FastAPI shields a dependency's exit from cancellation.
+    """
+    session = services.session_factory()
+    try:
         yield session
+    except BaseException:
+        await to_thread.run_sync(abandon_unit_of_work, session, limiter=CapacityLimiter(1))
+        raise
+    await to_thread.run_sync(
+        complete_unit_of_work, session, services.publisher, limiter=CapacityLimiter(1)
+    )
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
@@ -181,11 +197,23 @@ def _authenticate_key(
     services: AppServices, key: str, client: str, cached: Principal | None = None
 ) -> Principal:
     """Check the address's failed authentications, look the key up (unless ``cached``, its
-    principal from the cache), count a failure or the request against the key's rate limit."""
-    check_auth_failures(services.auth_failure_limiter, client, services.settings)
+    principal from the cache), count a failure or the request against the key's rate limit.
+
+    A key found in the cache needs no lookup between the two checks, so they are made
+    together: one Redis round trip where both count in Redis.
+    """
+    if cached is None and services.key_cache is not None:
+        cached = _cached(services, key)
     if cached is not None:
-        check_rate_limit(services.rate_limiter, cached.key_id, services.settings)
+        check_request_limits(
+            services.auth_failure_limiter,
+            services.rate_limiter,
+            client,
+            cached.key_id,
+            services.settings,
+        )
         return cached
+    check_auth_failures(services.auth_failure_limiter, client, services.settings)
     try:
         with (services.read_session_factory or services.session_factory)() as session:
             principal = authenticate(

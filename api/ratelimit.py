@@ -14,6 +14,9 @@ fixed-window counter per key in Redis, shared by every API process, with ``INCR`
 ``EXPIRE`` in one transaction so a crash between them cannot leave a counter that never
 expires. If Redis is unreachable the request is let through and the failure logged: a broken
 counter must not take the whole API down.
+
+:func:`check_request_limits` is the check of a request whose key is already known: the
+address's failures, then the key's requests, in one Redis round trip when both count there.
 """
 
 from __future__ import annotations
@@ -110,6 +113,20 @@ class MemoryRateLimiter:
         self._next_prune_at = max(self.prune_at, 2 * len(self._buckets))
 
 
+# KEYS: the address's failure counter, the key's request counter (their current windows).
+# ARGV: the failures that block the address, the request counter's lifetime in seconds.
+# Like blocked() then hit(): the request is not counted when the address is blocked.
+_BLOCKED_THEN_HIT = """
+local failures = tonumber(redis.call('GET', KEYS[1]) or '0')
+if failures >= tonumber(ARGV[1]) then
+  return {failures, 0}
+end
+local count = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {failures, count}
+"""
+
+
 class RedisRateLimiter:
     """A fixed-window counter per key in Redis, shared by every API process."""
 
@@ -128,7 +145,9 @@ class RedisRateLimiter:
             raise ValueError(
                 f"rate limit needs requests > 0 and window_s > 0, got {requests} and {window_s}"
             )
+        self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._blocked_then_hit = self.client.register_script(_BLOCKED_THEN_HIT)  # no I/O yet
         self.requests = requests
         self.window_s = window_s
         self.prefix = prefix
@@ -166,6 +185,26 @@ class RedisRateLimiter:
         if count < self.requests:
             return None
         return window_left_s
+
+    def hit_unless_blocked(
+        self, key: str, failures: RedisRateLimiter, address: str
+    ) -> tuple[float | None, float | None]:
+        """``failures.blocked(address)`` and, only if that allows it, ``self.hit(key)``, in
+        one round trip (a Lua script; ``failures`` counts in the same Redis): the wait of the
+        one that refuses, as (address's wait, None) or (None, key's wait), or (None, None)."""
+        failure_counter, failure_window_left_s = failures._window(address)
+        counter, window_left_s = self._window(key)
+        try:
+            failed, count = self._blocked_then_hit(
+                keys=[failure_counter, counter],
+                args=[failures.requests, math.ceil(self.window_s) + 1],
+            )
+        except Exception:
+            logger.exception("rate-limit counter unavailable; letting the request through")
+            return None, None
+        if int(failed) >= failures.requests:
+            return failure_window_left_s, None
+        return None, None if int(count) <= self.requests else window_left_s
 
 
 def _build_limiter(
@@ -212,19 +251,31 @@ def _limit_exceeded(what: str, code: str, wait_s: float) -> LimitExceededError:
     )
 
 
-def check_rate_limit(limiter: RateLimiter | None, key: str, settings: Settings) -> None:
-    """Count a request of ``key``; LimitExceededError (429 with Retry-After) past the limit."""
-    if limiter is None:
-        return
-    wait_s = limiter.hit(key)
-    if wait_s is None:
-        return
-    raise _limit_exceeded(
+def _too_many_requests(settings: Settings, wait_s: float) -> LimitExceededError:
+    return _limit_exceeded(
         f"rate limit reached: at most {settings.rate_limit_requests} requests per "
         f"{settings.rate_limit_window_seconds:g} s per API key",
         "rate_limit_exceeded",
         wait_s,
     )
+
+
+def _too_many_failures(settings: Settings, wait_s: float) -> LimitExceededError:
+    return _limit_exceeded(
+        f"too many failed authentications from your address: at most "
+        f"{settings.auth_failure_limit} per {settings.auth_failure_window_seconds:g} s",
+        "too_many_failed_authentications",
+        wait_s,
+    )
+
+
+def check_rate_limit(limiter: RateLimiter | None, key: str, settings: Settings) -> None:
+    """Count a request of ``key``; LimitExceededError (429 with Retry-After) past the limit."""
+    if limiter is None:
+        return
+    wait_s = limiter.hit(key)
+    if wait_s is not None:
+        raise _too_many_requests(settings, wait_s)
 
 
 def check_auth_failures(limiter: RateLimiter | None, client: str, settings: Settings) -> None:
@@ -233,14 +284,33 @@ def check_auth_failures(limiter: RateLimiter | None, client: str, settings: Sett
     if limiter is None:
         return
     wait_s = limiter.blocked(client)
-    if wait_s is None:
+    if wait_s is not None:
+        raise _too_many_failures(settings, wait_s)
+
+
+def check_request_limits(
+    failures: RateLimiter | None,
+    requests: RateLimiter | None,
+    client: str,
+    key: str,
+    settings: Settings,
+) -> None:
+    """:func:`check_auth_failures` of ``client``, then :func:`check_rate_limit` of ``key``,
+    for a request whose key is known without a lookup: in one round trip when both count in
+    the same Redis (the production setting), else one check after the other."""
+    if (
+        isinstance(failures, RedisRateLimiter)
+        and isinstance(requests, RedisRateLimiter)
+        and failures.url == requests.url
+    ):
+        failures_wait_s, requests_wait_s = requests.hit_unless_blocked(key, failures, client)
+        if failures_wait_s is not None:
+            raise _too_many_failures(settings, failures_wait_s)
+        if requests_wait_s is not None:
+            raise _too_many_requests(settings, requests_wait_s)
         return
-    raise _limit_exceeded(
-        f"too many failed authentications from your address: at most "
-        f"{settings.auth_failure_limit} per {settings.auth_failure_window_seconds:g} s",
-        "too_many_failed_authentications",
-        wait_s,
-    )
+    check_auth_failures(failures, client, settings)
+    check_rate_limit(requests, key, settings)
 
 
 def record_auth_failure(limiter: RateLimiter | None, client: str, settings: Settings) -> None:

@@ -45,17 +45,40 @@ def record(
 ) -> AuditLog:
     """Add an audit row for ``action`` on ``target`` to the session's transaction."""
     row = AuditLog(
-        actor_type=actor.actor_type,
-        actor_id=actor.actor_id,
-        tenant_id=tenant_id if tenant_id is not None else actor.tenant_id,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        request_id=actor.request_id,
-        details=details,
+        **row_values(
+            actor,
+            action,
+            target_type=target_type,
+            target_id=target_id,
+            tenant_id=tenant_id,
+            details=details,
+        )
     )
     session.add(row)
     return row
+
+
+def row_values(
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str,
+    target_id: str | None,
+    tenant_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns of the audit row of ``action`` on ``target`` (as :func:`record` writes
+    it), for a caller that writes the row with a Core INSERT."""
+    return {
+        "actor_type": actor.actor_type,
+        "actor_id": actor.actor_id,
+        "tenant_id": tenant_id if tenant_id is not None else actor.tenant_id,
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "request_id": actor.request_id,
+        "details": details,
+    }
 
 
 def list_for_tenant(session: Session, tenant_id: str, limit: int = 100) -> list[AuditLog]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,6 +101,22 @@ def make_read_session_factory(engine: Engine) -> SessionFactory:
     return make_session_factory(engine)
 
 
+def combined_inserts(dialect: str, statements: Sequence[Insert]) -> list[Insert]:
+    """``statements`` as few statements as ``dialect`` runs them in: on PostgreSQL one, all
+    but the last as data-modifying CTEs of the last (one round trip; foreign keys are checked
+    at the end of the statement, so the order does not matter), elsewhere the same ones.
+
+    For INSERTs built once with bind parameters of distinct names: run each statement of the
+    result with one dict of all the parameters (a statement ignores the others).
+    """
+    *first, last = statements
+    if dialect != "postgresql":
+        return list(statements)
+    for index, statement in enumerate(first):
+        last = last.add_cte(statement.cte(f"insert_{index}"))
+    return [last]
+
+
 _AFTER_COMMIT_KEY = "bds_after_commit"
 
 
@@ -163,14 +179,32 @@ def unit_of_work(session_factory: SessionFactory, sender: TaskSender) -> Iterato
     session = session_factory()
     try:
         yield session
+    except BaseException:
+        abandon_unit_of_work(session)
+        raise
+    complete_unit_of_work(session, sender)
+
+
+def complete_unit_of_work(session: Session, sender: TaskSender) -> None:
+    """The successful end of :func:`unit_of_work`: commit and close ``session``, then publish
+    its buffered tasks; if the commit fails, :func:`abandon_unit_of_work` and re-raise."""
+    try:
         session.commit()
     except BaseException:
+        abandon_unit_of_work(session)
+        raise
+    session.close()
+    finish_commit(session, sender)
+
+
+def abandon_unit_of_work(session: Session) -> None:
+    """The failed end of :func:`unit_of_work`: roll back and close ``session``, forget its
+    buffered tasks and run its after-rollback callbacks."""
+    try:
         session.rollback()
         discard_after_commit(session)
-        raise
     finally:
         session.close()
-    finish_commit(session, sender)
 
 
 def alembic_config(database_url: str) -> Any:

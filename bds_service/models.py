@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -115,6 +116,11 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON(),
         str: String(),
     }
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's Core table, for the few Core statements that skip the ORM's bookkeeping."""
+    return cast(Table, model.__table__)
 
 
 class Tenant(Base):

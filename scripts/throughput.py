@@ -5,7 +5,9 @@ simulated client, starts the API (uvicorn with ``--workers``) on 127.0.0.1, then
 headless for each scenario (authenticated list of files, job create, file upload) at each
 client count for ``--seconds``, and prints one table row per run from Locust's own CSV
 statistics. Rate limits are off and the cap on unfinished jobs is huge (no worker runs the
-jobs); task messages go to the in-process memory broker. The database is dropped at the end.
+jobs); task messages go to the in-process memory broker. With ``--rate-limit-redis URL`` the
+limits count in that Redis as in production (limits no run reaches: every request is counted,
+none refused). The database is dropped at the end.
 
     .venv/bin/python scripts/throughput.py --workers 4 --clients 1,10,50 --seconds 20
 
@@ -147,7 +149,9 @@ def _accounts(database_url: str, count: int, folder: Path) -> list[dict[str, str
     return accounts
 
 
-def _start_api(database_url: str, folder: Path, workers: int) -> tuple[ServiceProcess, str]:
+def _start_api(
+    database_url: str, folder: Path, workers: int, rate_limit_redis: str | None
+) -> tuple[ServiceProcess, str]:
     settings = {
         "BDS_DATABASE_URL": database_url,
         "BDS_BROKER_URL": "memory://",
@@ -159,13 +163,19 @@ def _start_api(database_url: str, folder: Path, workers: int) -> tuple[ServicePr
         "BDS_RATE_LIMIT_REQUESTS": "0",
         "BDS_AUTH_FAILURE_LIMIT": "0",
     }
+    if rate_limit_redis:
+        settings.update(
+            BDS_RATE_LIMIT_REDIS_URL=rate_limit_redis,
+            BDS_RATE_LIMIT_REQUESTS=str(10**9),
+            BDS_AUTH_FAILURE_LIMIT=str(10**9),
+        )
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BDS_")},
         **settings,
     }
     log_path = folder / "api.log"
     try:
-        return start_api(environment, log_path, cwd=REPO_ROOT, workers=workers, timeout_s=90)
+        return start_api(environment, log_path, cwd=REPO_ROOT, workers=workers, timeout_s=300)
     except ServiceNotReadyError as error:
         raise SystemExit(f"{error}:\n{log_path.read_text()[-3000:]}") from error
 
@@ -244,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="list,create,upload")
     parser.add_argument("--postgres", default=load_test.DEFAULT_POSTGRES)
     parser.add_argument(
+        "--rate-limit-redis",
+        metavar="URL",
+        help="count the rate limits in this Redis, as production does (default: limits off)",
+    )
+    parser.add_argument(
         "--cores", type=float, default=2, help="idle cores the CPU-implied ceilings assume"
     )
     args = parser.parse_args(argv)
@@ -253,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     try:
         accounts = _accounts(database_url, max(client_counts), folder)
-        process, base_url = _start_api(database_url, folder, args.workers)
+        process, base_url = _start_api(database_url, folder, args.workers, args.rate_limit_redis)
         print(f"API: {args.workers} uvicorn worker(s); {os.cpu_count()} CPU(s); "
               f"load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
         database = database_url.rsplit("/", 1)[-1]

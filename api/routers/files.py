@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
-from api.schemas.common import ERROR_RESPONSES, ErrorResponse, Limit, ListResponse, list_response
+from api.schemas.common import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    Limit,
+    ListResponse,
+    json_response,
+    list_response,
+)
 from api.schemas.files import FileDeleted, FileObject, FileSafetyReport
 from api.uploads import receive_upload
 from bds_service.db import call_after_rollback
@@ -101,13 +108,13 @@ def list_files(
     limit: Annotated[int, Limit] = 20,
     order: Literal["asc", "desc"] = "desc",
     purpose: Annotated[str | None, Query(max_length=32)] = None,
-) -> ListResponse[FileObject]:
+) -> Response:
     """Your files, newest first by default; pass the last id as ``after`` for the next page."""
     page = files.list_files(
         session, principal.tenant_id, after=after, limit=limit, order=order, purpose=purpose
     )
     data = [FileObject.from_row(row) for row in page.items]
-    return list_response(data, has_more=page.has_more)
+    return json_response(list_response(data, has_more=page.has_more))
 
 
 @router.get("/{file_id}", response_model=FileObject)

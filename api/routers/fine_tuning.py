@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
-from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse, list_response
+from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse, json_response, list_response
 from api.schemas.jobs import (
     CheckpointObject,
     FineTuningJobObject,
@@ -31,13 +31,12 @@ _METADATA_FILTER = re.compile(r"^metadata\[(.{1,64})\]$")
 @router.post("", response_model=FineTuningJobObject)
 def create_job(
     body: JobCreate,
-    response: Response,
     session: DbSession,
     principal: CurrentPrincipal,
     settings: AppSettings,
     request_id: RequestId,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> FineTuningJobObject:
+) -> Response:
     """Create a fine-tuning job (BDS by default). A retried ``Idempotency-Key`` returns the
     job the first request created; the same key with a different body is a 422."""
     created = jobs.create_job(
@@ -48,9 +47,10 @@ def create_job(
         settings=settings,
         idempotency_key=jobs.check_idempotency_key(idempotency_key),
     )
-    if not created.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return FineTuningJobObject.from_row(created.job)
+    return json_response(
+        FineTuningJobObject.from_row(created.job),
+        headers=None if created.created else {"Idempotent-Replayed": "true"},
+    )
 
 
 @router.get("", response_model=ListResponse[FineTuningJobObject])
@@ -60,7 +60,7 @@ def list_jobs(
     principal: CurrentPrincipal,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Limit] = 20,
-) -> ListResponse[FineTuningJobObject]:
+) -> Response:
     """Your jobs, newest first; filter with ``metadata[key]=value`` query parameters."""
     metadata: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -75,7 +75,7 @@ def list_jobs(
         session, principal.tenant_id, after=after, limit=limit, metadata=metadata or None
     )
     data = [FineTuningJobObject.from_row(job) for job in page.items]
-    return list_response(data, has_more=page.has_more)
+    return json_response(list_response(data, has_more=page.has_more))
 
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJobObject)

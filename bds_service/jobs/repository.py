@@ -9,17 +9,127 @@ it happened. Two workers, or a worker and a cancel request, can never both win.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Insert, Select, and_, bindparam, func, insert, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
+from bds_service.db import combined_inserts
+from bds_service.ids import EVENT_PREFIX, new_id
 from bds_service.jobs.states import ACTIVE_STATUSES, JobStatus, check_transition
-from bds_service.models import FineTuningJob, IdempotencyKey, JobCheckpoint, JobEvent, utcnow
+from bds_service.models import (
+    AuditLog,
+    FineTuningJob,
+    IdempotencyKey,
+    JobCheckpoint,
+    JobEvent,
+    table_of,
+    utcnow,
+)
 from bds_service.repository import Page, TenantScopedRepository
+
+
+@dataclass(frozen=True)
+class StoredIdempotencyKey:
+    """What a stored Idempotency-Key says about the request that first used it."""
+
+    endpoint: str
+    request_fingerprint: str
+    resource_id: str
+
+
+def find_idempotency_key(session: Session, tenant_id: str, key: str) -> StoredIdempotencyKey | None:
+    """The tenant's stored Idempotency-Key ``key``, or None."""
+    row = session.execute(_find_key_statement(), {"tenant_id": tenant_id, "key": key}).first()
+    if row is None:
+        return None
+    endpoint, fingerprint, resource_id = row
+    return StoredIdempotencyKey(endpoint, fingerprint, resource_id)
+
+
+@cache
+def _find_key_statement() -> Select[str, str, str]:
+    # Built once (the busiest requests look keys up): the values are bound at execution.
+    return select(
+        IdempotencyKey.endpoint, IdempotencyKey.request_fingerprint, IdempotencyKey.resource_id
+    ).where(
+        IdempotencyKey.tenant_id == bindparam("tenant_id"), IdempotencyKey.key == bindparam("key")
+    )
+
+
+def insert_new_job(
+    session: Session,
+    values: dict[str, Any],
+    *,
+    events: Sequence[dict[str, Any]],
+    audit_row: dict[str, Any],
+) -> FineTuningJob:
+    """INSERT a new job, its first events (``level``, ``event_type``, ``message`` and
+    ``data`` each) and its audit row (:func:`bds_service.audit.row_values`), and return the
+    job as a persistent object of the session, built from ``values`` without reading it back.
+
+    The same rows the unit of work would write (only the columns given are sent; the others
+    take their defaults), but as Core statements, built and compiled once per process: the
+    job and its audit row in one statement on PostgreSQL
+    (:func:`bds_service.db.combined_inserts`), then the events. A job create is the busiest
+    write. ``values`` must hold ``created_at``, which the events and the audit row share.
+    """
+    columns = _job_columns()
+    created_at = values["created_at"]
+    params = {f"job_{columns[key]}": value for key, value in values.items()}
+    params.update({f"audit_{key}": value for key, value in audit_row.items()})
+    params["audit_created_at"] = created_at
+    for statement in _job_and_audit_inserts(session.get_bind().dialect.name, tuple(params)):
+        session.execute(statement, params)
+    if events:
+        # One executemany, rows in order (``seq`` orders a job's events). A multi-row VALUES
+        # would be one statement too, but SQLAlchemy compiles those afresh on every call.
+        rows = [
+            {
+                "id": new_id(EVENT_PREFIX),
+                "job_id": values["id"],
+                "tenant_id": values["tenant_id"],
+                "created_at": created_at,
+                **event,
+            }
+            for event in events
+        ]
+        session.execute(insert(table_of(JobEvent)), rows)
+    job = FineTuningJob(**{**dict.fromkeys(columns), **values})
+    make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
+    session.add(job)
+    return job
+
+
+@cache
+def _job_and_audit_inserts(dialect: str, names: tuple[str, ...]) -> list[Insert]:
+    """The INSERTs of a job and its audit row for these parameter names (``job_<column>``,
+    ``audit_<column>``), bound at execution."""
+
+    def bound(prefix: str) -> dict[str, Any]:
+        return {
+            name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)
+        }
+
+    return combined_inserts(
+        dialect,
+        [
+            insert(table_of(FineTuningJob)).values(bound("job_")),
+            insert(table_of(AuditLog)).values(bound("audit_")),
+        ],
+    )
+
+
+@cache
+def _job_columns() -> dict[str, str]:
+    """Column key of each attribute of a job (``job_metadata`` is the column ``metadata``)."""
+    return {attr.key: attr.columns[0].key for attr in inspect(FineTuningJob).column_attrs}
 
 
 def claim_idempotency_key(
@@ -36,22 +146,30 @@ def claim_idempotency_key(
     the unique key until the first ends, then stores nothing (the first committed) or its own
     claim (the first rolled back). One statement: no savepoint around an INSERT that may fail.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        insert(IdempotencyKey)
-        .values(
-            tenant_id=tenant_id,
-            key=key,
-            endpoint=endpoint,
-            request_fingerprint=request_fingerprint,
-            resource_id=resource_id,
-            created_at=utcnow(),
-        )
+    params = {
+        "tenant_id": tenant_id,
+        "key": key,
+        "endpoint": endpoint,
+        "request_fingerprint": request_fingerprint,
+        "resource_id": resource_id,
+        "created_at": utcnow(),
+    }
+    statement = _claim_statement(session.get_bind().dialect.name)
+    return session.execute(statement, params).first() is not None
+
+
+@cache
+def _claim_statement(dialect: str) -> Insert:
+    # Built once (every job create claims its key): the values are bound at execution.
+    table = table_of(IdempotencyKey)
+    insert_into = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    names = ("tenant_id", "key", "endpoint", "request_fingerprint", "resource_id", "created_at")
+    return (
+        insert_into(table)
+        .values({name: bindparam(name) for name in names})
         .on_conflict_do_nothing()
-        .returning(IdempotencyKey.key)
+        .returning(table.c.key)
     )
-    return session.execute(statement).first() is not None
 
 
 class JobRepository(TenantScopedRepository[FineTuningJob]):

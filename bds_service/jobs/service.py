@@ -30,12 +30,15 @@ from bds_service.errors import (
 from bds_service.files.repository import FileRepository, load_file_for_task
 from bds_service.files.states import FilePurpose, FileStatus
 from bds_service.ids import JOB_PREFIX, new_id
-from bds_service.jobs.lifecycle import JobChange, add_event, fail_job, job_error, move_job
+from bds_service.jobs.lifecycle import JobChange, fail_job, job_error, move_job
 from bds_service.jobs.repository import (
     JobCheckpointRepository,
     JobEventRepository,
     JobRepository,
+    StoredIdempotencyKey,
     claim_idempotency_key,
+    find_idempotency_key,
+    insert_new_job,
     jobs_waiting_on_file,
     load_job_for_task,
     succeeded_jobs,
@@ -44,7 +47,6 @@ from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import (
     File,
     FineTuningJob,
-    IdempotencyKey,
     JobCheckpoint,
     JobEvent,
     utcnow,
@@ -150,7 +152,7 @@ def _resolve_hyperparameters(requested: dict[str, Any], settings: Settings) -> d
 
 
 def _replay(
-    session: Session, record: IdempotencyKey, tenant_id: str, fingerprint: str
+    session: Session, record: StoredIdempotencyKey, tenant_id: str, fingerprint: str
 ) -> CreatedJob:
     if record.endpoint != CREATE_ENDPOINT or record.request_fingerprint != fingerprint:
         raise UnprocessableError(
@@ -206,7 +208,7 @@ def create_job(
     """Create a job, or return the one an earlier request with the same key created."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
-        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
+        existing = find_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(session, existing, tenant_id, fingerprint)
 
@@ -287,11 +289,22 @@ def create_job(
             code="too_many_concurrent_requests",
             headers={"Retry-After": "1"},
         ) from busy
-    if idempotency_key is not None:
-        # A request with this key may have committed while we waited for the lock: replay it.
-        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
-        if existing is not None:
-            return _replay(session, existing, tenant_id, fingerprint)
+    job_id = new_id(JOB_PREFIX)
+    if idempotency_key is not None and not claim_idempotency_key(
+        session,
+        tenant_id=tenant_id,
+        key=idempotency_key,
+        endpoint=CREATE_ENDPOINT,
+        request_fingerprint=fingerprint,
+        resource_id=job_id,
+    ):
+        # A request with this key committed while we waited for the lock: replay it. (The
+        # claim comes first so that a replay is never refused by the checks below; if one of
+        # them refuses this request, the rollback takes the claim back.)
+        existing = find_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:  # the claim found a committed key that this read cannot see
+            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
+        return _replay(session, existing, tenant_id, fingerprint)
     cap = limits_for(tenant, settings).max_concurrent_jobs
     unfinished = JobRepository(session, tenant_id).count_unfinished()
     if unfinished >= cap:
@@ -312,66 +325,65 @@ def create_job(
         training_file_id=spec.training_file,
         method_type=spec.method_type,
     )
-    job_id = new_id(JOB_PREFIX)
-    if idempotency_key is not None and not claim_idempotency_key(
-        session,
-        tenant_id=tenant_id,
-        key=idempotency_key,
-        endpoint=CREATE_ENDPOINT,
-        request_fingerprint=fingerprint,
-        resource_id=job_id,
-    ):
-        # Claimed first: of two concurrent requests with one key, the second waits on the
-        # unique key until the first commits, then replays it.
-        existing = session.get(IdempotencyKey, (tenant_id, idempotency_key))
-        if existing is None:  # the claim found a committed key that this read cannot see
-            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
-        return _replay(session, existing, tenant_id, fingerprint)
 
     hyperparameters = _resolve_hyperparameters(spec.hyperparameters, settings)
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
     if spec.method_type == "bds":
         method_block.update(spec.bds)
     all_processed = all(file.status == FileStatus.PROCESSED for file in files)
-    job = FineTuningJob(
-        id=job_id,
-        tenant_id=tenant_id,
-        model=spec.model,
-        training_file_id=spec.training_file,
-        validation_file_id=spec.validation_file,
-        safety_file_id=safety_file_id,
-        status=(JobStatus.QUEUED if all_processed else JobStatus.VALIDATING_FILES).value,
-        hyperparameters=hyperparameters,
-        method={"type": spec.method_type, spec.method_type: method_block},
-        suffix=spec.suffix,
-        seed=spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
-        job_metadata=spec.metadata,
-        dispatched_at=utcnow(),
-        dispatch_count=0,
+    now = utcnow()
+    # The job, its events and its audit row: Core INSERTs in one round trip on PostgreSQL.
+    job = insert_new_job(
+        session,
+        {
+            "id": job_id,
+            "tenant_id": tenant_id,
+            "model": spec.model,
+            "training_file_id": spec.training_file,
+            "validation_file_id": spec.validation_file,
+            "safety_file_id": safety_file_id,
+            "status": (JobStatus.QUEUED if all_processed else JobStatus.VALIDATING_FILES).value,
+            "hyperparameters": hyperparameters,
+            "method": {"type": spec.method_type, spec.method_type: method_block},
+            "suffix": spec.suffix,
+            "seed": spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED),
+            "job_metadata": spec.metadata,
+            "created_at": now,
+            "attempt": 0,
+            "dispatched_at": now,
+            "dispatch_count": 0,
+        },
+        events=[
+            _message(f"Created fine-tuning job: {job_id}"),
+            _message(
+                "Files validated, job queued"
+                if all_processed
+                else f"Validating training file: {spec.training_file}"
+            ),
+        ],
+        audit_row=audit.row_values(
+            actor,
+            "fine_tuning_job.create",
+            target_type="fine_tuning_job",
+            target_id=job_id,
+            details={
+                "model": spec.model,
+                "method": spec.method_type,
+                "idempotency_key": idempotency_key,
+            },
+        ),
     )
-    session.add(job)
-    session.flush()
-    add_event(session, job, f"Created fine-tuning job: {job.id}")
     if all_processed:
-        add_event(session, job, "Files validated, job queued")
         enqueue_after_commit(session, training_message(job))
     else:
-        add_event(session, job, f"Validating training file: {spec.training_file}")
         # Also covers a file that finished validating while this transaction was open.
         enqueue_after_commit(session, TaskMessage(PREPARE_JOB, (job.id,)))
-    audit.record(
-        session,
-        actor,
-        "fine_tuning_job.create",
-        target_type="fine_tuning_job",
-        target_id=job.id,
-        details={
-            "model": spec.model,
-            "method": spec.method_type,
-            "idempotency_key": idempotency_key,
-        },
-    )
     return CreatedJob(job=job, created=True)
+
+
+def _message(text: str) -> dict[str, Any]:
+    """An info event's columns (:func:`bds_service.jobs.repository.insert_new_job`)."""
+    return {"level": "info", "event_type": "message", "message": text, "data": None}
 
 
 def list_jobs(

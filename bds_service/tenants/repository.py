@@ -35,7 +35,9 @@ class TenantRepository:
         whose foreign keys take a key-share lock on it, does not wait for the holder. With
         ``wait_seconds`` (PostgreSQL), TenantLockTimeoutError if another transaction holds
         the lock longer than that: a waiter holds a database connection, and a queue of them
-        would starve every other request of connections.
+        would starve every other request of connections. The lock is first tried without
+        waiting (``SKIP LOCKED``), one statement when it is free; only when another
+        transaction holds it is ``lock_timeout`` set for the wait and reset after it.
         """
         statement = (
             select(Tenant)
@@ -45,6 +47,11 @@ class TenantRepository:
         )
         bounded = wait_seconds is not None and self.session.get_bind().dialect.name == "postgresql"
         if bounded:
+            free = self.session.scalars(
+                statement.with_for_update(key_share=True, skip_locked=True)
+            ).one_or_none()
+            if free is not None:
+                return free
             milliseconds = max(1, round(1000 * (wait_seconds or 0)))
             self.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
         try:

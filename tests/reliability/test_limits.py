@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from api.ratelimit import MemoryRateLimiter, RedisRateLimiter, check_request_limits
 from bds_service.audit import Actor
 from bds_service.db import SessionFactory
 from bds_service.errors import LimitExceededError
@@ -64,6 +64,67 @@ def test_redis_limiter_counts_per_key_and_window(clock: FakeClock, redis_url: st
 def test_unreachable_redis_lets_requests_through() -> None:
     limiter = RedisRateLimiter("redis://127.0.0.1:1/0", requests=1, window_s=10.0)
     assert limiter.hit("key-a") is None and limiter.hit("key-a") is None
+    check_request_limits(limiter, limiter, "198.51.100.4", "key-a", Settings())
+
+
+class _CommandCounter:
+    """Counts the commands a real Redis client sends (each one is a round trip here)."""
+
+    def __init__(self, limiter: RedisRateLimiter) -> None:
+        self.sent: list[str] = []
+        send = limiter.client.execute_command
+
+        def counting(*args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return send(*args, **options)
+
+        limiter.client.execute_command = counting  # type: ignore[method-assign]
+
+
+def test_a_known_keys_limits_are_checked_in_one_redis_round_trip(
+    clock: FakeClock, redis_url: str, service_settings: Settings
+) -> None:
+    prefix = f"bds-test:{uuid.uuid4().hex}:"
+    failures = RedisRateLimiter(
+        redis_url, requests=2, window_s=60.0, prefix=f"{prefix}fail:", clock=clock
+    )
+    requests = RedisRateLimiter(
+        redis_url, requests=3, window_s=10.0, prefix=f"{prefix}req:", clock=clock
+    )
+    service_settings.rate_limit_requests, service_settings.rate_limit_window_seconds = 3, 10.0
+    service_settings.auth_failure_limit = 2
+
+    def check(address: str, key: str) -> None:
+        check_request_limits(failures, requests, address, key, service_settings)
+
+    try:
+        check("198.51.100.4", "key-a")  # loads the script into Redis if it is not there yet
+        counted = _CommandCounter(requests)
+        failures_counted = _CommandCounter(failures)
+        check("198.51.100.4", "key-a")
+        assert counted.sent == ["EVALSHA"] and failures_counted.sent == []
+        check("198.51.100.4", "key-a")
+        with pytest.raises(LimitExceededError) as limited:
+            check("198.51.100.4", "key-a")
+        assert limited.value.code == "rate_limit_exceeded"
+        assert limited.value.headers == {"Retry-After": "10"}  # the window ends in 10 s
+        assert requests.client.ttl(f"{prefix}req:key-a:{100_000}") > 0  # it expires
+
+        # An address that used up its failed authentications is refused before its key's
+        # requests are counted, as by check_auth_failures then check_rate_limit.
+        failures.hit("203.0.113.7")
+        check("203.0.113.7", "key-b")
+        failures.hit("203.0.113.7")
+        with pytest.raises(LimitExceededError) as blocked:
+            check("203.0.113.7", "key-b")
+        assert blocked.value.code == "too_many_failed_authentications"
+        assert blocked.value.headers == {"Retry-After": "20"}  # its window ends at 1_000_020
+        assert requests.client.get(f"{prefix}req:key-b:{100_000}") == b"1"
+        clock.now += 20.0
+        check("203.0.113.7", "key-b")
+    finally:
+        for key in requests.client.scan_iter(f"{prefix}*"):
+            requests.client.delete(key)
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])

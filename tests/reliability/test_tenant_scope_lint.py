@@ -41,8 +41,9 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
     ("bds_service/tenants/repository.py", "find_active_key"): (
         "authentication: finds the key by its HMAC before any tenant is known"
     ),
-    ("bds_service/jobs/service.py", "create_job"): (
-        "session.get(IdempotencyKey, (tenant_id, key)): the primary key includes the tenant"
+    ("bds_service/jobs/repository.py", "_find_key_statement"): (
+        "an Idempotency-Key by its primary key (tenant_id, key): the caller's tenant is bound "
+        "at execution (the statement is built once)"
     ),
     ("bds_service/audit.py", "list_for_tenant"): (
         "admin read of one tenant's audit rows; filters on AuditLog.tenant_id itself"
