@@ -46,7 +46,11 @@ class StoredIdempotencyKey:
 
 def find_idempotency_key(session: Session, tenant_id: str, key: str) -> StoredIdempotencyKey | None:
     """The tenant's stored Idempotency-Key ``key``, or None."""
-    row = session.execute(_find_key_statement(), {"tenant_id": tenant_id, "key": key}).first()
+    row = (
+        session.connection()
+        .execute(_find_key_statement(), {"tenant_id": tenant_id, "key": key})
+        .first()
+    )
     if row is None:
         return None
     endpoint, fingerprint, resource_id = row
@@ -76,31 +80,31 @@ def insert_new_job(
 
     The same rows the unit of work would write (only the columns given are sent; the others
     take their defaults), but as Core statements, built and compiled once per process: the
-    job and its audit row in one statement on PostgreSQL
-    (:func:`bds_service.db.combined_inserts`), then the events. A job create is the busiest
-    write. ``values`` must hold ``created_at``, which the events and the audit row share.
+    job, its audit row and its events in one statement on PostgreSQL
+    (:func:`bds_service.db.combined_inserts`). A job create is the busiest write. ``values``
+    must hold ``created_at``, which the events and the audit row share.
     """
     columns = _job_columns()
     created_at = values["created_at"]
     params = {f"job_{columns[key]}": value for key, value in values.items()}
     params.update({f"audit_{key}": value for key, value in audit_row.items()})
     params["audit_created_at"] = created_at
-    for statement in _job_and_audit_inserts(session.get_bind().dialect.name, tuple(params)):
-        session.execute(statement, params)
-    if events:
-        # One executemany, rows in order (``seq`` orders a job's events). A multi-row VALUES
-        # would be one statement too, but SQLAlchemy compiles those afresh on every call.
-        rows = [
-            {
-                "id": new_id(EVENT_PREFIX),
-                "job_id": values["id"],
-                "tenant_id": values["tenant_id"],
-                "created_at": created_at,
-                **event,
-            }
-            for event in events
-        ]
-        session.execute(insert(table_of(JobEvent)), rows)
+    event_names: list[tuple[str, ...]] = []
+    for index, event in enumerate(events):
+        # The rows of one multi-row VALUES, inserted in order (``seq`` orders a job's events).
+        row = {
+            "id": new_id(EVENT_PREFIX),
+            "job_id": values["id"],
+            "tenant_id": values["tenant_id"],
+            "created_at": created_at,
+            **event,
+        }
+        params.update({f"event{index}_{key}": value for key, value in row.items()})
+        event_names.append(tuple(row))
+    statements = _job_inserts(session.get_bind().dialect.name, tuple(params), tuple(event_names))
+    connection = session.connection()
+    for statement in statements:
+        connection.execute(statement, params)
     job = FineTuningJob(**{**dict.fromkeys(columns), **values})
     make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
     session.add(job)
@@ -108,22 +112,28 @@ def insert_new_job(
 
 
 @cache
-def _job_and_audit_inserts(dialect: str, names: tuple[str, ...]) -> list[Insert]:
-    """The INSERTs of a job and its audit row for these parameter names (``job_<column>``,
-    ``audit_<column>``), bound at execution."""
+def _job_inserts(
+    dialect: str, names: tuple[str, ...], event_columns: tuple[tuple[str, ...], ...]
+) -> list[Insert]:
+    """The INSERTs of a job, its audit row and its events for these parameter names
+    (``job_<column>``, ``audit_<column>``, ``event<index>_<column>``), bound at execution."""
 
     def bound(prefix: str) -> dict[str, Any]:
         return {
             name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)
         }
 
-    return combined_inserts(
-        dialect,
-        [
-            insert(table_of(FineTuningJob)).values(bound("job_")),
-            insert(table_of(AuditLog)).values(bound("audit_")),
-        ],
-    )
+    inserts = [
+        insert(table_of(FineTuningJob)).values(bound("job_")),
+        insert(table_of(AuditLog)).values(bound("audit_")),
+    ]
+    if event_columns:
+        rows: list[dict[str, Any]] = [
+            {column: bindparam(f"event{index}_{column}") for column in columns}
+            for index, columns in enumerate(event_columns)
+        ]
+        inserts.append(insert(table_of(JobEvent)).values(rows))
+    return combined_inserts(dialect, inserts)
 
 
 @cache
@@ -155,7 +165,7 @@ def claim_idempotency_key(
         "created_at": utcnow(),
     }
     statement = _claim_statement(session.get_bind().dialect.name)
-    return session.execute(statement, params).first() is not None
+    return session.connection().execute(statement, params).first() is not None
 
 
 @cache
@@ -179,12 +189,10 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
 
     def count_unfinished(self) -> int:
         """How many of the tenant's jobs are not yet succeeded, failed or cancelled."""
-        statement = (
-            self.scoped()
-            .with_only_columns(func.count())
-            .where(FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)))
+        result = self.session.connection().execute(
+            _count_unfinished_statement(), {"tenant_id": self.tenant_id}
         )
-        return int(self.session.scalar(statement) or 0)
+        return int(result.scalar_one())
 
     def page(
         self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None
@@ -194,6 +202,15 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
         for key, value in (metadata or {}).items():
             statement = statement.where(FineTuningJob.job_metadata[key].as_string() == value)
         return self.paginate_by_creation(statement, after=after, limit=limit, order="desc")
+
+
+@cache
+def _count_unfinished_statement() -> Select[int]:
+    # Built once (every job create counts under its tenant's lock): bound at execution.
+    return select(func.count()).where(
+        FineTuningJob.tenant_id == bindparam("tenant_id"),
+        FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)),
+    )
 
 
 class JobEventRepository(TenantScopedRepository[JobEvent]):
