@@ -80,31 +80,34 @@ def insert_new_job(
 
     The same rows the unit of work would write (only the columns given are sent; the others
     take their defaults), but as Core statements, built and compiled once per process: the
-    job, its audit row and its events in one statement on PostgreSQL
-    (:func:`bds_service.db.combined_inserts`). A job create is the busiest write. ``values``
-    must hold ``created_at``, which the events and the audit row share.
+    job and its audit row in one statement on PostgreSQL
+    (:func:`bds_service.db.combined_inserts`), then the events. A job create is the busiest
+    write. ``values`` must hold ``created_at``, which the events and the audit row share.
     """
     columns = _job_columns()
     created_at = values["created_at"]
     params = {f"job_{columns[key]}": value for key, value in values.items()}
     params.update({f"audit_{key}": value for key, value in audit_row.items()})
     params["audit_created_at"] = created_at
-    event_names: list[tuple[str, ...]] = []
-    for index, event in enumerate(events):
-        # The rows of one multi-row VALUES, inserted in order (``seq`` orders a job's events).
-        row = {
-            "id": new_id(EVENT_PREFIX),
-            "job_id": values["id"],
-            "tenant_id": values["tenant_id"],
-            "created_at": created_at,
-            **event,
-        }
-        params.update({f"event{index}_{key}": value for key, value in row.items()})
-        event_names.append(tuple(row))
-    statements = _job_inserts(session.get_bind().dialect.name, tuple(params), tuple(event_names))
     connection = session.connection()
-    for statement in statements:
+    for statement in _job_and_audit_inserts(session.get_bind().dialect.name, tuple(params)):
         connection.execute(statement, params)
+    if events:
+        # One executemany (one round trip: psycopg pipelines it), rows in order (``seq``
+        # orders a job's events). A multi-row VALUES would be one statement too, and could
+        # join the job's, but SQLAlchemy cannot cache a multi-row VALUES: it would be
+        # compiled afresh on every call.
+        rows = [
+            {
+                "id": new_id(EVENT_PREFIX),
+                "job_id": values["id"],
+                "tenant_id": values["tenant_id"],
+                "created_at": created_at,
+                **event,
+            }
+            for event in events
+        ]
+        connection.execute(_event_insert(), rows)
     job = FineTuningJob(**{**dict.fromkeys(columns), **values})
     make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
     session.add(job)
@@ -112,28 +115,27 @@ def insert_new_job(
 
 
 @cache
-def _job_inserts(
-    dialect: str, names: tuple[str, ...], event_columns: tuple[tuple[str, ...], ...]
-) -> list[Insert]:
-    """The INSERTs of a job, its audit row and its events for these parameter names
-    (``job_<column>``, ``audit_<column>``, ``event<index>_<column>``), bound at execution."""
+def _event_insert() -> Insert:
+    return insert(table_of(JobEvent))
+
+
+@cache
+def _job_and_audit_inserts(dialect: str, names: tuple[str, ...]) -> list[Insert]:
+    """The INSERTs of a job and its audit row for these parameter names (``job_<column>``,
+    ``audit_<column>``), bound at execution."""
 
     def bound(prefix: str) -> dict[str, Any]:
         return {
             name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)
         }
 
-    inserts = [
-        insert(table_of(FineTuningJob)).values(bound("job_")),
-        insert(table_of(AuditLog)).values(bound("audit_")),
-    ]
-    if event_columns:
-        rows: list[dict[str, Any]] = [
-            {column: bindparam(f"event{index}_{column}") for column in columns}
-            for index, columns in enumerate(event_columns)
-        ]
-        inserts.append(insert(table_of(JobEvent)).values(rows))
-    return combined_inserts(dialect, inserts)
+    return combined_inserts(
+        dialect,
+        [
+            insert(table_of(FineTuningJob)).values(bound("job_")),
+            insert(table_of(AuditLog)).values(bound("audit_")),
+        ],
+    )
 
 
 @cache
