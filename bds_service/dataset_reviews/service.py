@@ -22,7 +22,11 @@ from sqlalchemy.orm import Session
 
 from bds_service import audit
 from bds_service.audit import Actor
-from bds_service.dataset_reviews.repository import DatasetReviewRepository
+from bds_service.dataset_reviews.repository import (
+    DatasetReviewRepository,
+    ReviewedFile,
+    reviewed_files,
+)
 from bds_service.errors import ConflictError, InvalidRequestError, PermissionDeniedError
 from bds_service.files.states import FilePurpose, SafetyStatus
 from bds_service.models import DatasetReview, File, utcnow
@@ -143,7 +147,16 @@ def flagged_lines(file: File) -> set[int]:
     return {int(row["line"]) for row in report.get("examples", []) if row.get("flagged")}
 
 
-def _param_of(file: File, training_file_id: str) -> str:
+def reviewed_files_for_new_job(
+    session: Session, tenant_id: str, file_ids: Sequence[str]
+) -> dict[str, ReviewedFile]:
+    """The tenant's live files among ``file_ids``, by id, share-locked, each with the
+    provider's review (and its safety report where the review's policy needs it), for
+    :func:`check_files_for_new_job`."""
+    return reviewed_files(session, tenant_id, file_ids, reports_for=(DROP_FLAGGED, REJECT))
+
+
+def _param_of(file: ReviewedFile, training_file_id: str) -> str:
     if file.id == training_file_id:
         return "training_file"
     return (
@@ -153,7 +166,7 @@ def _param_of(file: File, training_file_id: str) -> str:
     )
 
 
-def _report_ready(file: File, param: str, policy: str) -> dict[str, Any]:
+def _report_ready(file: ReviewedFile, param: str, policy: str) -> dict[str, Any]:
     if file.safety_status != SafetyStatus.SUCCEEDED or not file.safety_report:
         state = file.safety_status or "not started"
         raise ConflictError(
@@ -167,22 +180,13 @@ def _report_ready(file: File, param: str, policy: str) -> dict[str, Any]:
 
 
 def check_files_for_new_job(
-    session: Session,
-    tenant_id: str,
-    files: Sequence[File],
-    *,
-    training_file_id: str,
-    method_type: str,
+    files: Sequence[ReviewedFile], *, training_file_id: str, method_type: str
 ) -> None:
     """Refuse a new job whose files the provider blocked, or whose training file's policy it
     breaks; every refusal names the file and says what would be accepted."""
-    reviews = DatasetReviewRepository(session, tenant_id).for_files(file.id for file in files)
     for file in files:
-        review = reviews.get(file.id)
-        if review is None:
-            continue
         param = _param_of(file, training_file_id)
-        if review.decision == BLOCKED:
+        if file.decision == BLOCKED:
             raise PermissionDeniedError(
                 f"{param} {file.id} was blocked by the provider after reviewing its safety "
                 "report; it cannot be used for new fine-tuning jobs (upload different data, "
@@ -190,17 +194,17 @@ def check_files_for_new_job(
                 code="file_blocked",
                 param=param,
             )
-        if file.id != training_file_id or review.policy is None:
+        if file.id != training_file_id or file.policy is None:
             continue
-        if review.policy == DOWNWEIGHT and method_type != "bds":
+        if file.policy == DOWNWEIGHT and method_type != "bds":
             raise InvalidRequestError(
                 f"training_file {file.id} has the provider's policy 'downweight': jobs on it "
                 "must use method bds, which lowers the weight of harmful-looking examples",
                 code="dataset_policy_requires_bds",
                 param="method",
             )
-        if review.policy == DROP_FLAGGED:
-            report = _report_ready(file, param, review.policy)
+        if file.policy == DROP_FLAGGED:
+            report = _report_ready(file, param, file.policy)
             if report.get("n_examples") and report.get("n_flagged") == report.get("n_examples"):
                 raise InvalidRequestError(
                     f"training_file {file.id} has the provider's policy 'drop_flagged' and its "
@@ -209,8 +213,8 @@ def check_files_for_new_job(
                     code="dataset_policy_drops_all_examples",
                     param=param,
                 )
-        if review.policy == REJECT:
-            report = _report_ready(file, param, review.policy)
+        if file.policy == REJECT:
+            report = _report_ready(file, param, file.policy)
             if report.get("n_flagged"):
                 raise PermissionDeniedError(
                     f"training_file {file.id} has the provider's policy 'reject' and its safety "

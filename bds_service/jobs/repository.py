@@ -46,7 +46,11 @@ class StoredIdempotencyKey:
 
 def find_idempotency_key(session: Session, tenant_id: str, key: str) -> StoredIdempotencyKey | None:
     """The tenant's stored Idempotency-Key ``key``, or None."""
-    row = session.execute(_find_key_statement(), {"tenant_id": tenant_id, "key": key}).first()
+    row = (
+        session.connection()
+        .execute(_find_key_statement(), {"tenant_id": tenant_id, "key": key})
+        .first()
+    )
     if row is None:
         return None
     endpoint, fingerprint, resource_id = row
@@ -85,11 +89,14 @@ def insert_new_job(
     params = {f"job_{columns[key]}": value for key, value in values.items()}
     params.update({f"audit_{key}": value for key, value in audit_row.items()})
     params["audit_created_at"] = created_at
+    connection = session.connection()
     for statement in _job_and_audit_inserts(session.get_bind().dialect.name, tuple(params)):
-        session.execute(statement, params)
+        connection.execute(statement, params)
     if events:
-        # One executemany, rows in order (``seq`` orders a job's events). A multi-row VALUES
-        # would be one statement too, but SQLAlchemy compiles those afresh on every call.
+        # One executemany (one round trip: psycopg pipelines it), rows in order (``seq``
+        # orders a job's events). A multi-row VALUES would be one statement too, and could
+        # join the job's, but SQLAlchemy cannot cache a multi-row VALUES: it would be
+        # compiled afresh on every call.
         rows = [
             {
                 "id": new_id(EVENT_PREFIX),
@@ -100,11 +107,16 @@ def insert_new_job(
             }
             for event in events
         ]
-        session.execute(insert(table_of(JobEvent)), rows)
+        connection.execute(_event_insert(), rows)
     job = FineTuningJob(**{**dict.fromkeys(columns), **values})
     make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
     session.add(job)
     return job
+
+
+@cache
+def _event_insert() -> Insert:
+    return insert(table_of(JobEvent))
 
 
 @cache
@@ -155,7 +167,7 @@ def claim_idempotency_key(
         "created_at": utcnow(),
     }
     statement = _claim_statement(session.get_bind().dialect.name)
-    return session.execute(statement, params).first() is not None
+    return session.connection().execute(statement, params).first() is not None
 
 
 @cache
@@ -179,12 +191,10 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
 
     def count_unfinished(self) -> int:
         """How many of the tenant's jobs are not yet succeeded, failed or cancelled."""
-        statement = (
-            self.scoped()
-            .with_only_columns(func.count())
-            .where(FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)))
+        result = self.session.connection().execute(
+            _count_unfinished_statement(), {"tenant_id": self.tenant_id}
         )
-        return int(self.session.scalar(statement) or 0)
+        return int(result.scalar_one())
 
     def page(
         self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None
@@ -194,6 +204,15 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
         for key, value in (metadata or {}).items():
             statement = statement.where(FineTuningJob.job_metadata[key].as_string() == value)
         return self.paginate_by_creation(statement, after=after, limit=limit, order="desc")
+
+
+@cache
+def _count_unfinished_statement() -> Select[int]:
+    # Built once (every job create counts under its tenant's lock): bound at execution.
+    return select(func.count()).where(
+        FineTuningJob.tenant_id == bindparam("tenant_id"),
+        FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)),
+    )
 
 
 class JobEventRepository(TenantScopedRepository[JobEvent]):

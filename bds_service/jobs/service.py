@@ -19,7 +19,11 @@ from sqlalchemy.orm import Session
 
 from bds_service import audit
 from bds_service.audit import Actor
-from bds_service.dataset_reviews.service import check_files_for_new_job
+from bds_service.dataset_reviews.repository import ReviewedFile
+from bds_service.dataset_reviews.service import (
+    check_files_for_new_job,
+    reviewed_files_for_new_job,
+)
 from bds_service.errors import (
     ConflictError,
     InvalidRequestError,
@@ -27,7 +31,7 @@ from bds_service.errors import (
     NotFoundError,
     UnprocessableError,
 )
-from bds_service.files.repository import FileRepository, load_file_for_task
+from bds_service.files.repository import load_file_for_task
 from bds_service.files.states import FilePurpose, FileStatus
 from bds_service.ids import JOB_PREFIX, new_id
 from bds_service.jobs.lifecycle import JobChange, fail_job, job_error, move_job
@@ -45,7 +49,6 @@ from bds_service.jobs.repository import (
 )
 from bds_service.jobs.states import TERMINAL_STATUSES, JobStatus
 from bds_service.models import (
-    File,
     FineTuningJob,
     JobCheckpoint,
     JobEvent,
@@ -54,7 +57,7 @@ from bds_service.models import (
 from bds_service.repository import Page
 from bds_service.settings import Settings
 from bds_service.tasks import PREPARE_JOB, RUN_FINETUNE_JOB, TaskMessage, enqueue_after_commit
-from bds_service.tenants.limits import limits_for
+from bds_service.tenants.limits import TenantLimitOverrides
 from bds_service.tenants.repository import TenantLockTimeoutError, TenantRepository
 
 MethodType = Literal["bds", "supervised"]
@@ -108,17 +111,10 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 
 def _usable_file(
-    session: Session,
-    tenant_id: str,
-    file_id: str,
-    *,
-    purpose: FilePurpose,
-    param: str,
-) -> File:
+    found: dict[str, ReviewedFile], file_id: str, *, purpose: FilePurpose, param: str
+) -> ReviewedFile:
     """A tenant's live file of the right purpose that did not fail validation."""
-    # Shared lock: a concurrent delete of the file waits for this create (and then refuses,
-    # the file being in use), or this create waits for the delete (and finds no file).
-    file = FileRepository(session, tenant_id).live(file_id, lock="share")
+    file = found.get(file_id)
     if file is None:
         raise InvalidRequestError(
             f"{param} {file_id!r} is not one of your files", code=f"invalid_{param}", param=param
@@ -219,13 +215,22 @@ def create_job(
             code="model_not_available",
             param="model",
         )
+    safety_file_id = spec.bds.get("safety_file")
+    # Every file of the job in one statement, share-locked: a concurrent delete of one waits
+    # for this create (and then refuses, the file being in use), or this create waits for the
+    # delete (and finds no file). Many creates share a file at once.
+    found = reviewed_files_for_new_job(
+        session,
+        tenant_id,
+        [
+            file_id
+            for file_id in (spec.training_file, spec.validation_file, safety_file_id)
+            if file_id is not None
+        ],
+    )
     files = [
         _usable_file(
-            session,
-            tenant_id,
-            spec.training_file,
-            purpose=FilePurpose.FINE_TUNE,
-            param="training_file",
+            found, spec.training_file, purpose=FilePurpose.FINE_TUNE, param="training_file"
         )
     ]
     if spec.validation_file is not None:
@@ -238,14 +243,12 @@ def create_job(
             )
         files.append(
             _usable_file(
-                session,
-                tenant_id,
+                found,
                 spec.validation_file,
                 purpose=FilePurpose.FINE_TUNE,
                 param="validation_file",
             )
         )
-    safety_file_id = spec.bds.get("safety_file")
     if safety_file_id is not None:
         if spec.method_type != "bds":
             raise InvalidRequestError(
@@ -253,7 +256,7 @@ def create_job(
                 code="invalid_safety_file",
                 param="method.bds.safety_file",
             )
-        safety = FileRepository(session, tenant_id).live(safety_file_id, lock="share")
+        safety = found.get(safety_file_id)
         if (
             safety is None
             or safety.purpose != FilePurpose.SAFETY_ALIGNMENT
@@ -281,7 +284,9 @@ def create_job(
     # the cap on unfinished jobs. The wait is bounded: a queue of waiters would hold database
     # connections that every other request needs.
     try:
-        tenant = TenantRepository(session).lock(tenant_id, wait_seconds=TENANT_LOCK_WAIT_S)
+        overrides = TenantRepository(session).lock_limits(
+            tenant_id, wait_seconds=TENANT_LOCK_WAIT_S
+        )
     except TenantLockTimeoutError as busy:
         raise LimitExceededError(
             "other requests of your organization are creating fine-tuning jobs at this moment; "
@@ -305,7 +310,7 @@ def create_job(
         if existing is None:  # the claim found a committed key that this read cannot see
             raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
         return _replay(session, existing, tenant_id, fingerprint)
-    cap = limits_for(tenant, settings).max_concurrent_jobs
+    cap = (overrides or TenantLimitOverrides()).resolve(settings).max_concurrent_jobs
     unfinished = JobRepository(session, tenant_id).count_unfinished()
     if unfinished >= cap:
         raise LimitExceededError(
@@ -317,13 +322,10 @@ def create_job(
             headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
         )
 
-    # The provider's review: blocked files and the training file's policy.
+    # The provider's review (read with the files): blocked files and the training file's
+    # policy.
     check_files_for_new_job(
-        session,
-        tenant_id,
-        files,
-        training_file_id=spec.training_file,
-        method_type=spec.method_type,
+        files, training_file_id=spec.training_file, method_type=spec.method_type
     )
 
     hyperparameters = _resolve_hyperparameters(spec.hyperparameters, settings)
@@ -332,7 +334,7 @@ def create_job(
         method_block.update(spec.bds)
     all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     now = utcnow()
-    # The job, its events and its audit row: Core INSERTs in one round trip on PostgreSQL.
+    # The job, its events and its audit row: one Core INSERT statement on PostgreSQL.
     job = insert_new_job(
         session,
         {

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from functools import cache
+from typing import TypeVar
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import Select, bindparam, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bds_service.models import ApiKey, Tenant
 from bds_service.repository import TenantScopedRepository
+from bds_service.tenants.limits import TenantLimitOverrides
+
+T = TypeVar("T")
 
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
@@ -45,17 +51,42 @@ class TenantRepository:
             .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
+
+        def locking(skip_locked: bool) -> Tenant | None:
+            locked = statement.with_for_update(key_share=True, skip_locked=skip_locked)
+            return self.session.scalars(locked).one_or_none()
+
+        return self._locked(tenant_id, locking, wait_seconds)
+
+    def lock_limits(
+        self, tenant_id: str, *, wait_seconds: float | None = None
+    ) -> TenantLimitOverrides | None:
+        """:meth:`lock`, reading only the tenant's caps (None: no such tenant), with a Core
+        statement built once: for the busiest caller, the job create."""
+
+        def locking(skip_locked: bool) -> TenantLimitOverrides | None:
+            row = (
+                self.session.connection()
+                .execute(_lock_limits_statement(skip_locked), {"tenant_id": tenant_id})
+                .one_or_none()
+            )
+            return None if row is None else TenantLimitOverrides(**row._mapping)
+
+        return self._locked(tenant_id, locking, wait_seconds)
+
+    def _locked(
+        self, tenant_id: str, locking: Callable[[bool], T | None], wait_seconds: float | None
+    ) -> T | None:
+        """``locking(skip_locked)``'s row with :meth:`lock`'s bounded wait."""
         bounded = wait_seconds is not None and self.session.get_bind().dialect.name == "postgresql"
         if bounded:
-            free = self.session.scalars(
-                statement.with_for_update(key_share=True, skip_locked=True)
-            ).one_or_none()
+            free = locking(True)
             if free is not None:
                 return free
             milliseconds = max(1, round(1000 * (wait_seconds or 0)))
             self.session.execute(text(f"SET LOCAL lock_timeout = '{milliseconds}ms'"))
         try:
-            tenant = self.session.scalars(statement).one_or_none()
+            locked = locking(False)
         except OperationalError as error:
             if getattr(error.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                 raise TenantLockTimeoutError(
@@ -64,7 +95,7 @@ class TenantRepository:
             raise
         if bounded:
             self.session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
-        return tenant
+        return locked
 
     def get_by_name(self, name: str) -> Tenant | None:
         """The tenant with this name, or None."""
@@ -83,6 +114,16 @@ class ApiKeyRepository(TenantScopedRepository[ApiKey]):
     def list_keys(self) -> list[ApiKey]:
         """The tenant's keys, oldest first."""
         return list(self.session.scalars(self.scoped().order_by(ApiKey.created_at, ApiKey.id)))
+
+
+@cache
+def _lock_limits_statement(skip_locked: bool) -> Select[int | None, int | None, int | None]:
+    # Built once (every job create locks its tenant): the id is bound at execution.
+    return (
+        select(Tenant.max_concurrent_jobs, Tenant.max_file_bytes, Tenant.max_examples)
+        .where(Tenant.id == bindparam("tenant_id"))
+        .with_for_update(key_share=True, skip_locked=skip_locked)
+    )
 
 
 def find_active_key(

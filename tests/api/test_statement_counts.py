@@ -23,12 +23,12 @@ TenantKey = Any  # fixture types from tests/api/conftest.py
 
 LIST_STATEMENTS = 1  # the page
 FIRST_LIST_STATEMENTS = 2  # the key's lookup, the page
-# Idempotency key, training file, tenant lock (FOR NO KEY UPDATE SKIP LOCKED; a lock_timeout
-# is set and reset around a wait only when another transaction holds it), the key's claim
-# (INSERT ... ON CONFLICT DO NOTHING), unfinished jobs, provider reviews, the job with its
-# audit row (one INSERT, the job's as a data-modifying CTE, on PostgreSQL; two on SQLite),
-# the events (one executemany).
-CREATE_STATEMENTS = {"postgresql": 8, "sqlite": 9}
+# Idempotency key, the job's files with the provider's reviews (one SELECT ... FOR SHARE),
+# tenant lock (FOR NO KEY UPDATE SKIP LOCKED; a lock_timeout is set and reset around a wait
+# only when another transaction holds it), the key's claim (INSERT ... ON CONFLICT DO
+# NOTHING), unfinished jobs, the job with its audit row (one INSERT, the job's as a
+# data-modifying CTE, on PostgreSQL; two on SQLite), the events (one executemany).
+CREATE_STATEMENTS = {"postgresql": 7, "sqlite": 8}
 
 
 @pytest.fixture
