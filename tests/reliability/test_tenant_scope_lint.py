@@ -29,6 +29,10 @@ UNSCOPED_QUERIES: dict[tuple[str, str], str] = {
     ("bds_service/admin/repository.py", "*"): (
         "the provider's dashboard reads across tenants; only admin routes reach it"
     ),
+    ("bds_service/dataset_reviews/repository.py", "_reviewed_files_statement"): (
+        "a job create's files with their reviews, built once per process as a Core statement "
+        "(no session to scope from); its first condition is File.tenant_id = :tenant_id"
+    ),
     ("bds_service/dataset_reviews/repository.py", "reviews_by_file"): (
         "provider dashboard and workers: the reviews of given files of any tenant"
     ),
