@@ -259,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         help="count the rate limits in this Redis, as production does (default: limits off)",
     )
     parser.add_argument(
+        "--cpu-per-request",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report the CPU seconds per request of the API processes (uvicorn's master and "
+        "workers), the run database's PostgreSQL backends and Locust, and the ceilings they "
+        "imply (the default; --no-cpu-per-request leaves out the sampling and the columns)",
+    )
+    parser.add_argument(
         "--cores", type=float, default=2, help="idle cores the CPU-implied ceilings assume"
     )
     args = parser.parse_args(argv)
@@ -276,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         api_pid = process.process.pid
 
         def meters(locust_pid: int) -> dict[str, CpuMeter]:
+            if not args.cpu_per_request:
+                return {}
             return {
                 "api": CpuMeter(lambda: _tree(api_pid)),
                 "postgres": CpuMeter(lambda: _backends(database)),
@@ -283,29 +293,37 @@ def main(argv: list[str] | None = None) -> int:
             }
 
         cores = f"{args.cores:g}"
+        cpu_header = (
+            "| API CPU ms/req | PostgreSQL CPU ms/req | Locust CPU ms/req "
+            f"| ceiling req/s on {cores} cores | API-only ceiling req/s "
+            if args.cpu_per_request
+            else ""
+        )
         print(
             "| scenario | clients | requests | failures | requests/s | p50 ms | p99 ms "
-            "| API CPU ms/req | PostgreSQL CPU ms/req | Locust CPU ms/req "
-            f"| ceiling req/s on {cores} cores | API-only ceiling req/s |"
+            f"{cpu_header}|"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---" * (12 if args.cpu_per_request else 7) + "|")
         for scenario in args.scenarios.split(","):
             for clients in client_counts:
-                row, cpu = _locust(
+                row, per_request = _locust(
                     base_url, scenario, clients, args.seconds, accounts, folder, meters
                 )
-                per_request = cpu
-                total = sum(per_request.values())
-                ceiling = args.cores / total if total else float("inf")
-                api_ceiling = args.cores / per_request["api"] if per_request["api"] else 0.0
-                print(
+                cells = (
                     f"| {scenario} | {clients} | {row['Request Count']} | "
                     f"{row['Failure Count']} | {float(row['Requests/s']):.1f} | {row['50%']} | "
-                    f"{row['99%']} | {1000 * per_request['api']:.2f} | "
-                    f"{1000 * per_request['postgres']:.2f} | {1000 * per_request['locust']:.2f} "
-                    f"| {ceiling:.0f} | {api_ceiling:.0f} |",
-                    flush=True,
+                    f"{row['99%']} "
                 )
+                if per_request:
+                    total = sum(per_request.values())
+                    ceiling = args.cores / total if total else float("inf")
+                    api_ceiling = args.cores / per_request["api"] if per_request["api"] else 0.0
+                    cells += (
+                        f"| {1000 * per_request['api']:.2f} | "
+                        f"{1000 * per_request['postgres']:.2f} | "
+                        f"{1000 * per_request['locust']:.2f} | {ceiling:.0f} | {api_ceiling:.0f} "
+                    )
+                print(cells + "|", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.1f}; files in {folder}")
     finally:
         if process is not None:

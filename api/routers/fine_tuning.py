@@ -9,8 +9,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import AppSettings, CurrentPrincipal, DbSession, ReadSession, RequestId, Storage
+from api.deps import (
+    AppServices,
+    CurrentPrincipal,
+    DbSession,
+    ReadSession,
+    RequestId,
+    Services,
+    Storage,
+)
 from api.schemas.common import ERROR_RESPONSES, Limit, ListResponse, json_response, list_response
 from api.schemas.jobs import (
     CheckpointObject,
@@ -19,6 +28,8 @@ from api.schemas.jobs import (
     JobEventObject,
     JobSafetyReport,
 )
+from bds_service.audit import Actor
+from bds_service.db import unit_of_work
 from bds_service.errors import InvalidRequestError
 from bds_service.jobs import artifacts
 from bds_service.jobs import service as jobs
@@ -29,24 +40,45 @@ _METADATA_FILTER = re.compile(r"^metadata\[(.{1,64})\]$")
 
 
 @router.post("", response_model=FineTuningJobObject)
-def create_job(
+async def create_job(
     body: JobCreate,
-    session: DbSession,
+    request: Request,
+    services: Services,
     principal: CurrentPrincipal,
-    settings: AppSettings,
-    request_id: RequestId,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Create a fine-tuning job (BDS by default). A retried ``Idempotency-Key`` returns the
     job the first request created; the same key with a different body is a 422."""
-    created = jobs.create_job(
-        session,
+    # The busiest write: everything that waits on the database (the create's statements, the
+    # commit, then the task's dispatch) runs in one hop to a worker thread, which holds its
+    # connection from the first statement to the commit and needs no second thread for it.
+    return await run_in_threadpool(
+        _create_job,
+        services,
         body.to_spec(),
-        tenant_id=principal.tenant_id,
-        actor=principal.actor(request_id),
-        settings=settings,
-        idempotency_key=jobs.check_idempotency_key(idempotency_key),
+        principal.tenant_id,
+        principal.actor(str(request.state.request_id)),
+        jobs.check_idempotency_key(idempotency_key),
     )
+
+
+def _create_job(
+    services: AppServices,
+    spec: jobs.JobSpec,
+    tenant_id: str,
+    actor: Actor,
+    idempotency_key: str | None,
+) -> Response:
+    """The create's unit of work: its transaction, then (once committed) its task message."""
+    with unit_of_work(services.session_factory, services.publisher) as session:
+        created = jobs.create_job(
+            session,
+            spec,
+            tenant_id=tenant_id,
+            actor=actor,
+            settings=services.settings,
+            idempotency_key=idempotency_key,
+        )
     return json_response(
         FineTuningJobObject.from_row(created.job),
         headers=None if created.created else {"Idempotent-Replayed": "true"},

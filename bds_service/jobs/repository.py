@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, Select, and_, bindparam, func, insert, inspect, or_, select, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
@@ -79,35 +91,30 @@ def insert_new_job(
     job as a persistent object of the session, built from ``values`` without reading it back.
 
     The same rows the unit of work would write (only the columns given are sent; the others
-    take their defaults), but as Core statements, built and compiled once per process: the
-    job and its audit row in one statement on PostgreSQL
-    (:func:`bds_service.db.combined_inserts`), then the events. A job create is the busiest
-    write. ``values`` must hold ``created_at``, which the events and the audit row share.
+    take their defaults), but as Core statements, built and compiled once per process for
+    each set of columns and number of events: on PostgreSQL one statement
+    (:func:`bds_service.db.combined_inserts`), the job and the audit row as data-modifying
+    CTEs of the events' ``INSERT ... SELECT``. A job create is the busiest write. ``values``
+    must hold ``created_at``, which the events and the audit row share.
     """
     columns = _job_columns()
     created_at = values["created_at"]
     params = {f"job_{columns[key]}": value for key, value in values.items()}
     params.update({f"audit_{key}": value for key, value in audit_row.items()})
     params["audit_created_at"] = created_at
+    for index, event in enumerate(events):
+        row = {
+            "id": new_id(EVENT_PREFIX),
+            "job_id": values["id"],
+            "tenant_id": values["tenant_id"],
+            "created_at": created_at,
+            **event,
+        }
+        params.update({f"event{index}_{key}": value for key, value in row.items()})
     connection = session.connection()
-    for statement in _job_and_audit_inserts(session.get_bind().dialect.name, tuple(params)):
+    dialect = session.get_bind().dialect.name
+    for statement in _job_inserts(dialect, tuple(params), len(events)):
         connection.execute(statement, params)
-    if events:
-        # One executemany (one round trip: psycopg pipelines it), rows in order (``seq``
-        # orders a job's events). A multi-row VALUES would be one statement too, and could
-        # join the job's, but SQLAlchemy cannot cache a multi-row VALUES: it would be
-        # compiled afresh on every call.
-        rows = [
-            {
-                "id": new_id(EVENT_PREFIX),
-                "job_id": values["id"],
-                "tenant_id": values["tenant_id"],
-                "created_at": created_at,
-                **event,
-            }
-            for event in events
-        ]
-        connection.execute(_event_insert(), rows)
     job = FineTuningJob(**{**dict.fromkeys(columns), **values})
     make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
     session.add(job)
@@ -115,27 +122,39 @@ def insert_new_job(
 
 
 @cache
-def _event_insert() -> Insert:
-    return insert(table_of(JobEvent))
+def _job_inserts(dialect: str, names: tuple[str, ...], n_events: int) -> list[Insert]:
+    """The INSERTs of a job, its audit row and ``n_events`` events for these parameter names
+    (``job_<column>``, ``audit_<column>``, ``event<i>_<column>``), bound at execution.
 
-
-@cache
-def _job_and_audit_inserts(dialect: str, names: tuple[str, ...]) -> list[Insert]:
-    """The INSERTs of a job and its audit row for these parameter names (``job_<column>``,
-    ``audit_<column>``), bound at execution."""
+    The events are one ``INSERT ... SELECT`` of a ``UNION ALL`` of one-row SELECTs, in order,
+    so that their ``seq`` follows it (a multi-row VALUES would do the same, but SQLAlchemy
+    cannot cache one: it would be compiled afresh on every call).
+    """
 
     def bound(prefix: str) -> dict[str, Any]:
         return {
             name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)
         }
 
-    return combined_inserts(
-        dialect,
-        [
-            insert(table_of(FineTuningJob)).values(bound("job_")),
-            insert(table_of(AuditLog)).values(bound("audit_")),
-        ],
-    )
+    statements = [
+        insert(table_of(FineTuningJob)).values(bound("job_")),
+        insert(table_of(AuditLog)).values(bound("audit_")),
+    ]
+    if n_events:
+        table = table_of(JobEvent)
+        event_columns = list(bound("event0_"))
+        rows = [
+            select(
+                *(
+                    bindparam(f"event{index}_{column}", type_=table.c[column].type)
+                    for column in event_columns
+                )
+            )
+            for index in range(n_events)
+        ]
+        selected = rows[0] if n_events == 1 else union_all(*rows)
+        statements.append(insert(table).from_select(event_columns, selected))
+    return combined_inserts(dialect, statements)
 
 
 @cache

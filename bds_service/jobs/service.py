@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
@@ -85,8 +85,14 @@ class JobSpec:
 
     def fingerprint(self) -> str:
         """Hash of the request, to tell a retry from a different request with the same key."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # The fields as asdict() gives them (their values are JSON data already), without
+        # its deep copy: the same text, so keys stored before still match.
+        values = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_SPEC_FIELDS = tuple(spec_field.name for spec_field in fields(JobSpec))
 
 
 @dataclass(frozen=True)
@@ -203,10 +209,23 @@ def create_job(
 ) -> CreatedJob:
     """Create a job, or return the one an earlier request with the same key created."""
     fingerprint = spec.fingerprint()
-    if idempotency_key is not None:
+    job_id = new_id(JOB_PREFIX)
+    # The key is claimed first: a retry of a committed request is replayed before any check
+    # (none of them can refuse it), and a new key costs no separate lookup. Of two requests
+    # with one key at once, the second waits on the key until the first ends. If a check
+    # below refuses this request, the rollback takes the claim back.
+    if idempotency_key is not None and not claim_idempotency_key(
+        session,
+        tenant_id=tenant_id,
+        key=idempotency_key,
+        endpoint=CREATE_ENDPOINT,
+        request_fingerprint=fingerprint,
+        resource_id=job_id,
+    ):
         existing = find_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            return _replay(session, existing, tenant_id, fingerprint)
+        if existing is None:  # the claim found a committed key that this read cannot see
+            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
+        return _replay(session, existing, tenant_id, fingerprint)
 
     if spec.model not in settings.base_models:
         raise InvalidRequestError(
@@ -294,22 +313,6 @@ def create_job(
             code="too_many_concurrent_requests",
             headers={"Retry-After": "1"},
         ) from busy
-    job_id = new_id(JOB_PREFIX)
-    if idempotency_key is not None and not claim_idempotency_key(
-        session,
-        tenant_id=tenant_id,
-        key=idempotency_key,
-        endpoint=CREATE_ENDPOINT,
-        request_fingerprint=fingerprint,
-        resource_id=job_id,
-    ):
-        # A request with this key committed while we waited for the lock: replay it. (The
-        # claim comes first so that a replay is never refused by the checks below; if one of
-        # them refuses this request, the rollback takes the claim back.)
-        existing = find_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is None:  # the claim found a committed key that this read cannot see
-            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} is stored but not visible")
-        return _replay(session, existing, tenant_id, fingerprint)
     cap = (overrides or TenantLimitOverrides()).resolve(settings).max_concurrent_jobs
     unfinished = JobRepository(session, tenant_id).count_unfinished()
     if unfinished >= cap:
