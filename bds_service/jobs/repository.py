@@ -115,8 +115,12 @@ def insert_new_job(
     dialect = session.get_bind().dialect.name
     for statement in _job_inserts(dialect, tuple(params), len(events)):
         connection.execute(statement, params)
-    job = FineTuningJob(**{**dict.fromkeys(columns), **values})
-    make_transient_to_detached(job)  # as if loaded: every attribute set, no pending change
+    # As if loaded: every attribute set (in the instance's dict, as loading does, without an
+    # attribute event per column), no pending change.
+    job: FineTuningJob = inspect(FineTuningJob).class_manager.new_instance()
+    job.__dict__.update(dict.fromkeys(columns))
+    job.__dict__.update(values)
+    make_transient_to_detached(job)
     session.add(job)
     return job
 
