@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Insert, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,22 +99,6 @@ def make_read_session_factory(engine: Engine) -> SessionFactory:
             bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
     return make_session_factory(engine)
-
-
-def combined_inserts(dialect: str, statements: Sequence[Insert]) -> list[Insert]:
-    """``statements`` as few statements as ``dialect`` runs them in: on PostgreSQL one, all
-    but the last as data-modifying CTEs of the last (one round trip; foreign keys are checked
-    at the end of the statement, so the order does not matter), elsewhere the same ones.
-
-    For INSERTs built once with bind parameters of distinct names: run each statement of the
-    result with one dict of all the parameters (a statement ignores the others).
-    """
-    *first, last = statements
-    if dialect != "postgresql":
-        return list(statements)
-    for index, statement in enumerate(first):
-        last = last.add_cte(statement.cte(f"insert_{index}"))
-    return [last]
 
 
 _AFTER_COMMIT_KEY = "bds_after_commit"

@@ -32,7 +32,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from bds_service.db import combined_inserts
 from bds_service.ids import EVENT_PREFIX, new_id
 from bds_service.jobs.states import ACTIVE_STATUSES, JobStatus, check_transition
 from bds_service.models import (
@@ -85,17 +84,25 @@ def insert_new_job(
     *,
     events: Sequence[dict[str, Any]],
     audit_row: dict[str, Any],
-) -> FineTuningJob:
+    max_unfinished: int,
+) -> tuple[FineTuningJob | None, int]:
     """INSERT a new job, its first events (``level``, ``event_type``, ``message`` and
-    ``data`` each) and its audit row (:func:`bds_service.audit.row_values`), and return the
-    job as a persistent object of the session, built from ``values`` without reading it back.
+    ``data`` each) and its audit row (:func:`bds_service.audit.row_values`) if the tenant has
+    fewer than ``max_unfinished`` unfinished jobs. Returns the job, as a persistent object of
+    the session built from ``values`` without reading it back (None when the cap refused
+    it), and the count of the tenant's unfinished jobs before it.
+
+    The caller holds the tenant's lock (:meth:`TenantRepository.lock_limits`), taken in an
+    earlier statement, so the count sees every job of the tenant committed before it and no
+    other create can add one until this transaction ends.
 
     The same rows the unit of work would write (only the columns given are sent; the others
     take their defaults), but as Core statements, built and compiled once per process for
-    each set of columns and number of events: on PostgreSQL one statement
-    (:func:`bds_service.db.combined_inserts`), the job and the audit row as data-modifying
-    CTEs of the events' ``INSERT ... SELECT``. A job create is the busiest write. ``values``
-    must hold ``created_at``, which the events and the audit row share.
+    each set of columns and number of events. On PostgreSQL this is one statement: the count,
+    and the job, the audit row and the events as data-modifying CTEs that insert only while
+    the count is under the cap. Elsewhere, the count and then one INSERT per table. A job
+    create is the busiest write. ``values`` must hold ``id``, ``tenant_id`` and
+    ``created_at``, which the events and the audit row share.
     """
     columns = _job_columns()
     created_at = values["created_at"]
@@ -111,10 +118,23 @@ def insert_new_job(
             **event,
         }
         params.update({f"event{index}_{key}": value for key, value in row.items()})
+    params["max_unfinished"] = max_unfinished
     connection = session.connection()
-    dialect = session.get_bind().dialect.name
-    for statement in _job_inserts(dialect, tuple(params), len(events)):
-        connection.execute(statement, params)
+    if session.get_bind().dialect.name == "postgresql":
+        statement = _guarded_job_insert(tuple(params), len(events))
+        unfinished = int(connection.execute(statement, params).scalar_one())
+        if unfinished >= max_unfinished:
+            return None, unfinished
+    else:
+        unfinished = int(
+            connection.execute(
+                _count_unfinished_statement(), {"tenant_id": values["tenant_id"]}
+            ).scalar_one()
+        )
+        if unfinished >= max_unfinished:
+            return None, unfinished
+        for statement in _job_inserts(tuple(params), len(events)):
+            connection.execute(statement, params)
     # As if loaded: every attribute set (in the instance's dict, as loading does, without an
     # attribute event per column), no pending change.
     job: FineTuningJob = inspect(FineTuningJob).class_manager.new_instance()
@@ -122,43 +142,82 @@ def insert_new_job(
     job.__dict__.update(values)
     make_transient_to_detached(job)
     session.add(job)
-    return job
+    return job, unfinished
+
+
+def _bound(names: tuple[str, ...], prefix: str) -> dict[str, Any]:
+    """``{column: bindparam(name)}`` for the parameter names ``<prefix><column>``."""
+    return {name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)}
+
+
+def _bound_row(table: Any, names: tuple[str, ...], prefix: str) -> tuple[list[str], Select[Any]]:
+    """The columns ``<prefix><column>`` of ``names`` name in ``table``, and a one-row SELECT
+    of their bound values (typed as the columns, so that PostgreSQL reads them as such)."""
+    columns = list(_bound(names, prefix))
+    row = select(
+        *(bindparam(f"{prefix}{column}", type_=table.c[column].type) for column in columns)
+    )
+    return columns, row
 
 
 @cache
-def _job_inserts(dialect: str, names: tuple[str, ...], n_events: int) -> list[Insert]:
+def _job_inserts(names: tuple[str, ...], n_events: int) -> list[Insert]:
     """The INSERTs of a job, its audit row and ``n_events`` events for these parameter names
-    (``job_<column>``, ``audit_<column>``, ``event<i>_<column>``), bound at execution.
-
-    The events are one ``INSERT ... SELECT`` of a ``UNION ALL`` of one-row SELECTs, in order,
-    so that their ``seq`` follows it (a multi-row VALUES would do the same, but SQLAlchemy
-    cannot cache one: it would be compiled afresh on every call).
-    """
-
-    def bound(prefix: str) -> dict[str, Any]:
-        return {
-            name.removeprefix(prefix): bindparam(name) for name in names if name.startswith(prefix)
-        }
-
+    (``job_<column>``, ``audit_<column>``, ``event<i>_<column>``), bound at execution: one
+    per table. The events are one ``INSERT ... SELECT`` of a ``UNION ALL`` of one-row
+    SELECTs, in order, so that their ``seq`` follows it (a multi-row VALUES would do the
+    same, but SQLAlchemy cannot cache one: it would be compiled afresh on every call)."""
     statements = [
-        insert(table_of(FineTuningJob)).values(bound("job_")),
-        insert(table_of(AuditLog)).values(bound("audit_")),
+        insert(table_of(FineTuningJob)).values(_bound(names, "job_")),
+        insert(table_of(AuditLog)).values(_bound(names, "audit_")),
     ]
     if n_events:
         table = table_of(JobEvent)
-        event_columns = list(bound("event0_"))
-        rows = [
-            select(
-                *(
-                    bindparam(f"event{index}_{column}", type_=table.c[column].type)
-                    for column in event_columns
-                )
-            )
-            for index in range(n_events)
-        ]
-        selected = rows[0] if n_events == 1 else union_all(*rows)
-        statements.append(insert(table).from_select(event_columns, selected))
-    return combined_inserts(dialect, statements)
+        rows = [_bound_row(table, names, f"event{index}_") for index in range(n_events)]
+        columns = rows[0][0]
+        selected = rows[0][1] if n_events == 1 else union_all(*(row for _, row in rows))
+        statements.append(insert(table).from_select(columns, selected))
+    return statements
+
+
+@cache
+def _guarded_job_insert(names: tuple[str, ...], n_events: int) -> Select[int]:
+    """PostgreSQL: :func:`_job_inserts` as one statement that inserts only while the
+    tenant's unfinished jobs (``job_tenant_id``) number fewer than ``max_unfinished``, and
+    returns their count. The job's INSERT selects its row from the count only under the cap;
+    the audit row's and the events' select theirs from the job's RETURNING (no job, no rows).
+    Data-modifying CTEs run to completion whether or not the main query reads them, and
+    foreign keys are checked at the end of the statement."""
+    jobs_table = table_of(FineTuningJob)
+    unfinished = (
+        select(func.count().label("count"))
+        .where(
+            FineTuningJob.tenant_id == bindparam("job_tenant_id"),
+            FineTuningJob.status.in_(sorted(ACTIVE_STATUSES)),
+        )
+        .cte("unfinished")
+    )
+    columns, row = _bound_row(jobs_table, names, "job_")
+    new_job = (
+        insert(jobs_table)
+        .from_select(columns, row.where(unfinished.c.count < bindparam("max_unfinished")))
+        .returning(jobs_table.c.id)
+        .cte("new_job")
+    )
+    statement = select(unfinished.c.count).add_cte(new_job)
+    audit_columns, audit_row = _bound_row(table_of(AuditLog), names, "audit_")
+    audit_insert = insert(table_of(AuditLog)).from_select(
+        audit_columns, audit_row.select_from(new_job)
+    )
+    statement = statement.add_cte(audit_insert.cte("new_audit_row"))
+    if n_events:
+        table = table_of(JobEvent)
+        rows = [_bound_row(table, names, f"event{index}_") for index in range(n_events)]
+        selects = [row.select_from(new_job) for _, row in rows]
+        selected = selects[0] if n_events == 1 else union_all(*selects)
+        events_insert = insert(table).from_select(rows[0][0], selected)
+        statement = statement.add_cte(events_insert.cte("new_events"))
+    return statement
 
 
 @cache

@@ -314,31 +314,16 @@ def create_job(
             headers={"Retry-After": "1"},
         ) from busy
     cap = (overrides or TenantLimitOverrides()).resolve(settings).max_concurrent_jobs
-    unfinished = JobRepository(session, tenant_id).count_unfinished()
-    if unfinished >= cap:
-        raise LimitExceededError(
-            f"your organization already has {unfinished} unfinished fine-tuning jobs and may "
-            f"have at most {cap} at once; wait for one to finish or cancel one, then retry "
-            f"(a job's status, GET /v1/fine_tuning/jobs/{{id}}, says when it has finished; "
-            f"Retry-After is a polling interval, not a promise)",
-            code="too_many_active_jobs",
-            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
-        )
-
-    # The provider's review (read with the files): blocked files and the training file's
-    # policy.
-    check_files_for_new_job(
-        files, training_file_id=spec.training_file, method_type=spec.method_type
-    )
-
     hyperparameters = _resolve_hyperparameters(spec.hyperparameters, settings)
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
     if spec.method_type == "bds":
         method_block.update(spec.bds)
     all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     now = utcnow()
-    # The job, its events and its audit row: one Core INSERT statement on PostgreSQL.
-    job = insert_new_job(
+    # The job, its events and its audit row, inserted only while the tenant's unfinished
+    # jobs are under its cap (counted under the tenant's lock): one Core statement on
+    # PostgreSQL, which also returns the count.
+    job, unfinished = insert_new_job(
         session,
         {
             "id": job_id,
@@ -377,7 +362,24 @@ def create_job(
                 "idempotency_key": idempotency_key,
             },
         ),
+        max_unfinished=cap,
     )
+    if job is None:
+        raise LimitExceededError(
+            f"your organization already has {unfinished} unfinished fine-tuning jobs and may "
+            f"have at most {cap} at once; wait for one to finish or cancel one, then retry "
+            f"(a job's status, GET /v1/fine_tuning/jobs/{{id}}, says when it has finished; "
+            f"Retry-After is a polling interval, not a promise)",
+            code="too_many_active_jobs",
+            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
+        )
+
+    # The provider's review (read with the files): blocked files and the training file's
+    # policy. Checked after the cap, as before; a refusal here rolls the new rows back.
+    check_files_for_new_job(
+        files, training_file_id=spec.training_file, method_type=spec.method_type
+    )
+
     if all_processed:
         enqueue_after_commit(session, training_message(job))
     else:
