@@ -121,8 +121,8 @@ def insert_new_job(
     params["max_unfinished"] = max_unfinished
     connection = session.connection()
     if session.get_bind().dialect.name == "postgresql":
-        statement = _guarded_job_insert(tuple(params), len(events))
-        unfinished = int(connection.execute(statement, params).scalar_one())
+        guarded = _guarded_job_insert(tuple(params), len(events))
+        unfinished = int(connection.execute(guarded, params).scalar_one())
         if unfinished >= max_unfinished:
             return None, unfinished
     else:
@@ -133,8 +133,8 @@ def insert_new_job(
         )
         if unfinished >= max_unfinished:
             return None, unfinished
-        for statement in _job_inserts(tuple(params), len(events)):
-            connection.execute(statement, params)
+        for insert_statement in _job_inserts(tuple(params), len(events)):
+            connection.execute(insert_statement, params)
     # As if loaded: every attribute set (in the instance's dict, as loading does, without an
     # attribute event per column), no pending change.
     job: FineTuningJob = inspect(FineTuningJob).class_manager.new_instance()
