@@ -9,7 +9,7 @@ client never sees a success that was not stored.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
@@ -35,6 +35,8 @@ from bds_service.tasks import TaskSender
 from bds_service.tenants.key_cache import KeyCache
 from bds_service.tenants.service import Principal, authenticate, cached_principal
 
+CREATE_THREADS = 40  # as many as the default pool's (anyio's default limiter)
+
 
 @dataclass
 class AppServices:
@@ -50,6 +52,10 @@ class AppServices:
     auth_failure_limiter: RateLimiter | None = None
     inference: InferenceClient | None = None
     key_cache: KeyCache | None = None  # keys that authenticated moments ago (api_key_cache_seconds)
+    # Worker threads for job creates, apart from the default pool's: a create waits on the
+    # broker to dispatch its task (seconds while the broker is down), and must not take the
+    # threads every other route needs meanwhile.
+    create_limiter: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(CREATE_THREADS))
 
 
 async def get_services(request: Request) -> AppServices:

@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     AppServices,
@@ -50,15 +50,17 @@ async def create_job(
     """Create a fine-tuning job (BDS by default). A retried ``Idempotency-Key`` returns the
     job the first request created; the same key with a different body is a 422."""
     # The busiest write: everything that waits on the database (the create's statements, the
-    # commit, then the task's dispatch) runs in one hop to a worker thread, which holds its
-    # connection from the first statement to the commit and needs no second thread for it.
-    return await run_in_threadpool(
+    # commit) and then on the broker (the task's dispatch) runs in one hop to a worker thread,
+    # which holds its connection from the first statement to the commit and needs no second
+    # thread for it. The threads are the creates' own (AppServices.create_limiter).
+    return await to_thread.run_sync(
         _create_job,
         services,
         body.to_spec(),
         principal.tenant_id,
         principal.actor(str(request.state.request_id)),
         jobs.check_idempotency_key(idempotency_key),
+        limiter=services.create_limiter,
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from anyio import from_thread, to_thread
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -98,6 +99,40 @@ def test_create_queues_the_job_and_enqueues_training_after_commit(
     (audit_row,) = read(select(AuditLog).where(AuditLog.action == "fine_tuning_job.create"))
     assert audit_row.target_id == job["id"] and audit_row.actor_type == "api_key"
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=tenant.headers).json() == job
+
+
+def test_a_create_dispatches_its_task_without_holding_a_thread_of_the_default_pool(
+    client: TestClient,
+    tenant: TenantKey,
+    files_of: Callable[..., Any],
+    publisher: RecordingPublisher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create waits on the broker to dispatch its task (seconds while the broker is down);
+    meanwhile it must hold none of the default pool's worker threads, which every other
+    route's sync work needs: its thread is one of the creates' own."""
+    training, safety = files_of(tenant)
+    publisher.take()
+    borrowed: list[float] = []
+    send = publisher.send
+
+    def send_and_count(message: Any) -> None:
+        # On the create's worker thread: ask its event loop how many of the default pool's
+        # threads are taken (no other request is in flight).
+        borrowed.append(
+            from_thread.run_sync(lambda: to_thread.current_default_thread_limiter().borrowed_tokens)
+        )
+        send(message)
+
+    monkeypatch.setattr(publisher, "send", send_and_count)
+    response = client.post(
+        "/v1/fine_tuning/jobs", headers=tenant.headers, json=_bds_body(training, safety)
+    )
+    assert response.status_code == 200, response.text
+    assert [(m.name, m.args) for m in publisher.messages] == [
+        (RUN_FINETUNE_JOB, (response.json()["id"],))
+    ]
+    assert borrowed == [0]
 
 
 def test_kind_specific_options_are_stored_with_the_scheduler_settings(
