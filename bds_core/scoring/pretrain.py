@@ -159,7 +159,10 @@ def pretrain_scheduler(
             lora=LoraSettings(r=config.lora_r, alpha=2.0 * config.lora_r),
             learning_rate=config.learning_rate,
             batch_size=config.batch_size,
-            safety_batch_size=config.safety_batch_size,
+            # Pretraining pins its own budget (the library's defaults before the candidate
+            # budget became them): unset means batch_size alignment rows, losses recomputed
+            # after the model step, so a shipped scheduler's provenance keeps its meaning.
+            safety_batch_size=config.safety_batch_size or config.batch_size,
             max_steps=config.steps,
             max_length=config.max_length,
             seed=config.seed + index,
@@ -171,6 +174,7 @@ def pretrain_scheduler(
                 reference=config.reference,  # type: ignore[arg-type]
                 update=config.update,  # type: ignore[arg-type]
                 entropy_weight=config.entropy_weight,
+                loss_timing="after",
                 init_path=str(previous) if previous else None,
                 # A chained run takes the encoder and head from the saved scheduler.
                 options={} if previous else options,
