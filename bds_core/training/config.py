@@ -11,7 +11,7 @@ from typing import Any
 
 from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
-from bds_core.training.budget import resolve_safety_batch_size
+from bds_core.budget import resolve_safety_batch_size
 
 METHODS: tuple[str, ...] = ("bds", "sft", "mix", "filter")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
