@@ -93,20 +93,18 @@ def test_first_scheduler_step_under_loss_timing_before_is_not_rounding_noise(
 ) -> None:
     """Loss timing `before`, reference `initial` or `agnostic`: the first step's losses come
     from the starting model, which is the reference, so l_i - r_i is rounding noise (other
-    padding, other passes, bfloat16). The trainer takes r_i = l_i there: the first scheduler
-    step leaves every weight as it was, and how the passes are cut or the precision no
-    longer steers the weights. (Without that, bf16 against fp32 or bucketing on against off
-    moved the final weights by tens of percent.)"""
-    scheduler = SchedulerSettings(reference=reference, loss_timing="before")  # type: ignore[arg-type]
-    first = BDSTrainer(make_config(out_dir=tmp_path / "first", max_steps=1, scheduler=scheduler))
-    first.setup()
-    before = first.current_weights().clone()
-    first.train()
-    assert torch.equal(first.current_weights(), before)
+    padding, other passes, bfloat16). The trainer takes r_i = l_i there, so the first
+    scheduler step leaves every weight as it was, and neither the precision nor how the
+    passes are cut steers the weights of the first steps. (Without that, Adam turned the
+    noise into a full step of every weight in the batch.)
 
+    Compared after 2 steps: the second step's differences are real (about 1 nat on the toy),
+    but a later batch can hold an example whose difference sits on the batch mean, and
+    bfloat16 rounding may then flip the sign of its (sign-like) Adam step."""
+    scheduler = SchedulerSettings(reference=reference, loss_timing="before")  # type: ignore[arg-type]
     runs = {
         name: _train(
-            make_config(out_dir=tmp_path / name, max_steps=4, scheduler=scheduler, **overrides)
+            make_config(out_dir=tmp_path / name, max_steps=2, scheduler=scheduler, **overrides)
         )[1]
         for name, overrides in {
             "fp32": {},
@@ -114,11 +112,14 @@ def test_first_scheduler_step_under_loss_timing_before_is_not_rounding_noise(
             "bf16": {"precision": "bf16"},
         }.items()
     }
-    reference_run = runs["fp32"]
-    assert float(reference_run["weights"].std()) > 1e-3  # the later steps moved them
+    assert float(runs["fp32"]["weights"].std()) > 1e-2  # the second step moved them
     for name in ("one_pass", "bf16"):
-        weights = runs[name]["weights"]
-        change = (weights - reference_run["weights"]).norm() / (reference_run["weights"] - 1).norm()
-        # Measured without the fix: 0.34-0.42 (relative to how far the weights moved).
-        print(f"{reference} {name}: {change:.4f}")
-        assert change < 0.05, f"{name}: weights differ by {change:.3f} of their movement"
+        torch.testing.assert_close(
+            runs[name]["weights"], runs["fp32"]["weights"], rtol=1e-3, atol=0
+        )
+
+    first = BDSTrainer(make_config(out_dir=tmp_path / "first", max_steps=1, scheduler=scheduler))
+    first.setup()
+    before = first.current_weights().clone()
+    first.train()
+    assert torch.equal(first.current_weights(), before)
