@@ -47,8 +47,17 @@ def test_gradient_checkpointing_saves_memory_without_changing_results(
 def test_bf16_autocast_keeps_float32_state_and_stays_close_to_float32(
     make_config: ConfigFactory, tmp_path: Any
 ) -> None:
-    _, fp32 = _train(make_config(out_dir=tmp_path / "fp32"))
-    trainer, bf16 = _train(make_config(out_dir=tmp_path / "bf16", precision="bf16"))
+    # Loss timing `after`, explicitly (the default before issue 17): its losses and references
+    # come from the same no-grad passes, and 6 steps stay within rtol 1e-3. Under `before`
+    # the toy's third batch holds an example whose l_i - r_i sits within bf16 rounding of the
+    # batch mean, so its sign-like Adam step flips and the runs part after step 3;
+    # `test_first_scheduler_step_under_loss_timing_before_is_not_rounding_noise` compares the
+    # steps before that.
+    after = SchedulerSettings(loss_timing="after")
+    _, fp32 = _train(make_config(out_dir=tmp_path / "fp32", scheduler=after))
+    trainer, bf16 = _train(
+        make_config(out_dir=tmp_path / "bf16", precision="bf16", scheduler=after)
+    )
     # Autocast, not bf16 weights: parameters, gradients and Adam's moments stay float32.
     assert all(p.dtype == torch.float32 for p in trainer.adapter_params["default"])
     moments = [
