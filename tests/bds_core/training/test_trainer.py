@@ -380,20 +380,31 @@ def test_n_epochs_counts_passes_over_the_training_file_and_the_alignment_data_cy
 ) -> None:
     """A 4-example training file and 6 alignment examples: one epoch at batch 2 is 2 steps
     (not 3, a pass over the longer alignment set); three epochs are 6 steps, and the
-    alignment batches cycle through their data (12 draws of 6 examples)."""
+    alignment batches of 2 rows (set explicitly: the default would be 1) cycle through their
+    data (12 draws of 6 examples)."""
     short = tmp_path / "short.jsonl"
     short.write_text("".join(toy_data.train_file.read_text().splitlines(keepends=True)[:4]))
     recorder = Recorder()
     one = train(
         make_config(
-            train_file=short, batch_size=2, max_steps=None, epochs=1, out_dir=tmp_path / "a"
+            train_file=short,
+            batch_size=2,
+            safety_batch_size=2,
+            max_steps=None,
+            epochs=1,
+            out_dir=tmp_path / "a",
         ),
         callbacks=[recorder],
     )
     assert one.steps == 2 and recorder.events[-1].total_steps == 2
     trainer = BDSTrainer(
         make_config(
-            train_file=short, batch_size=2, max_steps=None, epochs=3, out_dir=tmp_path / "b"
+            train_file=short,
+            batch_size=2,
+            safety_batch_size=2,
+            max_steps=None,
+            epochs=3,
+            out_dir=tmp_path / "b",
         )
     )
     trainer.setup()
