@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from bds_core.budget import resolve_safety_batch_size
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import BDSTrainer, TrainConfig
-from bds_core.budget import resolve_safety_batch_size
 from bds_core.training.outputs import peak_rss_mb
 
 SPEED_METHODS: tuple[str, ...] = ("sft", "mix", "bds")

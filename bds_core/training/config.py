@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bds_core.budget import resolve_safety_batch_size
 from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
-from bds_core.budget import resolve_safety_batch_size
 
 METHODS: tuple[str, ...] = ("bds", "sft", "mix", "filter")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
