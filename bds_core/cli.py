@@ -96,7 +96,11 @@ def train_command(
     learning_rate: Annotated[float, typer.Option(help="LoRA learning rate")] = 5e-4,
     batch_size: Annotated[int, typer.Option(help="customer examples per step")] = 8,
     safety_batch_size: Annotated[
-        int | None, typer.Option(help="alignment examples per step")
+        int | None,
+        typer.Option(
+            help="alignment examples per step (default: a quarter of the batch size, rounded "
+            "up to a multiple of the number of processes)"
+        ),
     ] = None,
     safety_every: Annotated[
         int, typer.Option(help="alignment budget: one alignment batch every this many steps")

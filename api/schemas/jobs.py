@@ -35,7 +35,11 @@ class BdsMethodFields(RequestModel):
     safety_file: FileId | None = Field(
         default=None, description="alignment data (a file of purpose safety-alignment)"
     )
-    safety_batch_size: Annotated[int, Field(ge=1, le=256)] | None = None
+    safety_batch_size: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        default=None,
+        description="alignment examples per step; default a quarter of the batch size, rounded "
+        "up to a multiple of n_gpus (the job stores the number it resolved)",
+    )
     max_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="stop after this many steps (overrides n_epochs)"
     )

@@ -580,7 +580,8 @@ def speed_command(
     ] = 2,
     batch_size: Annotated[int, typer.Option(help="customer rows per step")] = 8,
     safety_batch_size: Annotated[
-        int | None, typer.Option(help="alignment rows per step (default: batch size)")
+        int | None,
+        typer.Option(help="alignment rows per step (default: the library's, batch size / 4)"),
     ] = None,
     safety_every: Annotated[int, typer.Option(help="one alignment batch every k steps")] = 1,
     max_length: Annotated[int, typer.Option(help="token limit per row")] = 128,
@@ -591,7 +592,9 @@ def speed_command(
     reference: Annotated[
         str, typer.Option(help="bds reference loss: none (the bench's bds), initial, agnostic")
     ] = "none",
-    loss_timing: Annotated[str, typer.Option(help="bds loss timing: after or before")] = "after",
+    loss_timing: Annotated[
+        str, typer.Option(help="bds loss timing: before (the library's default) or after")
+    ] = "before",
     scheduler_learning_rate: Annotated[float, typer.Option(help="scalar scheduler lr")] = 0.1,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",

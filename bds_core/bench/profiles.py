@@ -113,8 +113,10 @@ class BenchMethod:
                 learning_rate=profile.scheduler_learning_rate,
                 entropy_weight=profile.scalar_entropy_weight,
             )
-        # sft, mix and filter: the default settings (filter reads the shipped scheduler).
-        return SchedulerSettings()
+        # sft, mix, filter and the baselines run no scheduler (filter reads the shipped one):
+        # the settings they have always been keyed and checkpointed with, pinned so that a
+        # change of the library's defaults does not re-key their cells.
+        return SchedulerSettings(loss_timing="after")
 
 
 METHODS: dict[str, BenchMethod] = {

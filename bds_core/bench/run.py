@@ -30,8 +30,8 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -481,6 +481,45 @@ def cell_training_keys(profile: BenchProfile, method: BenchMethod) -> list[dict[
     return [{**settings, "safety_batch_size": named}, settings]
 
 
+def cell_scheduler_key(scheduler: Mapping[str, Any]) -> dict[str, Any]:
+    """The scheduler settings a fine-tune cell's digest holds, from `SchedulerSettings` as a
+    dict (a cell's recorded ``settings.train.scheduler`` is one too)."""
+    return {
+        "kind": scheduler["kind"],
+        "reference": scheduler["reference"],
+        "update": scheduler["update"],
+        "learning_rate": scheduler["learning_rate"],
+        "options": scheduler["options"],
+        # Only when not "after" (the library's default when the digest was designed), so
+        # earlier cells keep their digests.
+        **(
+            {"loss_timing": scheduler["loss_timing"]}
+            if scheduler.get("loss_timing", "after") != "after"
+            else {}
+        ),
+        # Only when set, so cells computed before the option existed keep their digests.
+        **(
+            {"entropy_weight": scheduler["entropy_weight"]}
+            if scheduler.get("entropy_weight")
+            else {}
+        ),
+        **(
+            {
+                "sgld": {
+                    "temperature": scheduler["sgld_temperature"],
+                    "burn_in": scheduler["sgld_burn_in"],
+                    "prior_std": scheduler["prior_std"],
+                    "step_decay": scheduler["sgld_step_decay"],
+                    "record_last": scheduler["record_last"],
+                    "record_every": scheduler["record_every"],
+                }
+            }
+            if scheduler.get("sgld")
+            else {}
+        ),
+    }
+
+
 def alignment_rows_per_step(profile: BenchProfile, method: BenchMethod) -> float:
     """Alignment rows a step of ``method`` trains on, on average (for the ETA)."""
     return profile.safety_batch_size / profile.safety_every if method.uses_safety else 0.0
@@ -651,40 +690,7 @@ def plan_run(config: RunConfig, judge: Judge) -> tuple[list[CellPlan], _Inputs]:
                 "kind": "fine-tune",
                 "method": method_name,
                 "train_method": method.train_method,
-                "scheduler": {
-                    "kind": scheduler.kind,
-                    "reference": scheduler.reference,
-                    "update": scheduler.update,
-                    "learning_rate": scheduler.learning_rate,
-                    "options": scheduler.options,
-                    # Only when not the default, so earlier cells keep their digests.
-                    **(
-                        {"loss_timing": scheduler.loss_timing}
-                        if scheduler.loss_timing != "after"
-                        else {}
-                    ),
-                    # Only when set, so cells computed before the option existed keep
-                    # their digests.
-                    **(
-                        {"entropy_weight": scheduler.entropy_weight}
-                        if scheduler.entropy_weight
-                        else {}
-                    ),
-                    **(
-                        {
-                            "sgld": {
-                                "temperature": scheduler.sgld_temperature,
-                                "burn_in": scheduler.sgld_burn_in,
-                                "prior_std": scheduler.prior_std,
-                                "step_decay": scheduler.sgld_step_decay,
-                                "record_last": scheduler.record_last,
-                                "record_every": scheduler.record_every,
-                            }
-                        }
-                        if scheduler.sgld
-                        else {}
-                    ),
-                },
+                "scheduler": cell_scheduler_key(asdict(scheduler)),
                 "share": share,
                 "train_sha256": file_sha256(path),
                 "safety_sha256": file_sha256(inputs.replayed),

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from bds_core.budget import resolve_safety_batch_size
 from bds_core.schedulers import SchedulerSettings
 from bds_core.training import BDSTrainer, TrainConfig
 from bds_core.training.outputs import peak_rss_mb
@@ -50,7 +51,10 @@ class SpeedConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "customer rows per step"})
     safety_batch_size: int | None = field(
-        default=None, metadata={"help": "alignment rows per step (default: batch_size)"}
+        default=None,
+        metadata={
+            "help": "alignment rows per step (default: the library's, a quarter of batch_size rounded up)"
+        },
     )
     safety_every: int = field(default=1, metadata={"help": "alignment batch every k steps"})
     max_length: int = field(default=128, metadata={"help": "token limit per row"})
@@ -72,6 +76,11 @@ class SpeedConfig:
         if self.warmup < 0 or self.memory_steps < 0:
             raise ValueError("warmup and memory_steps must be >= 0")
 
+    @property
+    def resolved_safety_batch_size(self) -> int:
+        """The alignment rows of every mix and bds step (one process)."""
+        return resolve_safety_batch_size(self.batch_size, self.safety_batch_size)
+
     def train_config(self, method: str, out_dir: Path, steps: int) -> TrainConfig:
         return TrainConfig(
             model=self.model,
@@ -80,7 +89,7 @@ class SpeedConfig:
             out_dir=out_dir,
             method=method,
             batch_size=self.batch_size,
-            safety_batch_size=self.safety_batch_size,
+            safety_batch_size=self.resolved_safety_batch_size,
             safety_every=self.safety_every,
             length_bucketing=self.length_bucketing,
             max_batch_tokens=self.max_batch_tokens,
@@ -320,6 +329,8 @@ def run_speed(config: SpeedConfig, on_step: Any = None) -> SpeedReport:
         "load_average_at_end": _load_average(),
     }
     settings = asdict(config)
+    # The budget the steps trained with, not only what was asked (None: the default).
+    settings["resolved_safety_batch_size"] = config.resolved_safety_batch_size
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
     return SpeedReport(settings, machine, speeds, time.monotonic() - started)
 

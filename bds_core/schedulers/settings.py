@@ -61,9 +61,9 @@ class SchedulerSettings:
         },
     )
     loss_timing: LossTiming = field(
-        default="after",
+        default="before",
         metadata={
-            "help": "scheduler step uses losses recomputed 'after' the model step (the paper; one more forward pass over the customer batch) or the per-example losses of the model step's own passes ('before' the update, as the release: no extra pass)"
+            "help": "scheduler step uses the per-example losses of the model step's own passes ('before' the update, as the release: no extra pass; the default) or losses recomputed 'after' the model step (the paper; one more forward pass over the customer batch)"
         },
     )
     learning_rate: float = field(

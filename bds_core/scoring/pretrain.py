@@ -138,6 +138,47 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def pretrain_run_config(
+    config: PretrainConfig,
+    index: int,
+    train_file: Path,
+    previous: Path | None,
+    options: dict[str, Any],
+) -> TrainConfig:
+    """The BDS run of pretraining on its `index`-th train file (chained from `previous`)."""
+    run_dir = config.runs_dir / f"run{index}_{train_file.stem}"
+    return TrainConfig(
+        model=config.model,
+        train_file=train_file,
+        safety_file=config.safety_file,
+        out_dir=run_dir,
+        method="bds",
+        lora=LoraSettings(r=config.lora_r, alpha=2.0 * config.lora_r),
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        # Pretraining pins its own budget (the library's defaults before the candidate
+        # budget became them): unset means batch_size alignment rows, losses recomputed
+        # after the model step, so a shipped scheduler's provenance keeps its meaning.
+        safety_batch_size=config.safety_batch_size or config.batch_size,
+        max_steps=config.steps,
+        max_length=config.max_length,
+        seed=config.seed + index,
+        checkpoint_every=config.checkpoint_every,
+        device=config.device,
+        scheduler=SchedulerSettings(
+            kind="neural",
+            learning_rate=config.scheduler_learning_rate,
+            reference=config.reference,  # type: ignore[arg-type]
+            update=config.update,  # type: ignore[arg-type]
+            entropy_weight=config.entropy_weight,
+            loss_timing="after",
+            init_path=str(previous) if previous else None,
+            # A chained run takes the encoder and head from the saved scheduler.
+            options={} if previous else options,
+        ),
+    )
+
+
 def pretrain_scheduler(
     config: PretrainConfig, callbacks: Sequence[TrainerCallback] = (), command: str | None = None
 ) -> PretrainResult:
@@ -150,32 +191,7 @@ def pretrain_scheduler(
     started = time.monotonic()
     for index, train_file in enumerate(config.train_files):
         run_dir = config.runs_dir / f"run{index}_{train_file.stem}"
-        train_config = TrainConfig(
-            model=config.model,
-            train_file=train_file,
-            safety_file=config.safety_file,
-            out_dir=run_dir,
-            method="bds",
-            lora=LoraSettings(r=config.lora_r, alpha=2.0 * config.lora_r),
-            learning_rate=config.learning_rate,
-            batch_size=config.batch_size,
-            safety_batch_size=config.safety_batch_size,
-            max_steps=config.steps,
-            max_length=config.max_length,
-            seed=config.seed + index,
-            checkpoint_every=config.checkpoint_every,
-            device=config.device,
-            scheduler=SchedulerSettings(
-                kind="neural",
-                learning_rate=config.scheduler_learning_rate,
-                reference=config.reference,  # type: ignore[arg-type]
-                update=config.update,  # type: ignore[arg-type]
-                entropy_weight=config.entropy_weight,
-                init_path=str(previous) if previous else None,
-                # A chained run takes the encoder and head from the saved scheduler.
-                options={} if previous else options,
-            ),
-        )
+        train_config = pretrain_run_config(config, index, train_file, previous, options)
         trainer = BDSTrainer(train_config, callbacks=callbacks)
         trainer.setup()
         result = trainer.train()
@@ -223,4 +239,4 @@ def pretrain_scheduler(
     return PretrainResult(scheduler_dir=config.out, runs=runs, calibration=calibration)
 
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain_scheduler"]
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain_run_config", "pretrain_scheduler"]

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bds_core.budget import resolve_safety_batch_size
 from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 
@@ -50,7 +51,10 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip of the model step"})
     batch_size: int = field(default=8, metadata={"help": "customer examples per step"})
     safety_batch_size: int | None = field(
-        default=None, metadata={"help": "alignment examples per step (default: batch_size)"}
+        default=None,
+        metadata={
+            "help": "alignment examples per step (default: a quarter of batch_size, rounded up, then up to a multiple of the number of processes)"
+        },
     )
     safety_every: int = field(
         default=1,
@@ -147,12 +151,10 @@ class TrainConfig:
             raise ValueError(
                 f"gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}"
             )
-        if self.gradient_accumulation_steps > min(
-            self.batch_size, self.effective_safety_batch_size
-        ):
+        if self.gradient_accumulation_steps > self.batch_size:
             raise ValueError(
                 "gradient_accumulation_steps cannot exceed the batch size "
-                f"({self.gradient_accumulation_steps} > {min(self.batch_size, self.effective_safety_batch_size)})"
+                f"({self.gradient_accumulation_steps} > {self.batch_size})"
             )
         if self.max_steps is None:
             _positive("epochs", self.epochs)
@@ -169,9 +171,9 @@ class TrainConfig:
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
             )
 
-    @property
-    def effective_safety_batch_size(self) -> int:
-        return self.safety_batch_size or self.batch_size
+    def resolved_safety_batch_size(self, world_size: int = 1) -> int:
+        """Alignment rows per step on `world_size` processes (`resolve_safety_batch_size`)."""
+        return resolve_safety_batch_size(self.batch_size, self.safety_batch_size, world_size)
 
     @property
     def uses_safety_data(self) -> bool:
@@ -181,18 +183,25 @@ class TrainConfig:
         """Refuse batches too small to split over `world_size` processes x micro-batches.
 
         Each process trains on its slice of every step's batch, in gradient-accumulation
-        micro-batches, and each needs at least one example of each kind.
+        micro-batches: every micro-batch needs at least one customer example, and every
+        process at least one alignment row (a micro-batch may have none: the alignment loss
+        is normalised over the whole step, so where its rows go does not change the step).
+        The default budget is rounded up to a multiple of `world_size`, so it always splits.
         """
         parts = world_size * self.gradient_accumulation_steps
-        sizes = [("batch_size", self.batch_size)]
+        if self.batch_size < parts:
+            raise ValueError(
+                f"batch_size {self.batch_size} cannot be split over {world_size} processes x "
+                f"{self.gradient_accumulation_steps} micro-batches; each needs at least one "
+                f"example, so batch_size must be at least {parts}"
+            )
         if self.uses_safety_data:
-            sizes.append(("safety_batch_size", self.effective_safety_batch_size))
-        for name, size in sizes:
-            if size < parts:
+            size = self.resolved_safety_batch_size(world_size)
+            if size < world_size:
                 raise ValueError(
-                    f"{name} {size} cannot be split over {world_size} processes x "
-                    f"{self.gradient_accumulation_steps} micro-batches; each needs at least one "
-                    f"example, so {name} must be at least {parts}"
+                    f"safety_batch_size {size} cannot be split over {world_size} processes; "
+                    f"each needs at least one alignment row, so safety_batch_size must be at "
+                    f"least {world_size}"
                 )
 
     def total_steps(self, num_train: int, num_safety: int) -> int:
@@ -228,9 +237,16 @@ class TrainConfig:
             values["adam_betas"] = tuple(values["adam_betas"])
         return cls(**values)
 
-    def resume_fingerprint(self, data_digest: str) -> str:
-        """Hash of everything that must match for a checkpoint to be resumable by this run."""
+    def resume_fingerprint(self, data_digest: str, world_size: int = 1) -> str:
+        """Hash of everything that must match for a checkpoint to be resumable by this run.
+
+        The alignment budget enters resolved (on `world_size` processes), and the loss timing
+        as set, so a checkpoint written under other defaults (an unset budget meaning
+        batch_size, loss timing `after`) is not resumed under today's.
+        """
         data = self.to_dict()
+        if self.uses_safety_data:
+            data["safety_batch_size"] = self.resolved_safety_batch_size(world_size)
         for volatile in (
             "out_dir",
             "checkpoint_every",

@@ -23,6 +23,20 @@ AGNOSTIC_ADAPTER = "agnostic"
 """PEFT's name of the safety-agnostic adapter (reference `agnostic`)."""
 
 
+def model_is_reference(config: TrainConfig, step: int) -> bool:
+    """Whether the scheduler step's losses l_i come from a model equal to the reference's.
+
+    With loss timing `before`, the losses of the first step (`step` 0, before any model
+    update) come from the starting model: the LoRA adapters start as the identity (B = 0), so
+    that model is the reference of `initial`, and of `agnostic` too (its adapter has not
+    trained either, and its `before` losses are taken before its own first update). Then
+    l_i - r_i is pure rounding (other padding, other passes, bf16 against float32), and Adam
+    would turn that noise into a full step; the trainer uses r_i = l_i instead.
+    """
+    settings = config.scheduler
+    return step == 0 and settings.loss_timing == "before" and settings.reference != "none"
+
+
 class ReferenceLosses:
     """r_i for this process's slice of each global batch, by the config's reference kind."""
 
@@ -111,4 +125,4 @@ class ReferenceLosses:
             adapter_parameters(self.model, MAIN_ADAPTER)
 
 
-__all__ = ["AGNOSTIC_ADAPTER", "ReferenceLosses"]
+__all__ = ["AGNOSTIC_ADAPTER", "ReferenceLosses", "model_is_reference"]

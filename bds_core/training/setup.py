@@ -117,15 +117,16 @@ def adapter_optimizer(
 
 
 def setup_samplers(
-    config: TrainConfig, num_train: int, num_safety: int
+    config: TrainConfig, num_train: int, num_safety: int, world_size: int = 1
 ) -> tuple[EpochSampler, EpochSampler | None]:
     """The global orders of the customer and the alignment data (None without alignment data).
 
     Every process walks the same order; the trainer takes this rank's slice of each batch.
+    The alignment batch is the budget resolved for `world_size` processes.
     """
     train_sampler = EpochSampler(num_train, config.batch_size, config.seed)
     safety_sampler = (
-        EpochSampler(num_safety, config.effective_safety_batch_size, config.seed + 1)
+        EpochSampler(num_safety, config.resolved_safety_batch_size(world_size), config.seed + 1)
         if num_safety
         else None
     )

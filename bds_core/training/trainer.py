@@ -56,7 +56,7 @@ from bds_core.training.outputs import (
     save_adapter,
     write_outputs,
 )
-from bds_core.training.reference import AGNOSTIC_ADAPTER, ReferenceLosses
+from bds_core.training.reference import AGNOSTIC_ADAPTER, ReferenceLosses, model_is_reference
 from bds_core.training.setup import (
     ExampleSelection,
     adapter_optimizer,
@@ -146,7 +146,7 @@ class BDSTrainer:
             else None
         )
         self.train_sampler, self.safety_sampler = setup_samplers(
-            config, len(train_examples), len(safety_examples)
+            config, len(train_examples), len(safety_examples), self.parallel.world_size
         )
         # The sampler's noise (pSGLD): seeded alike on every rank, so every rank draws the same.
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
@@ -165,7 +165,7 @@ class BDSTrainer:
             config, self.row_losses, self.parallel, self.agnostic_optimizer
         )
         self.fingerprint = config.resume_fingerprint(
-            data_digest([config.train_file, config.safety_file])
+            data_digest([config.train_file, config.safety_file]), self.parallel.world_size
         )
         if self.parallel.enabled:
             self.parallel.broadcast_tensors(self._replicated_tensors(with_buffers=True))
@@ -281,6 +281,11 @@ class BDSTrainer:
             losses = losses_before
         with self._timed("reference"):
             reference = self.reference(batch_indices.cpu(), indices.cpu(), weights)
+        if model_is_reference(self.config, self.step):
+            # The model has not moved from the reference yet: l_i - r_i would be rounding
+            # noise. The same tensor makes every difference exactly 0 (the reference above
+            # still fills its cache, or trains the agnostic adapter).
+            reference = losses
         self.scheduler_optimizer.zero_grad(set_to_none=True)
         shard = BatchShard(batch_indices, start, self.parallel.sum)
         if settings.sgld:

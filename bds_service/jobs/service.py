@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from bds_core.budget import resolve_safety_batch_size
 from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.dataset_reviews.repository import ReviewedFile
@@ -175,6 +176,15 @@ def training_message(job: FineTuningJob) -> TaskMessage:
     return TaskMessage(RUN_FINETUNE_JOB, (job.id,), queue="gpu_multi" if n_gpus > 1 else None)
 
 
+def planned_safety_batch_size(bds: dict[str, Any], batch_size: int) -> int:
+    """The alignment rows per step of a bds job (its `method.bds` block, its batch size): the
+    one it asked for, or the library's default budget on its `n_gpus` processes, the value
+    the trainer resolves (`bds_core.budget.resolve_safety_batch_size`)."""
+    return resolve_safety_batch_size(
+        batch_size, bds.get("safety_batch_size"), int(bds.get("n_gpus") or 1)
+    )
+
+
 def _check_gpu_split(spec: JobSpec, settings: Settings) -> None:
     """A job on n GPUs splits every step's batch n ways: each GPU needs an example of each kind."""
     n_gpus = int(spec.bds.get("n_gpus", 1))
@@ -187,7 +197,7 @@ def _check_gpu_split(spec: JobSpec, settings: Settings) -> None:
     batch_size = _resolve_hyperparameters(spec.hyperparameters, settings)["batch_size"]
     for name, size in (
         ("batch_size", batch_size),
-        ("safety_batch_size", spec.bds.get("safety_batch_size") or batch_size),
+        ("safety_batch_size", planned_safety_batch_size(spec.bds, batch_size)),
     ):
         if size < n_gpus:
             raise InvalidRequestError(
@@ -318,6 +328,12 @@ def create_job(
     method_block: dict[str, Any] = {"hyperparameters": hyperparameters}
     if spec.method_type == "bds":
         method_block.update(spec.bds)
+        # The alignment budget the job trains with, resolved now like its hyperparameters
+        # (an unset one is the library's default on its n_gpus processes): the job reports
+        # it, and a later change of the default does not change a queued job.
+        method_block["safety_batch_size"] = planned_safety_batch_size(
+            spec.bds, hyperparameters["batch_size"]
+        )
     all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     now = utcnow()
     # The job, its events and its audit row, inserted only while the tenant's unfinished

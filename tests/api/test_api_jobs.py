@@ -153,6 +153,9 @@ def test_kind_specific_options_are_stored_with_the_scheduler_settings(
         "scheduler": "neural",
         "scheduler_learning_rate": 0.01,
         "options": {"encoder": "minilm-static"},
+        # The alignment budget it trains with, resolved like the hyperparameters: a quarter
+        # of the deployment's batch of 2, rounded up.
+        "safety_batch_size": 1,
     }
 
 

@@ -63,7 +63,7 @@ def create_job(
     def store(session: Any, tenant_id: str, content: str, purpose: str) -> str:
         return store_file(session, tenant_id, content, purpose).id
 
-    def create(max_steps: int, **bds: Any) -> str:
+    def create(max_steps: int, hyperparameters: dict[str, Any] | None = None, **bds: Any) -> str:
         with context.uow() as session:
             tenant = create_tenant(session, "acme", Actor("cli", "tests"))
             training = store(session, tenant.id, TRAIN, "fine-tune")
@@ -73,6 +73,7 @@ def create_job(
                 model="tiny-random-llama",
                 training_file=training,
                 validation_file=validation,
+                hyperparameters=hyperparameters or {},
                 bds={"safety_file": safety, "max_steps": max_steps, **bds},
                 seed=3,
                 suffix="tiny",
@@ -252,6 +253,44 @@ def test_a_job_asking_for_more_gpus_than_the_worker_has_fails_clearly(
     assert error["code"] == "insufficient_gpus"
     assert "asks for 2 GPUs" in error["message"] and "has 1" in error["message"]
     assert not context.storage.path(f"{job_key(job.tenant_id, job_id)}/run").exists()
+
+
+@pytest.mark.parametrize(
+    ("n_gpus", "batch_size", "asked", "planned"),
+    [
+        (2, 10, None, 4),  # ceil(10 / 4) = 3 rows, up to a multiple of 2 GPUs
+        (2, 2, None, 2),  # a quarter of 2 is 1 row; each of 2 GPUs needs one
+        (1, 10, None, 3),
+        (2, 10, 3, 3),  # a budget the job asks for is kept (3 rows split 2 + 1)
+    ],
+)
+def test_the_job_plans_the_alignment_budget_the_trainer_resolves(
+    context: RunContext,
+    settings: Settings,
+    create_job: Callable[..., str],
+    session_factory_pg: SessionFactory,
+    n_gpus: int,
+    batch_size: int,
+    asked: int | None,
+    planned: int,
+) -> None:
+    """The job stores its resolved budget (reported with its method), and the worker's
+    TrainConfig resolves the same number on the job's n_gpus processes."""
+    from bds_service.jobs.runner import JobPlan, _claim, build_train_config
+
+    bds: dict[str, Any] = {"reference": "none", "n_gpus": n_gpus}
+    if asked is not None:
+        bds["safety_batch_size"] = asked
+    job_id = create_job(max_steps=2, hyperparameters={"batch_size": batch_size}, **bds)
+    stored = _job(session_factory_pg, job_id).method["bds"]
+    assert stored["safety_batch_size"] == planned
+    if asked is None:
+        assert planned % n_gpus == 0
+    plan = _claim(context, job_id)
+    assert isinstance(plan, JobPlan)
+    config = build_train_config(plan, settings)
+    assert config.resolved_safety_batch_size(n_gpus) == planned
+    config.check_split(n_gpus)
 
 
 def test_a_multi_gpu_job_trains_under_torchrun_inside_its_lease(

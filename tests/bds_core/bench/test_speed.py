@@ -72,12 +72,17 @@ def test_speed_command_writes_json_and_markdown(tmp_path: Path) -> None:
             "speed", "--model", "tiny-random-llama",
             "--train-file", str(data.train_file), "--safety-file", str(data.safety_file),
             "--steps", "2", "--memory-steps", "0", "--batch-size", "4",
-            "--safety-batch-size", "2", "--out", str(out),
+            "--loss-timing", "after", "--out", str(out),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     document = json.loads((out / "speed.json").read_text())
     assert set(document["methods"]) == {"sft", "mix", "bds"}
+    # No --safety-batch-size: the library's default budget, a quarter of the batch of 4.
+    assert document["config"]["safety_batch_size"] is None
+    assert document["config"]["resolved_safety_batch_size"] == 1
+    # `after` (asked for; the default is `before`) times the extra pass.
+    assert document["config"]["scheduler"]["loss_timing"] == "after"
     assert document["methods"]["bds"]["breakdown"]["loss_after"] > 0
     assert document["command"].startswith("bds bench speed")
     assert (out / "speed.md").read_text().startswith("| method")

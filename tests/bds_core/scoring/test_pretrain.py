@@ -89,3 +89,29 @@ def test_pretrain_refuses_a_missing_file(files: dict[str, Path], tmp_path: Path)
     result = CliRunner().invoke(scheduler_app, args)
     assert result.exit_code == 2
     assert "no such file" in result.output
+
+
+def test_pretraining_pins_its_own_alignment_budget(files: dict[str, Path], tmp_path: Path) -> None:
+    """Not the library's default budget (a quarter of the batch, `before`): pretraining keeps
+    the budget the shipped scheduler was trained with, batch-size rows and `after`."""
+    from bds_core.scoring.pretrain import PretrainConfig, pretrain_run_config
+
+    config = PretrainConfig(
+        model="tiny-random-llama",
+        train_files=[files["first"], files["second"]],
+        safety_file=files["safety"],
+        out=tmp_path / "out",
+        batch_size=8,
+    )
+    run = pretrain_run_config(config, 0, files["first"], None, {"encoder": "llm-hidden"})
+    assert run.resolved_safety_batch_size(1) == run.safety_batch_size == 8
+    assert run.scheduler.loss_timing == "after"
+    asked = PretrainConfig(
+        model="tiny-random-llama",
+        train_files=[files["first"]],
+        safety_file=files["safety"],
+        out=tmp_path / "out",
+        batch_size=8,
+        safety_batch_size=3,
+    )
+    assert pretrain_run_config(asked, 0, files["first"], None, {}).safety_batch_size == 3

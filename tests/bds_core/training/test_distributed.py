@@ -5,6 +5,12 @@ the single-process runs happen in this process. Tolerance, measured on the tiny 
 distributed runs differ from one process only by float summation order (each process pads
 its own slice, and gradients are summed in two parts), about 2e-7 relative on losses and
 weights and 1e-6 on the LoRA parameters; the tests allow RTOL = 1e-5.
+
+Under the default budget (loss timing `before`, reference `initial` here) that holds because
+the first scheduler step sees l_i - r_i = 0 exactly (`model_is_reference`): with the
+difference left as rounding noise, which differs between one padded batch and two slices,
+Adam turned it into a full step and the losses of 1 and 2 processes parted by up to 2.5%
+relative (measured at batch 8, 6 steps).
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ NEURAL = SchedulerSettings(
 )
 
 
+# The budget that was the default before issue 17: an alignment row per customer row, losses
+# recomputed after the model step.
+OLD_BUDGET: dict[str, Any] = {
+    "safety_batch_size": 8,
+    "scheduler": SchedulerSettings(learning_rate=0.2, reference="initial", loss_timing="after"),
+}
+
+
 def _config(toy: ToyData, out_dir: Path, **overrides: Any) -> TrainConfig:
     settings: dict[str, Any] = {
         "model": "tiny-random-llama",
@@ -50,7 +64,9 @@ def _config(toy: ToyData, out_dir: Path, **overrides: Any) -> TrainConfig:
         "out_dir": out_dir,
         "method": "bds",
         "learning_rate": 1e-2,
-        "batch_size": 4,
+        # The default alignment budget: ceil(8 / 4) = 2 rows, a multiple of 1 and 2 processes,
+        # so one and two processes train the same rows.
+        "batch_size": 8,
         "max_steps": STEPS,
         "max_length": 96,
         "checkpoint_every": 0,
@@ -88,6 +104,7 @@ def _run_everything(root: Path) -> Runs:
     outcomes: dict[str, dict[str, Any]] = {}
     # One process: the references, and a checkpoint at HALF for the 1 -> 2 processes resume.
     outcomes["single"] = run_and_capture(_config(toy, root / "single"))
+    outcomes["single_config"] = _config(toy, root / "single").to_dict()
     outcomes["single_neural"] = run_and_capture(
         _config(toy, root / "single_neural", scheduler=NEURAL)
     )
@@ -95,6 +112,9 @@ def _run_everything(root: Path) -> Runs:
         _config(toy, root / "single_neural_halves", scheduler=NEURAL, gradient_accumulation_steps=2)
     )
     outcomes["single_half"] = run_and_capture(_config(toy, root / "one_to_two"), HALF)
+    outcomes["single_old_budget"] = run_and_capture(
+        _config(toy, root / "single_old_budget", **OLD_BUDGET)
+    )
 
     def run(name: str, config: TrainConfig, **extra: Any) -> dict[str, Any]:
         return {
@@ -111,7 +131,7 @@ def _run_everything(root: Path) -> Runs:
                 "--train-file", str(toy.train_file),
                 "--safety-file", str(toy.safety_file),
                 "--learning-rate", "1e-2",
-                "--batch-size", "4",
+                "--batch-size", "8",
                 "--max-steps", str(STEPS),
                 "--max-length", "96",
                 "--scheduler-lr", "0.2",
@@ -123,6 +143,7 @@ def _run_everything(root: Path) -> Runs:
         },
         run("dist", _config(toy, root / "dist")),
         run("dist_ga", _config(toy, root / "dist_ga", gradient_accumulation_steps=2)),
+        run("dist_old_budget", _config(toy, root / "dist_old_budget", **OLD_BUDGET)),
         run("dist_neural", _config(toy, root / "dist_neural", scheduler=NEURAL)),
         run("dist_half", _config(toy, root / "halves"), cancel_after=HALF, copy_to=root / "two_to_one"),
         run("dist_resumed", _config(toy, root / "halves")),
@@ -169,10 +190,25 @@ def test_two_processes_train_like_one_at_the_same_global_batch(runs: Runs) -> No
     _assert_close(dist, single)
 
 
+def test_two_processes_train_like_one_with_the_old_budget_pinned(runs: Runs) -> None:
+    dist, single = runs.outcomes["dist_old_budget"], runs.outcomes["single_old_budget"]
+    assert float(single["weights"].std()) > 0.05
+    _assert_close(dist, single)
+
+
+def test_the_default_budget_is_the_same_on_one_and_two_processes_at_batch_8(runs: Runs) -> None:
+    """The default budget's equivalence above is a comparison of the same computation: the
+    runs under test resolve 2 alignment rows per step on 1 and on 2 processes."""
+    config = TrainConfig.from_dict(runs.outcomes["single_config"])
+    assert config.safety_batch_size is None and config.scheduler.loss_timing == "before"
+    assert config.resolved_safety_batch_size(1) == config.resolved_safety_batch_size(2) == 2
+
+
 def test_gradient_accumulation_within_processes_keeps_the_global_normalisation(
     runs: Runs,
 ) -> None:
-    """Batch 4 = 2 processes x 2 micro-batches of 1 example: still the one-process step."""
+    """Batch 8 = 2 processes x 2 micro-batches of 2 examples; the 2 alignment rows give each
+    process one, so its second micro-batch has none: still the one-process step."""
     _assert_close(runs.outcomes["dist_ga"], runs.outcomes["single"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,11 +42,28 @@ def _weights(path: Path) -> list[float]:
     return [json.loads(line)["weight"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.parametrize(
+    ("budget", "min_auroc"),
+    [
+        # The defaults before issue 17: an alignment row per customer row, losses after the
+        # model step. Measured AUROC 0.958 (fp32 and bf16).
+        ({"safety_batch_size": 4, "loss_timing": "after"}, 0.9),
+        # Today's defaults: 1 alignment row at batch 4, the step's own losses. Measured 0.900
+        # (fp32 and bf16; 0.908 with 4 alignment rows): `before` reads losses one step
+        # stale. 6 harmful x 20 benign pairs: one pair swapped is 0.008.
+        ({"safety_batch_size": None, "loss_timing": "before"}, 0.88),
+    ],
+    ids=["old-budget-after", "default-budget-before"],
+)
 def test_conflicting_examples_end_with_lower_weights(
-    make_config: ConfigFactory, toy_data: ToyData
+    make_config: ConfigFactory, toy_data: ToyData, budget: dict[str, Any], min_auroc: float
 ) -> None:
     config = make_config(
-        max_steps=40, scheduler=SchedulerSettings(learning_rate=0.2, reference="initial")
+        max_steps=40,
+        safety_batch_size=budget["safety_batch_size"],
+        scheduler=SchedulerSettings(
+            learning_rate=0.2, reference="initial", loss_timing=budget["loss_timing"]
+        ),
     )
     result = train(config)
     assert result.weights_file is not None
@@ -55,7 +73,7 @@ def test_conflicting_examples_end_with_lower_weights(
     assert max(harmful) < min(benign) or sum(harmful) / len(harmful) < 0.8 * sum(benign) / len(
         benign
     )
-    assert result.metrics["weight_stats"]["auroc"] >= 0.9
+    assert result.metrics["weight_stats"]["auroc"] >= min_auroc
     assert sum(r["weight"] for r in rows) == pytest.approx(toy_data.n_train, rel=1e-3)
 
 
@@ -380,20 +398,31 @@ def test_n_epochs_counts_passes_over_the_training_file_and_the_alignment_data_cy
 ) -> None:
     """A 4-example training file and 6 alignment examples: one epoch at batch 2 is 2 steps
     (not 3, a pass over the longer alignment set); three epochs are 6 steps, and the
-    alignment batches cycle through their data (12 draws of 6 examples)."""
+    alignment batches of 2 rows (set explicitly: the default would be 1) cycle through their
+    data (12 draws of 6 examples)."""
     short = tmp_path / "short.jsonl"
     short.write_text("".join(toy_data.train_file.read_text().splitlines(keepends=True)[:4]))
     recorder = Recorder()
     one = train(
         make_config(
-            train_file=short, batch_size=2, max_steps=None, epochs=1, out_dir=tmp_path / "a"
+            train_file=short,
+            batch_size=2,
+            safety_batch_size=2,
+            max_steps=None,
+            epochs=1,
+            out_dir=tmp_path / "a",
         ),
         callbacks=[recorder],
     )
     assert one.steps == 2 and recorder.events[-1].total_steps == 2
     trainer = BDSTrainer(
         make_config(
-            train_file=short, batch_size=2, max_steps=None, epochs=3, out_dir=tmp_path / "b"
+            train_file=short,
+            batch_size=2,
+            safety_batch_size=2,
+            max_steps=None,
+            epochs=3,
+            out_dir=tmp_path / "b",
         )
     )
     trainer.setup()
