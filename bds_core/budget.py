@@ -15,9 +15,17 @@ web service plans a job's budget without loading it.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 DEFAULT_SAFETY_SHARE = 4
 """An unset budget is ceil(batch_size / DEFAULT_SAFETY_SHARE) alignment rows per step."""
+
+DEFAULT_LOSS_TIMING: Final = "before"
+"""The scheduler step's losses by default: the model step's own (`SchedulerSettings.loss_timing`)."""
+
+PRE_SWITCH_LOSS_TIMING: Final = "after"
+"""The default loss timing before the candidate budget became the default (with a budget of
+`batch_size` alignment rows): what a service job stored without its budget trains with."""
 
 
 def resolve_safety_batch_size(
@@ -40,4 +48,9 @@ def resolve_safety_batch_size(
     return math.ceil(quarter / world_size) * world_size
 
 
-__all__ = ["DEFAULT_SAFETY_SHARE", "resolve_safety_batch_size"]
+__all__ = [
+    "DEFAULT_LOSS_TIMING",
+    "DEFAULT_SAFETY_SHARE",
+    "PRE_SWITCH_LOSS_TIMING",
+    "resolve_safety_batch_size",
+]

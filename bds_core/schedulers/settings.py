@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from bds_core.budget import DEFAULT_LOSS_TIMING
 from bds_core.setting_fields import SettingField, check_settings, from_flat_names, setting_fields
 
 WeightTransform = Literal["softmax", "sigmoid", "identity"]
@@ -61,7 +62,7 @@ class SchedulerSettings:
         },
     )
     loss_timing: LossTiming = field(
-        default="before",
+        default=DEFAULT_LOSS_TIMING,
         metadata={
             "help": "scheduler step uses the per-example losses of the model step's own passes ('before' the update, as the release: no extra pass; the default) or losses recomputed 'after' the model step (the paper; one more forward pass over the customer batch)"
         },

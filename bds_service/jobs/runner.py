@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bds_core.budget import PRE_SWITCH_LOSS_TIMING
 from bds_core.schedulers import scheduler_settings_from_flat
 from bds_core.training import ProgressEvent, TrainConfig, TrainerCallback, TrainResult, train
 from bds_core.training.launch import train_with_torchrun, visible_gpu_count
@@ -97,8 +98,24 @@ class JobPlan:
     fine_tuned_model: str
 
 
+def job_bds_settings(plan: JobPlan) -> dict[str, Any]:
+    """The job's ``method.bds`` as it trains.
+
+    A job stores its resolved alignment budget and loss timing when it is created. A bds job
+    stored without them was created before the default became a quarter of the batch with
+    loss timing `before`: it trains, and resumes its checkpoints, with the budget it was
+    created under (`batch_size` alignment rows, loss timing `after`), not today's default.
+    """
+    bds = dict(plan.bds)
+    if plan.method_type == "bds" and bds.get("safety_batch_size") is None:
+        bds["safety_batch_size"] = int(plan.hyperparameters["batch_size"])
+        bds.setdefault("loss_timing", PRE_SWITCH_LOSS_TIMING)
+    return bds
+
+
 def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
     """The bds_core TrainConfig of a job (raises ValueError naming a bad setting)."""
+    bds = job_bds_settings(plan)
     return TrainConfig(
         model=plan.model,
         train_file=plan.train_file,
@@ -108,13 +125,13 @@ def build_train_config(plan: JobPlan, settings: Settings) -> TrainConfig:
         learning_rate=settings.base_learning_rate
         * float(plan.hyperparameters["learning_rate_multiplier"]),
         batch_size=int(plan.hyperparameters["batch_size"]),
-        safety_batch_size=plan.bds.get("safety_batch_size"),
+        safety_batch_size=bds.get("safety_batch_size"),
         epochs=float(plan.hyperparameters["n_epochs"]),
-        max_steps=plan.bds.get("max_steps"),
+        max_steps=bds.get("max_steps"),
         max_length=settings.max_length,
         seed=plan.seed,
         # method.bds names the scheduler settings by their flat names (`scheduler`, ...).
-        scheduler=scheduler_settings_from_flat(plan.bds),
+        scheduler=scheduler_settings_from_flat(bds),
         checkpoint_every=settings.checkpoint_every,
         precision=settings.train_precision,
         gradient_checkpointing=settings.gradient_checkpointing,

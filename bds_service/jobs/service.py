@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from bds_core.budget import resolve_safety_batch_size
+from bds_core.budget import DEFAULT_LOSS_TIMING, resolve_safety_batch_size
 from bds_service import audit
 from bds_service.audit import Actor
 from bds_service.dataset_reviews.repository import ReviewedFile
@@ -334,6 +334,8 @@ def create_job(
         method_block["safety_batch_size"] = planned_safety_batch_size(
             spec.bds, hyperparameters["batch_size"]
         )
+        # Its loss timing too: a queued or resumed job keeps the one it was created with.
+        method_block.setdefault("loss_timing", DEFAULT_LOSS_TIMING)
     all_processed = all(file.status == FileStatus.PROCESSED for file in files)
     now = utcnow()
     # The job, its events and its audit row, inserted only while the tenant's unfinished

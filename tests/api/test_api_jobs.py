@@ -156,6 +156,8 @@ def test_kind_specific_options_are_stored_with_the_scheduler_settings(
         # The alignment budget it trains with, resolved like the hyperparameters: a quarter
         # of the deployment's batch of 2, rounded up.
         "safety_batch_size": 1,
+        # and the loss timing it trains with: the library's default when not asked for.
+        "loss_timing": "before",
     }
 
 

@@ -293,6 +293,37 @@ def test_the_job_plans_the_alignment_budget_the_trainer_resolves(
     config.check_split(n_gpus)
 
 
+def test_a_job_stored_before_the_budget_switch_trains_with_the_budget_it_was_created_under(
+    context: RunContext,
+    settings: Settings,
+    create_job: Callable[..., str],
+    session_factory_pg: SessionFactory,
+) -> None:
+    """A new job stores its loss timing with its budget; one stored without its budget (made
+    before the default became a quarter of the batch with loss timing `before`) keeps the old
+    budget, so its checkpoints still resume."""
+    from bds_service.jobs.runner import JobPlan, _claim, build_train_config
+
+    old = create_job(max_steps=2, hyperparameters={"batch_size": 8}, reference="none")
+    method = _job(session_factory_pg, old).method
+    assert (method["bds"]["safety_batch_size"], method["bds"]["loss_timing"]) == (2, "before")
+    legacy = {
+        **method,
+        "bds": {
+            key: value
+            for key, value in method["bds"].items()
+            if key not in ("safety_batch_size", "loss_timing")
+        },
+    }
+    with session_factory_pg() as session:
+        session.execute(update(FineTuningJob).where(FineTuningJob.id == old).values(method=legacy))
+        session.commit()
+    plan = _claim(context, old)
+    assert isinstance(plan, JobPlan)
+    config = build_train_config(plan, settings)
+    assert (config.resolved_safety_batch_size(1), config.scheduler.loss_timing) == (8, "after")
+
+
 def test_a_multi_gpu_job_trains_under_torchrun_inside_its_lease(
     context: RunContext,
     create_job: Callable[..., str],
