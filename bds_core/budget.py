@@ -25,7 +25,8 @@ DEFAULT_LOSS_TIMING: Final = "before"
 
 PRE_SWITCH_LOSS_TIMING: Final = "after"
 """The default loss timing before the candidate budget became the default (with a budget of
-`batch_size` alignment rows): what a service job stored without its budget trains with."""
+`batch_size` alignment rows): what a service job stored without its budget trains with, and
+what scheduler pretraining and the benchmark's cells pin so their keys and provenance hold."""
 
 
 def resolve_safety_batch_size(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bds_core.bench.tasks import get_task
+from bds_core.budget import PRE_SWITCH_LOSS_TIMING
 from bds_core.encoders import DEFAULT_ENCODER
 from bds_core.models.lora import LoraSettings
 from bds_core.schedulers import SchedulerSettings
@@ -116,7 +117,7 @@ class BenchMethod:
         # sft, mix, filter and the baselines run no scheduler (filter reads the shipped one):
         # the settings they have always been keyed and checkpointed with, pinned so that a
         # change of the library's defaults does not re-key their cells.
-        return SchedulerSettings(loss_timing="after")
+        return SchedulerSettings(loss_timing=PRE_SWITCH_LOSS_TIMING)
 
 
 METHODS: dict[str, BenchMethod] = {

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bds_core.budget import PRE_SWITCH_LOSS_TIMING
 from bds_core.models import LoraSettings
 from bds_core.schedulers import SchedulerSettings
 from bds_core.schedulers.neural import (
@@ -171,7 +172,7 @@ def pretrain_run_config(
             reference=config.reference,  # type: ignore[arg-type]
             update=config.update,  # type: ignore[arg-type]
             entropy_weight=config.entropy_weight,
-            loss_timing="after",
+            loss_timing=PRE_SWITCH_LOSS_TIMING,
             init_path=str(previous) if previous else None,
             # A chained run takes the encoder and head from the saved scheduler.
             options={} if previous else options,
@@ -190,8 +191,8 @@ def pretrain_scheduler(
     all_embeddings: list[torch.Tensor] = []
     started = time.monotonic()
     for index, train_file in enumerate(config.train_files):
-        run_dir = config.runs_dir / f"run{index}_{train_file.stem}"
         train_config = pretrain_run_config(config, index, train_file, previous, options)
+        run_dir = train_config.out_dir
         trainer = BDSTrainer(train_config, callbacks=callbacks)
         trainer.setup()
         result = trainer.train()

@@ -271,13 +271,6 @@ class JobRepository(TenantScopedRepository[FineTuningJob]):
 
     model = FineTuningJob
 
-    def count_unfinished(self) -> int:
-        """How many of the tenant's jobs are not yet succeeded, failed or cancelled."""
-        result = self.session.connection().execute(
-            _count_unfinished_statement(), {"tenant_id": self.tenant_id}
-        )
-        return int(result.scalar_one())
-
     def page(
         self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None
     ) -> Page[FineTuningJob] | None:
